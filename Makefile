@@ -1,0 +1,41 @@
+# Two commands on a fresh Debian machine, as root: `make run` and `make test`.
+# Everything they need is set up here; nothing has to be installed by hand.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.zstream-installed
+PACKAGES := storage replication clients broker
+
+.PHONY: run test lint typecheck pytest bench system-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+system-deps:
+	@sh scripts/system-deps.sh
+
+run: $(STAMP) system-deps
+	$(VENV)/bin/zstream dev
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy $(PACKAGES)
+
+pytest: $(STAMP) system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) bench/storage_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
