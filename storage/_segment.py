@@ -24,6 +24,7 @@ from storage._entry import (
     LogEntry,
     decode_segment_header,
     encode_segment_header,
+    make_entry,
 )
 from storage._errors import CorruptSegmentError
 from storage._files import fsync_directory
@@ -338,7 +339,7 @@ class Segment:
                     if _crc(view[off + 8 : off + size]) != crc or kind >= KIND_COUNT:
                         raise CorruptSegmentError(path, pos + off, "entry CRC32C mismatch")
                     out.append(
-                        LogEntry(
+                        make_entry(
                             index, term, _KINDS[kind], base, count, view[off + _HDR : off + size]
                         )
                     )

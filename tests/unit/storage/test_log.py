@@ -69,8 +69,8 @@ def test_non_data_entries_take_the_next_offset_whatever_the_caller_says(tmp_path
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"index": 4}, "index 4, expected 2"),
-        ({"term": 0}, "term"),
+        ({"index": 4}, "entry index 4 term 2 does not follow index 1 term 2"),
+        ({"term": 0}, "term 0 does not follow"),
         ({"base_offset": 5}, "base offset"),
         ({"record_count": 0}, "record count"),
         ({"kind": EntryKind.NOOP, "record_count": 1}, "record count"),
