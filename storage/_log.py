@@ -3,6 +3,7 @@
 Directory layout: ``<first index, 20 digits>.log`` segment files with their sparse
 ``.index`` files (formats in `storage._entry`), a ``LOCK`` file held with ``flock`` while
 the log is open, and, only during `SegmentedLog.reset`, a ``reset.pending`` marker.
+The log owns its directory; other components keep their files elsewhere.
 
 Durability rules (the crash tests check them):
 
@@ -64,6 +65,7 @@ _crc = crc32c.crc32c
 _DATA = EntryKind.DATA
 _SEGMENT_FILE = re.compile(r"^(\d{20})\.log$")
 _INDEX_FILE = re.compile(r"^(\d{20})\.index$")
+_TEMP_FILE = re.compile(r"^(\d{20}\.(log|index)|reset\.pending)\.tmp$")
 _MARKER_NAME = "reset.pending"
 _MARKER = struct.Struct(">qqI")  # next_index, next_offset, CRC32C of the first 16 bytes
 _MAX_IOV = 1024  # Linux IOV_MAX: at most 512 entries (header + payload) per pwritev
@@ -408,7 +410,7 @@ class SegmentedLog:
             raise IndexOutOfRange(start_index, first, last)
         end = min(end_index, last + 1)
         out: list[LogEntry] = []
-        budget = max_bytes
+        budget = max(max_bytes, 0)
         si = bisect_right(self._firsts, start_index) - 1
         start = start_index
         with _os_errors("cannot read log"):
@@ -594,14 +596,21 @@ class SegmentedLog:
         self._check_open()
         if next_index < 1 or next_offset < 0:
             raise InvalidAppendError(f"cannot reset to index {next_index} offset {next_offset}")
-        with _os_errors("cannot reset log"):
-            atomic_write(self._dir / _MARKER_NAME, _encode_marker(next_index, next_offset))
+        atomic_write(self._dir / _MARKER_NAME, _encode_marker(next_index, next_offset))
+        try:
             with self._lock:
                 old, self._segments = self._segments, []
                 self._firsts = []
             for seg in reversed(old):
                 _delete_segment(seg, self._dir)
             seg = _finish_reset(self._dir, next_index, next_offset)
+        except OSError as exc:
+            # Half reset: the marker makes the next open finish the job.
+            for seg in old:
+                seg.close()
+            self.close()
+            raise StorageIOError(f"cannot reset log, reopen it to finish: {exc}") from exc
+        else:
             with self._lock:
                 self._segments = [seg]
                 self._firsts = [seg.first_index]
@@ -688,7 +697,7 @@ def _recover(directory: Path, config: LogConfig) -> list[Segment]:
     names = {p.name for _, p in listed}
     for name in os.listdir(directory):
         m = _INDEX_FILE.match(name)
-        if name.endswith(".tmp") or (m and f"{m.group(1)}.log" not in names):
+        if _TEMP_FILE.match(name) or (m and f"{m.group(1)}.log" not in names):
             os.unlink(directory / name)
     if not listed:
         return [Segment.create(directory, 1, 0)]
