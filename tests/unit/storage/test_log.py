@@ -3,13 +3,16 @@ retention, reset, reopen, sync from another thread, and its contract errors."""
 
 from __future__ import annotations
 
+import struct
 import threading
 from pathlib import Path
 
+import crc32c
 import pytest
 
 from storage import (
     ConfigError,
+    CorruptSegmentError,
     EntryKind,
     IndexOutOfRange,
     InvalidAppendError,
@@ -300,3 +303,33 @@ def test_atomic_write_and_read(tmp_path: Path) -> None:
     atomic_write(path, b"term=2 vote=3")
     assert read_file_if_exists(path) == b"term=2 vote=3"
     assert [p.name for p in tmp_path.iterdir()] == ["hard-state"]
+
+
+def test_interrupted_reset_is_completed_on_open(tmp_path: Path) -> None:
+    """A crash inside reset() leaves the documented reset.pending marker behind."""
+    with SegmentedLog.open(tmp_path, SMALL) as log:
+        log.append(make_entries(log, 30))
+    head = struct.pack(">qq", 500, 9000)
+    atomic_write(tmp_path / "reset.pending", head + struct.pack(">I", crc32c.crc32c(head)))
+    with SegmentedLog.open(tmp_path, SMALL) as log:
+        assert (log.first_index, log.last_index, log.next_offset) == (500, 499, 9000)
+        assert log.segment_count == 1
+    assert not (tmp_path / "reset.pending").exists()
+    atomic_write(tmp_path / "reset.pending", b"\x00" * 20)
+    with pytest.raises(CorruptSegmentError, match="marker"):
+        SegmentedLog.open(tmp_path, SMALL)
+
+
+def test_public_surface() -> None:
+    import storage
+
+    contract = {
+        "encode_batch", "decode_batch_header", "verify_batch", "stamp_base_offset",
+        "decode_records", "iter_batches", "BatchHeader", "Record", "EntryKind", "LogEntry",
+        "LogConfig", "SegmentedLog", "atomic_write", "read_file_if_exists", "StorageError",
+        "CorruptSegmentError", "CorruptBatchError", "OffsetOutOfRange", "IndexOutOfRange",
+    }  # fmt: skip
+    assert contract <= set(storage.__all__)
+    assert all(hasattr(storage, name) for name in storage.__all__)
+    errors = [getattr(storage, n) for n in storage.__all__ if n.endswith(("Error", "Range"))]
+    assert all(issubclass(e, storage.StorageError) for e in errors)

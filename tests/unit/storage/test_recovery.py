@@ -195,3 +195,40 @@ def test_fuzz_segment_scanner(tmp_path: Path, tail: bytes, sealed: bool) -> None
         assert [e.index for e in got] == list(range(1, len(got) + 1))
         if not sealed:
             assert len(got) <= len(entries)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzz_active_segment_damage_leaves_an_intact_prefix(
+    tmp_path: Path, data: st.DataObject
+) -> None:
+    """Flip bytes anywhere after the header of the active segment: what the log returns
+    is always a prefix of what was written, never a changed entry."""
+    source = tmp_path / "source"
+    if not source.exists():
+        _build(source, 8, LogConfig(index_interval_bytes=100))
+    work = tmp_path / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source, work)
+    with SegmentedLog.open(source, LogConfig()) as log:
+        original = as_tuples(read_all(log))
+    (segment,) = _files(work, ".log")
+    content = bytearray(segment.read_bytes())
+    flips = data.draw(
+        st.lists(
+            st.tuples(st.integers(SEGMENT_HEADER_BYTES, len(content) - 1), st.integers(1, 255)),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda flip: flip[0],
+        )
+    )
+    for position, mask in flips:
+        content[position] ^= mask
+    segment.write_bytes(content)
+    with SegmentedLog.open(work, LogConfig()) as log:
+        got = as_tuples(read_all(log))
+    assert got == original[: len(got)]
+    first_damaged = min(p for p, _ in flips)
+    assert segment.stat().st_size <= first_damaged
