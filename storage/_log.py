@@ -161,7 +161,9 @@ class SegmentedLog:
         """
         path = Path(directory)
         with _os_errors(f"cannot open log {path}"):
-            path.mkdir(parents=True, exist_ok=True)
+            if not path.is_dir():
+                path.mkdir(parents=True)
+                fsync_directory(path.parent)  # the new directory's own entry
             lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 try:
