@@ -306,6 +306,7 @@ class Segment:
         j = bisect_right(self.idx_index, start) - 1
         pos = self.idx_pos[j]
         expect = self.idx_index[j]
+        first_base = self.idx_offset[j]
         k = bisect_left(self.idx_index, end, j + 1)
         bound = self.idx_pos[k] if k < len(self.idx_pos) else self.size
         out: list[LogEntry] = []
@@ -325,8 +326,8 @@ class Segment:
             need = 0
             while off + _HDR <= length:
                 size, crc, term, index, kind, base, count, _ = _unpack_entry(chunk, off)
-                if index != expect or size < _HDR:
-                    if first:
+                if index != expect or size < _HDR or (first and base != first_base):
+                    if first:  # the index named another entry than the one found
                         raise IndexMismatch
                     raise CorruptSegmentError(path, pos + off, f"expected entry {expect}")
                 first = False

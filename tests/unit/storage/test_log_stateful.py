@@ -182,5 +182,5 @@ class LogModel(RuleBasedStateMachine):
         assert self.synced <= self.log.synced_index <= self.last
 
 
-LogModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+LogModel.TestCase.settings = settings(max_examples=75, stateful_step_count=40, deadline=None)
 TestLogModel = LogModel.TestCase
