@@ -716,9 +716,13 @@ class RaftNode:
 
     def _bcast_append(self) -> None:
         me = self._id
-        for nid in self._prs:
-            if nid != me:
-                self._send_append(nid)
+        last = self._log.last_index()
+        for nid, pr in self._prs.items():
+            if nid != me and self._send_append(nid):
+                # Pipelining: keep streaming while the window allows.
+                while pr.state == _REPLICATE and pr.next <= last:
+                    if not self._send_append(nid, send_if_empty=False):
+                        break
 
     def _bcast_heartbeat(self, context: bytes = b"") -> None:
         me = self._id
