@@ -23,7 +23,7 @@ position ``index - 1``; a snapshot's data names a frozen copy of that list in a
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from replication import (
@@ -89,6 +89,8 @@ class Host:
         *,
         config: Callable[[int, int], RaftConfig],
         rng: random.Random,
+        log: Sequence[Entry] = (),
+        hard_state: HardState | None = None,
     ) -> None:
         self.id = node_id
         self._bootstrap = conf_state
@@ -109,6 +111,14 @@ class Host:
         self.pending: Ready | None = None
         self._hard_state = HardState()
         self.restarts = 0
+        if log:  # a prepared history (paper tests): durable from the start
+            self.storage.append(log)
+            self.durable_entries = list(log)
+        if hard_state is not None:
+            self.storage.set_hard_state(hard_state)
+            self._hard_state = hard_state
+            self.durable_term, self.durable_vote = hard_state.term, hard_state.vote
+            self.durable_commit = hard_state.commit
         self._start(applied=0)
 
     # -- lifecycle ---------------------------------------------------------------
