@@ -71,6 +71,7 @@ class ReadyOutcome:
     """What a finished Ready produced, for the simulator's checks."""
 
     applied: list[Entry] = field(default_factory=list)
+    installed: Snapshot | None = None  # a snapshot installed into the state machine
     read_states: list[tuple[int, bytes]] = field(default_factory=list)
 
 
@@ -222,6 +223,7 @@ class Host:
                     f"snapshot {snap.data!r} does not hold {snap.metadata.index} entries"
                 )
             self.conf_state = snap.metadata.conf_state
+            out.installed = snap
         for entry in rd.committed_entries:
             if entry.index != self.applied_index + 1:
                 raise HostError(

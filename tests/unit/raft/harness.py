@@ -235,6 +235,8 @@ class Cluster:
         h = self.hosts[i]
         msgs, out = h.finish_ready()
         msgs = [m for m in msgs if m.to != m.frm]
+        if out.installed is not None:
+            self.checker.on_install(h)
         self.checker.on_apply(h, out.applied)
         for index, ctx in out.read_states:
             self.read_states.setdefault(i, []).append((index, ctx))

@@ -318,6 +318,8 @@ def test_5_3_a_stale_append_neither_truncates_nor_lowers_the_commit() -> None:
     c = Cluster(voters=(1, 2, 3), logs={1: [1, 1, 1]}, terms={1: 1})
     c.deliver(append(1, 2, 1, (3, 1), [], commit=3))
     assert c.node(1).commit == 3
+    c.process(1)
+    c.drop()
     # A delayed copy of the leader's first append arrives after the others.
     c.deliver(append(1, 2, 1, (0, 0), history([1]), commit=1))
     assert c.log(1) == [(1, 1), (2, 1), (3, 1)]
