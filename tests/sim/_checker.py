@@ -94,6 +94,17 @@ class Checker:
                     )
             prev_term = e.term
 
+    def on_install(self, host: Host) -> None:
+        """``host`` replaced its state machine by a snapshot's: it must agree with canon."""
+        state = host.state
+        for i, rec in enumerate(state[: len(self.canon)]):
+            if rec != self.canon[i]:
+                raise InvariantError(
+                    f"node {host.id} installed a snapshot whose entry {i + 1} is {rec!r}, "
+                    f"but {self.canon[i]!r} was applied"
+                )
+        self.canon.extend(state[len(self.canon) :])
+
     def on_apply(self, host: Host, applied: list[Entry]) -> None:
         for e in applied:
             rec: Record = (e.term, int(e.type), e.data)

@@ -23,7 +23,7 @@ position ``index - 1``; a snapshot's data names a frozen copy of that list in a
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from replication import (
@@ -71,6 +71,7 @@ class ReadyOutcome:
     """What a finished Ready produced, for the simulator's checks."""
 
     applied: list[Entry] = field(default_factory=list)
+    installed: Snapshot | None = None  # a snapshot installed into the state machine
     read_states: list[tuple[int, bytes]] = field(default_factory=list)
 
 
@@ -89,6 +90,8 @@ class Host:
         *,
         config: Callable[[int, int], RaftConfig],
         rng: random.Random,
+        log: Sequence[Entry] = (),
+        hard_state: HardState | None = None,
     ) -> None:
         self.id = node_id
         self._bootstrap = conf_state
@@ -109,6 +112,14 @@ class Host:
         self.pending: Ready | None = None
         self._hard_state = HardState()
         self.restarts = 0
+        if log:  # a prepared history (paper tests): durable from the start
+            self.storage.append(log)
+            self.durable_entries = list(log)
+        if hard_state is not None:
+            self.storage.set_hard_state(hard_state)
+            self._hard_state = hard_state
+            self.durable_term, self.durable_vote = hard_state.term, hard_state.vote
+            self.durable_commit = hard_state.commit
         self._start(applied=0)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -212,6 +223,7 @@ class Host:
                     f"snapshot {snap.data!r} does not hold {snap.metadata.index} entries"
                 )
             self.conf_state = snap.metadata.conf_state
+            out.installed = snap
         for entry in rd.committed_entries:
             if entry.index != self.applied_index + 1:
                 raise HostError(

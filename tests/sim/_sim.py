@@ -202,6 +202,8 @@ class Simulation:
         if host.busy:
             after, out = host.finish_ready()
             self.log(f"n{host.id} sync+apply {len(out.applied)} -> {len(after)} msgs")
+            if out.installed is not None:
+                self.checker.on_install(host)
             self.checker.on_apply(host, out.applied)
             for index, ctx in out.read_states:
                 self.checker.on_read_state(host, index, ctx)

@@ -18,7 +18,7 @@ cuts when they are delivered.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from replication import (
     ConfChange,
@@ -26,6 +26,7 @@ from replication import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     RaftConfig,
@@ -49,7 +50,11 @@ class Cluster:
         max_size_per_msg: int = 1 << 20,
         max_inflight_msgs: int = 256,
         seed: int = 0,
+        logs: dict[int, Sequence[int]] | None = None,
+        terms: dict[int, int] | None = None,
     ) -> None:
+        """``logs`` gives nodes a prepared history: the term of each entry from index 1;
+        ``terms`` their current term (default: the last entry's term)."""
         self.voters = tuple(voters)
         boot = ConfState(voters=frozenset(self.voters), learners=frozenset(learners))
         self._options = {
@@ -65,9 +70,19 @@ class Cluster:
         self.checker = Checker(strict_proposals=False)
         rng = random.Random(seed)
         self.hosts: dict[int, Host] = {}
+        logs = logs or {}
+        terms = terms or {}
         for i in (*self.voters, *learners):
+            log = history(logs.get(i, ()))
+            term = terms.get(i, log[-1].term if log else 0)
             self.hosts[i] = Host(
-                i, boot, self.registry, config=self._config, rng=random.Random(rng.getrandbits(64))
+                i,
+                boot,
+                self.registry,
+                config=self._config,
+                rng=random.Random(rng.getrandbits(64)),
+                log=log,
+                hard_state=HardState(term=term) if term else None,
             )
         for i in blank:
             self.hosts[i] = Host(
@@ -220,6 +235,8 @@ class Cluster:
         h = self.hosts[i]
         msgs, out = h.finish_ready()
         msgs = [m for m in msgs if m.to != m.frm]
+        if out.installed is not None:
+            self.checker.on_install(h)
         self.checker.on_apply(h, out.applied)
         for index, ctx in out.read_states:
             self.read_states.setdefault(i, []).append((index, ctx))
@@ -279,6 +296,11 @@ class Cluster:
         before = self.hosts[i].durable_commit
         self.hosts[i].restart()
         self.checker.on_restart(self.hosts[i], before)
+
+
+def history(terms: Sequence[int]) -> list[Entry]:
+    """Entries 1..n with the given terms (NORMAL, with a payload naming index and term)."""
+    return [Entry(t, i, EntryType.NORMAL, b"h%d.%d" % (i, t)) for i, t in enumerate(terms, 1)]
 
 
 def _match(m: Message, type: MessageType | None, frm: int | None, to: int | None) -> bool:
