@@ -812,8 +812,11 @@ class RaftNode:
         for nid in members:
             pr = self._prs.get(nid)
             if pr is None:
+                # Probe from our last entry: a new member is usually empty, and the
+                # rejection's hint takes the leader straight to where it matches.
                 pr = Progress(
-                    last, Inflights(self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes)
+                    max(last, 1),
+                    Inflights(self._cfg.max_inflight_msgs, self._cfg.max_inflight_bytes),
                 )
                 # A new member counts as active until the next check-quorum.
                 pr.recent_active = True
