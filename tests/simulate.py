@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     totals = {"committed": 0, "crashes": 0, "snapshots": 0, "conf": 0, "reads": 0}
     for seed in seeds:
-        res = run_seed(SimConfig(seed=seed, steps=args.steps, nodes=args.nodes))
+        res = run_seed(
+            SimConfig(seed=seed, steps=args.steps, nodes=args.nodes, trace_len=max(args.trace, 60))
+        )
         done += 1
         totals["committed"] += res.committed
         totals["crashes"] += res.crashes

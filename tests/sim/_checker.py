@@ -85,14 +85,30 @@ class Checker:
                 )
             elif seen[0] == -1 and value[0] != -1:
                 self.entries[key] = value
-            if e.index <= len(self.canon):
+            commit = host.node.commit if host.node is not None else 0
+            if e.index <= min(commit, len(self.canon)):
                 rec = self.canon[e.index - 1]
                 if rec != (e.term, int(e.type), e.data):
                     raise InvariantError(
-                        f"node {host.id} writes index {e.index} term {e.term} over the "
-                        f"committed entry of term {rec[0]}"
+                        f"node {host.id} (commit {commit}) writes index {e.index} term {e.term}, "
+                        f"but the committed entry there has term {rec[0]}"
                     )
             prev_term = e.term
+        # Appending truncates the stored log from ``first``: a committed entry stored
+        # there must be written back identically, never dropped or replaced.
+        new = {e.index: e for e in entries}
+        for index in range(
+            max(first, storage.first_index()), min(storage.last_index(), len(self.canon)) + 1
+        ):
+            rec = self.canon[index - 1]
+            if storage.term(index) != rec[0]:
+                break  # the stored entry is not the committed one (nor, then, what follows)
+            e2 = new.get(index)
+            if e2 is None or (e2.term, int(e2.type), e2.data) != rec:
+                raise InvariantError(
+                    f"node {host.id} drops committed entry {index} (term {rec[0]}) by writing "
+                    f"entries from {first}"
+                )
 
     def on_install(self, host: Host) -> None:
         """``host`` replaced its state machine by a snapshot's: it must agree with canon."""

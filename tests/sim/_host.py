@@ -207,12 +207,16 @@ class Host:
         assert rd is not None
         if rd.entries:
             first = rd.entries[0].index
-            keep = [e for e in self.durable_entries if e.index < first]
-            if keep and keep[-1].index != first - 1:
-                raise HostError(
-                    f"node {self.id}: entries from {first} leave a gap after {keep[-1].index}"
-                )
-            self.durable_entries = keep + list(rd.entries)
+            durable = self.durable_entries
+            if durable:
+                cut = max(first - durable[0].index, 0)
+                if cut > len(durable):
+                    raise HostError(
+                        f"node {self.id}: entries from {first} leave a gap after "
+                        f"{durable[-1].index}"
+                    )
+                del durable[cut:]
+            durable.extend(rd.entries)
         self.durable_commit = max(self.durable_commit, self._hard_state.commit)
         out = ReadyOutcome()
         if rd.snapshot is not None:

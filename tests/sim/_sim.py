@@ -57,6 +57,7 @@ class SimConfig:
     nodes: int = 0  # 0: 3 or 5, drawn from the seed
     liveness_rounds: int = 400  # ticks allowed, after healing, for a leader and a commit
     step_while_busy: bool = True  # deliver and tick while a Ready waits for its sync
+    trace_len: int = 200  # events kept for the failure report
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Simulation:
         self.checker = Checker()
         self.pool: list[Message] = []
         self.groups: dict[int, int] | None = None  # node -> side of the partition
-        self.trace: deque[str] = deque(maxlen=60)
+        self.trace: deque[str] = deque(maxlen=cfg.trace_len)
         self.now = 0  # step number
         self.seq = 0
         self.result = SimResult(cfg.seed, self.n, cfg.steps)
@@ -427,19 +428,29 @@ class Simulation:
             if h.node is None:
                 self._restart(h)
         # Nodes outside the newest configuration are shut down, as an operator would,
-        # unless pre-vote and check-quorum are both on (they must not disrupt then).
-        newest = max(self.hosts.values(), key=lambda h: h.applied_index)
-        cs = newest.conf_state
-        members = cs.voters | cs.learners | cs.voters_outgoing | cs.learners_next
+        # unless pre-vote and check-quorum are both on (they must not disrupt then); one
+        # that a pending change adds back is started again once the leader has it.
+        stopped: set[int] = set()
         if not (self.pre_vote and self.check_quorum):
+            needed: set[int] = set()  # a member in some node's view
+            for h in self.live():
+                assert h.node is not None
+                needed |= _members(h.node.conf_state)
             for h in self.hosts.values():
-                if h.id not in members and h.node is not None:
+                if h.id not in needed and h.node is not None:
                     h.crash()
                     self.checker.on_crash(h)
+                    stopped.add(h.id)
                     self.log(f"stop n{h.id} (not a member)")
         probe: tuple[bytes, int] | None = None
         for rnd in range(self.cfg.liveness_rounds):
+            self.now = -rnd  # liveness rounds show as negative steps in the trace
             self.result.liveness_ticks = rnd
+            lead = self.leader()
+            if lead is not None and lead.node is not None:
+                for i in sorted(stopped & _members(lead.node.conf_state)):
+                    stopped.discard(i)
+                    self._restart(self.hosts[i])
             for h in self.live():
                 if not h.busy:
                     assert h.node is not None
@@ -457,6 +468,7 @@ class Simulation:
                 except (NotLeaderError, ProposalDroppedError):
                     continue
                 self.checker.proposed(data, index, node.term)
+                self.result.proposed += 1
                 probe = (data, index)
                 self.log(f"probe proposed to n{lead.id} at {index}")
                 self._quiesce()
@@ -512,6 +524,7 @@ class Simulation:
             import traceback
 
             self.trace.append(traceback.format_exc())
+            res.trace = list(self.trace)
         res.committed = len(self.checker.canon)
         res.acknowledged = len(self.checker.canon_payloads)
         res.leaders = len(self.checker.leaders)
@@ -534,6 +547,10 @@ def _fmt(m: Message) -> str:
     if m.reject:
         extra += f" REJECT hint={m.reject_hint}"
     return f"{name} {m.frm}->{m.to} t{m.term} idx={m.index} lt={m.log_term} c={m.commit}{extra}"
+
+
+def _members(cs: ConfState) -> set[int]:
+    return set(cs.voters | cs.learners | cs.voters_outgoing | cs.learners_next)
 
 
 def _fmt_cc(changes: tuple[tuple[ConfChangeType, int], ...]) -> str:

@@ -253,6 +253,52 @@ def test_a_conf_change_while_a_partition_is_open() -> None:
     assert after in c.applied(4)
 
 
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_a_leader_that_removes_itself_leaves_a_group_that_can_elect(pre_vote: bool) -> None:
+    # Voters {1, 2} swap 1 for 3: joint {2,3} & {1,2}. Leader 1 commits and applies the
+    # entry leaving the joint configuration and steps down, but the messages telling 2 and
+    # 3 that it is committed are lost; 1 also holds one more (uncommitted) entry than
+    # they do. 2 and 3 still need 1's vote for the old half of the joint configuration.
+    c = Cluster(voters=(1, 2), blank=(3,), pre_vote=pre_vote, check_quorum=pre_vote)
+    c.elect(1)
+    c.change(1, (ConfChangeType.ADD_VOTER, 3), (ConfChangeType.REMOVE_NODE, 1))
+    for _ in range(50):
+        c.process()
+        if c.node(1).conf_state.voters_outgoing:
+            break
+        c.deliver_all()
+    assert c.node(1).conf_state.voters_outgoing == {1, 2}
+    leave = c.node(1).last_index  # the entry that leaves the joint configuration
+    held: list[Message] = []
+    for _ in range(50):
+        c.deliver_all(frm=1)
+        c.process(2, 3)
+        for m in c.take(to=1):
+            if m.type == MT.APPEND_RESP and not m.reject and m.index >= leave:
+                held.append(m)
+            else:
+                c.deliver(m)
+        c.process(1)
+        if all(c.node(i).last_index >= leave for i in (2, 3)) and not c.pending(frm=1):
+            break
+    assert c.log(2)[-1][0] == c.log(3)[-1][0] == leave
+    c.propose(1)  # one more entry that only 1 stores
+    c.process(1)
+    c.drop(frm=1)
+    c.deliver(*held)
+    c.process(1)
+    c.drop(frm=1)  # the commit of `leave` never reaches 2 and 3
+    assert c.node(1).commit >= leave
+    assert c.node(1).role != Role.LEADER
+    assert max(c.node(2).commit, c.node(3).commit) < leave
+    leader = run_until_leader(c, max_ticks=300)
+    assert leader in (2, 3)
+    _, data = c.propose(leader)
+    c.run(3)
+    assert data in c.applied(2)
+    assert data in c.applied(3)
+
+
 # -- snapshots ----------------------------------------------------------------------------------
 
 
