@@ -750,8 +750,13 @@ class RaftNode:
             raise NotLeaderError(self._lead)
         if self._lead_transferee != NONE:
             raise ProposalDroppedError("leadership transfer in progress")
-        if self._id not in self._prs:
-            raise ProposalDroppedError("this leader was removed from the configuration")
+        if self._id not in self._conf.voters:
+            # This leader is leaving (it is only in the outgoing half of a joint
+            # configuration). Its log must end with the entry that removes it: once that
+            # commits and it steps down, the remaining voters hold its whole log, so
+            # it can vote for them (it would refuse a shorter log, and it may still be
+            # needed for the outgoing majority until they learn the commit).
+            raise ProposalDroppedError("this leader is being removed from the configuration")
 
     def propose(self, data: bytes) -> int:
         """Append ``data`` as a new entry; returns its index (commitment comes later).

@@ -11,6 +11,7 @@ from replication import (
     ConfChangeType,
     ConfigError,
     ConfState,
+    ProposalDroppedError,
     Role,
 )
 from tests.unit.raft.corenet import Net
@@ -188,3 +189,44 @@ def test_replacing_two_voters_at_once_uses_joint_consensus() -> None:
     net.down.clear()
     settle(net, 5)
     assert net[1].conf_state == ConfState(voters=frozenset({1, 4, 5}))
+
+
+@pytest.mark.parametrize("guards", [False, True])
+def test_leaving_leader_refuses_proposals_so_the_rest_can_elect_without_it(guards: bool) -> None:
+    # Voters {1, 2} swap 1 for 3: joint {2,3} & {1,2}. 1 commits the leave entry and
+    # steps down, but 2 and 3 never hear of the commit: they still need 1's vote for
+    # the old half. 1 grants it only if its log is no longer than theirs, which holds
+    # because a leaving leader appends nothing after the entry that removes it.
+    net = Net(voters=(1, 2), blank=(3,), pre_vote=guards, check_quorum=guards)
+    net.elect(1)
+    net.stabilize()
+    net[1].propose_conf_change(ConfChange(((ADD, 3), (REMOVE, 1))))
+    for _ in range(50):
+        net.process()
+        if net[1].conf_state.voters_outgoing:
+            break
+        net.deliver()
+    assert net[1].conf_state.voters_outgoing == frozenset({1, 2})
+    with pytest.raises(ProposalDroppedError):
+        net[1].propose(b"late")
+    leave = net[1].last_index
+    # Replicate the leave entry; drop every message from 1 that would tell 2 or 3 that
+    # it is committed.
+    for _ in range(50):
+        net.process()
+        net.deliver(keep=lambda m: m.frm != 1 or m.commit < leave)
+    assert net[1].commit >= leave
+    assert net[1].role == Role.FOLLOWER
+    assert net[2].last_index == net[3].last_index == leave
+    assert max(net[2].commit, net[3].commit) < leave
+    for _ in range(100):
+        net.tick()
+        net.stabilize()
+        if net.leaders():
+            break
+    (leader,) = net.leaders()
+    assert leader in (2, 3)
+    net[leader].propose(b"x")
+    settle(net)
+    assert net[2].conf_state == net[3].conf_state == ConfState(voters=frozenset({2, 3}))
+    assert net.data(2)[-1] == net.data(3)[-1] == b"x"
