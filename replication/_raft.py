@@ -48,16 +48,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._codec import decode_conf_change, encode_conf_change
+from ._codec import encode_conf_change
 from ._confchange import apply_change
 from ._errors import (
-    CodecError,
     CompactedError,
     ConfChangeInProgressError,
     ConfigError,
     NotLeaderError,
     ProposalDroppedError,
-    RaftError,
     SnapshotTemporarilyUnavailableError,
     UnavailableError,
 )
@@ -986,13 +984,3 @@ class RaftNode:
         if ready.committed_entries:
             log.applied_to(ready.committed_entries[-1].index)
         self._maybe_auto_leave()
-
-
-def decode_entry_conf_change(entry: Entry) -> ConfChange:
-    """The ConfChange carried by a CONF_CHANGE entry (a host helper)."""
-    if entry.type != EntryType.CONF_CHANGE:
-        raise RaftError(f"entry {entry.index} is not a configuration change")
-    try:
-        return decode_conf_change(entry.data)
-    except CodecError as exc:
-        raise RaftError(f"entry {entry.index}: bad configuration change") from exc
