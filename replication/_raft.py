@@ -600,7 +600,9 @@ class RaftNode:
         else:
             log.restore(snap)
             self._switch_to_config(meta.conf_state)
-        self._send(Message(_APPEND_RESP, m.frm, self._id, self._term, index=log.last_index()))
+        # Acknowledge the snapshot's index only: a kept suffix after it may still
+        # differ from the leader's log.
+        self._send(Message(_APPEND_RESP, m.frm, self._id, self._term, index=log.committed))
 
     # -- leader side ----------------------------------------------------------------------
 
