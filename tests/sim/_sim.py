@@ -102,7 +102,8 @@ class Simulation:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         rng = self.rng
-        self.n = cfg.nodes or rng.choice((3, 5))
+        drawn = rng.choice((3, 5))  # drawn even when given, so a replay is exact
+        self.n = cfg.nodes or drawn
         self.faults = _Faults(
             drop=rng.choice((0.0, 0.02, 0.1, 0.2)),
             dup=rng.choice((0.0, 0.02, 0.1)),
