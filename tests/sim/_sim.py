@@ -94,6 +94,7 @@ class _Faults:
     reorder: float
     crash: float
     partition: float
+    churn: float  # how often the leader itself is crashed or cut off
 
 
 class Simulation:
@@ -101,18 +102,20 @@ class Simulation:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         rng = self.rng
-        self.n = cfg.nodes or rng.choice((3, 5))
+        drawn = rng.choice((3, 5))  # drawn even when given, so a replay is exact
+        self.n = cfg.nodes or drawn
         self.faults = _Faults(
             drop=rng.choice((0.0, 0.02, 0.1, 0.2)),
             dup=rng.choice((0.0, 0.02, 0.1)),
             reorder=rng.choice((0.0, 0.1, 0.4)),
             crash=rng.choice((0.0, 0.3, 1.0)),
             partition=rng.choice((0.0, 0.2, 0.6)),
+            churn=rng.choice((0.0, 0.0, 0.5, 2.0)),
         )
         self.pre_vote = rng.random() < 0.8
         self.check_quorum = rng.random() < 0.8
-        small = rng.random() < 0.3
-        self.max_size_per_msg = rng.choice((16, 64)) if small else 1 << 20
+        small = rng.random() < 0.4
+        self.max_size_per_msg = rng.choice((1, 16, 64)) if small else 1 << 20
         self.max_inflight = rng.choice((1, 2, 4)) if small else 256
         self.ids = list(range(1, self.n + 1))
         # Most runs start with every node a voter; some start with the last as a
@@ -361,6 +364,25 @@ class Simulation:
                     f"the applied one has {canon[e.index - 1][0]}"
                 )
 
+    def _depose(self) -> None:
+        """Crash the leader, or cut it off from everyone else."""
+        host = self.leader()
+        if host is None:
+            return
+        if self.rng.random() < 0.5 and len(self.live()) > 1:
+            host.crash()
+            self.checker.on_crash(host)
+            self.pool = [m for m in self.pool if m.to != host.id]
+            self.result.crashes += 1
+            self.log(f"CRASH leader n{host.id}")
+        else:
+            self.groups = {i: int(i == host.id) for i in self.ids}
+            self.log(f"ISOLATE leader n{host.id}")
+
+    def _heal(self) -> None:
+        self.groups = None
+        self.log("HEAL")
+
     def _partition(self) -> None:
         if self.groups is not None or self.rng.random() < 0.3:
             self.groups = None
@@ -391,7 +413,7 @@ class Simulation:
             events.append((min(len(self.pool), 12) * 1.0, self._deliver_event))
         for h in self.hosts.values():
             if h.node is None:
-                if self.faults.crash:
+                if self.faults.crash or self.faults.churn:
                     events.append((0.3, lambda h=h: self._restart(h)))  # type: ignore[misc]
             elif h.busy or h.node.has_ready():
                 events.append((4.0, lambda h=h: self._ready(h)))  # type: ignore[misc]
@@ -405,6 +427,10 @@ class Simulation:
             events.append((0.05 * self.faults.crash, self._crash))
         if self.faults.partition:
             events.append((0.05 * self.faults.partition, self._partition))
+        if self.faults.churn:
+            events.append((0.02 * self.faults.churn, self._depose))
+        if self.groups is not None:
+            events.append((0.05, self._heal))
         total = sum(w for w, _ in events)
         x = rng.random() * total
         for w, fn in events:
@@ -442,7 +468,7 @@ class Simulation:
                     self.checker.on_crash(h)
                     stopped.add(h.id)
                     self.log(f"stop n{h.id} (not a member)")
-        probe: tuple[bytes, int] | None = None
+        probe: tuple[bytes, int, int] | None = None  # payload, index, term
         for rnd in range(self.cfg.liveness_rounds):
             self.now = -rnd  # liveness rounds show as negative steps in the trace
             self.result.liveness_ticks = rnd
@@ -460,6 +486,8 @@ class Simulation:
             if lead is None or lead.node is None:
                 continue
             node = lead.node
+            if probe is not None and probe[2] != node.term and len(self.checker.canon) < probe[1]:
+                probe = None  # proposed to an earlier leader that lost it: propose again
             if probe is None:
                 try:
                     self.seq += 1
@@ -469,7 +497,7 @@ class Simulation:
                     continue
                 self.checker.proposed(data, index, node.term)
                 self.result.proposed += 1
-                probe = (data, index)
+                probe = (data, index, node.term)
                 self.log(f"probe proposed to n{lead.id} at {index}")
                 self._quiesce()
             canon = self.checker.canon

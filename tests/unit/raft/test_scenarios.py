@@ -257,8 +257,9 @@ def test_a_conf_change_while_a_partition_is_open() -> None:
 def test_a_leader_that_removes_itself_leaves_a_group_that_can_elect(pre_vote: bool) -> None:
     # Voters {1, 2} swap 1 for 3: joint {2,3} & {1,2}. Leader 1 commits and applies the
     # entry leaving the joint configuration and steps down, but the messages telling 2 and
-    # 3 that it is committed are lost; 1 also holds one more (uncommitted) entry than
-    # they do. 2 and 3 still need 1's vote for the old half of the joint configuration.
+    # 3 that it is committed are lost. 2 and 3 still need 1's vote for the old half of the
+    # joint configuration, so 1 must not hold a longer log than theirs: a leaving leader
+    # takes no more proposals (SIM_FINDINGS #1: it used to, and the group deadlocked).
     c = Cluster(voters=(1, 2), blank=(3,), pre_vote=pre_vote, check_quorum=pre_vote)
     c.elect(1)
     c.change(1, (ConfChangeType.ADD_VOTER, 3), (ConfChangeType.REMOVE_NODE, 1))
@@ -282,9 +283,8 @@ def test_a_leader_that_removes_itself_leaves_a_group_that_can_elect(pre_vote: bo
         if all(c.node(i).last_index >= leave for i in (2, 3)) and not c.pending(frm=1):
             break
     assert c.log(2)[-1][0] == c.log(3)[-1][0] == leave
-    c.propose(1)  # one more entry that only 1 stores
-    c.process(1)
-    c.drop(frm=1)
+    with pytest.raises(ProposalDroppedError):
+        c.propose(1)  # its log must end with `leave`
     c.deliver(*held)
     c.process(1)
     c.drop(frm=1)  # the commit of `leave` never reaches 2 and 3
@@ -296,6 +296,58 @@ def test_a_leader_that_removes_itself_leaves_a_group_that_can_elect(pre_vote: bo
     _, data = c.propose(leader)
     c.run(3)
     assert data in c.applied(2)
+    assert data in c.applied(3)
+
+
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_a_removed_follower_with_a_longer_log_does_not_block_the_election(pre_vote: bool) -> None:
+    # Voters {1, 2} swap 2 for 3: joint {1,3} & {1,2}; leader 1 stays. It commits the
+    # entry leaving the joint configuration, appends one more entry X and sends X (with
+    # the new commit) to 2 before its own write is synced (allowed: Ongaro 10.2.1), then
+    # crashes and loses X. 2 applies its removal; 1 and 3 never learned the commit, so
+    # they still need 2's vote (old half {1,2}), and 2 has the longer log.
+    c = Cluster(voters=(1, 2), blank=(3,), pre_vote=pre_vote, check_quorum=pre_vote)
+    c.elect(1)
+    c.change(1, (ConfChangeType.ADD_VOTER, 3), (ConfChangeType.REMOVE_NODE, 2))
+    for _ in range(50):
+        c.process()
+        if c.node(1).conf_state.voters_outgoing:
+            break
+        c.deliver_all()
+    assert c.node(1).conf_state.voters_outgoing == {1, 2}
+    leave = c.node(1).last_index
+    held: list[Message] = []
+    for _ in range(50):
+        c.deliver_all(frm=1)
+        c.process(2, 3)
+        for m in c.take(to=1):
+            if m.type == MT.APPEND_RESP and not m.reject and m.index >= leave:
+                held.append(m)
+            else:
+                c.deliver(m)
+        c.process(1)
+        if all(c.node(i).last_index >= leave for i in (2, 3)) and not c.pending(frm=1):
+            break
+    assert c.log(2)[-1][0] == c.log(3)[-1][0] == leave
+    c.deliver(*held)  # 1 now knows `leave` is committed; nobody else does
+    assert c.node(1).commit >= leave
+    c.propose(1)  # X
+    c.begin(1)  # X appended, unsynced; the APPENDs carrying X and the commit go out
+    c.deliver_all(MT.APPEND, frm=1, to=2)
+    c.drop(frm=1)
+    c.process(2)
+    c.drop(frm=2)
+    assert c.node(2).commit >= leave
+    assert 2 not in c.node(2).conf_state.voters | c.node(2).conf_state.voters_outgoing
+    c.crash(1)  # X and the commit were not synced on 1
+    c.restart(1)
+    assert c.node(1).commit < leave
+    assert c.node(3).commit < leave
+    leader = run_until_leader(c, max_ticks=300)
+    assert leader in (1, 3)
+    _, data = c.propose(leader)
+    c.run(3)
+    assert data in c.applied(1)
     assert data in c.applied(3)
 
 
