@@ -29,6 +29,18 @@ from ._errors import (
 )
 from ._raft import ProgressState, RaftConfig, RaftNode
 from ._storage import MemoryStorage, Storage
+from ._transport import (
+    PeerMessage,
+    PeerTransport,
+    TransportClosedError,
+    TransportConfig,
+    TransportDecodeError,
+    TransportError,
+    TransportStats,
+    decode_peer_frames,
+    encode_peer_frames,
+    node_routing_id,
+)
 from ._types import (
     ConfChange,
     ConfChangeType,
@@ -45,18 +57,6 @@ from ._types import (
     Snapshot,
     SnapshotMetadata,
     SoftState,
-)
-from ._transport import (
-    PeerMessage,
-    PeerTransport,
-    TransportClosedError,
-    TransportConfig,
-    TransportDecodeError,
-    TransportError,
-    TransportStats,
-    decode_peer_frames,
-    encode_peer_frames,
-    node_routing_id,
 )
 
 __all__ = [
