@@ -468,6 +468,9 @@ class PeerTransport:
             endpoint = router.getsockopt(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as e:
             router.close(linger=0)
+            if self._own_context:
+                self._context.term()
+                self._context = None
             raise TransportError(f"cannot bind {self._bind_addr!r}: {e}") from e
         assert isinstance(endpoint, bytes)
         self._router = router
@@ -675,6 +678,10 @@ class PeerTransport:
         except TransportDecodeError as e:
             stats.decode_errors += 1
             self._garbage_log.warning("ignoring bad message from %r: %s", routing_id[:32], e)
+            return
+        if items[0].from_node == self._local_id:
+            stats.decode_errors += 1
+            self._garbage_log.warning("ignoring message claiming to come from this node")
             return
         stats.received_multiparts += 1
         stats.received_msgs += len(items)
