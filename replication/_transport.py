@@ -514,7 +514,7 @@ class PeerTransport:
         _check_node_id(node_id, "node_id")
         if node_id == self._local_id:
             raise ValueError("a node is not its own peer")
-        if self._closed or self._context is None:
+        if self._closed or self._router is None or self._context is None:
             raise TransportClosedError("transport is closed or not started")
         old = self._peers.get(node_id)
         if old is not None:
