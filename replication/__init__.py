@@ -28,6 +28,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._raft import ProgressState, RaftConfig, RaftNode
+from ._raftlog_disk import RaftLog, RaftLogError
 from ._storage import MemoryStorage, Storage
 from ._transport import (
     PeerMessage,
@@ -81,6 +82,8 @@ __all__ = [
     "ProposalDroppedError",
     "RaftConfig",
     "RaftError",
+    "RaftLog",
+    "RaftLogError",
     "RaftNode",
     "ReadState",
     "Ready",
