@@ -27,6 +27,15 @@ from ._errors import (
     SnapshotTemporarilyUnavailableError,
     UnavailableError,
 )
+from ._host import (
+    GroupHandle,
+    HostConfig,
+    HostError,
+    HostStats,
+    HostStoppedError,
+    ProposalTimeoutError,
+    RaftHost,
+)
 from ._raft import ProgressState, RaftConfig, RaftNode
 from ._raftlog_disk import RaftLog, RaftLogError
 from ._storage import MemoryStorage, Storage
@@ -70,7 +79,12 @@ __all__ = [
     "ConfigError",
     "Entry",
     "EntryType",
+    "GroupHandle",
     "HardState",
+    "HostConfig",
+    "HostError",
+    "HostStats",
+    "HostStoppedError",
     "MemoryStorage",
     "Message",
     "MessageType",
@@ -80,8 +94,10 @@ __all__ = [
     "PeerTransport",
     "ProgressState",
     "ProposalDroppedError",
+    "ProposalTimeoutError",
     "RaftConfig",
     "RaftError",
+    "RaftHost",
     "RaftLog",
     "RaftLogError",
     "RaftNode",
