@@ -16,6 +16,12 @@ from ._codec import (
     message_from_wire,
     message_to_wire,
 )
+from ._dlog import (
+    BlockingDistributedLog,
+    DistributedLog,
+    DistributedLogConfig,
+    Server,
+)
 from ._errors import (
     CodecError,
     CompactedError,
@@ -70,6 +76,7 @@ from ._types import (
 )
 
 __all__ = [
+    "BlockingDistributedLog",
     "CodecError",
     "CompactedError",
     "ConfChange",
@@ -77,6 +84,8 @@ __all__ = [
     "ConfChangeType",
     "ConfState",
     "ConfigError",
+    "DistributedLog",
+    "DistributedLogConfig",
     "Entry",
     "EntryType",
     "GroupHandle",
@@ -104,6 +113,7 @@ __all__ = [
     "ReadState",
     "Ready",
     "Role",
+    "Server",
     "Snapshot",
     "SnapshotMetadata",
     "SnapshotTemporarilyUnavailableError",

@@ -25,7 +25,7 @@ then makes one *pass*:
 Quiescence and liveness
 -----------------------
 Every tick the host sends each peer one small liveness heartbeat (not one per group),
-carrying its own peer address (so a blank node learns how to answer its leader). A
+carrying its own peer address (so a blank node can learn how to answer its leader). A
 leader group with nothing pending, all members' match == last index == commit, for
 ``quiesce_after_ticks`` ticks, tells its followers to quiesce and stops ticking; a
 follower quiesces on that notice from its current leader and term. Any message,
@@ -433,8 +433,9 @@ class RaftHost:
         return g.handle if g is not None else None
 
     def on_peer_address(self, callback: Callable[[NodeId, str], None]) -> None:
-        """Call ``callback(node_id, address)`` when a peer's liveness heartbeat names an
-        address the transport did not know (the host then adds the peer)."""
+        """Call ``callback(node_id, address)`` for each liveness heartbeat from a peer the
+        transport does not know; the callback decides whether to add it (a blank node
+        learns its leader's address this way)."""
         self._peer_callbacks.append(callback)
 
     @property
@@ -638,8 +639,7 @@ class RaftHost:
         kind = h[1]
         if kind == _LIVENESS:
             addr = h[2].decode() if isinstance(h[2], bytes) else str(h[2])
-            if frm not in self._transport.peers():
-                self._transport.add_peer(frm, addr)
+            if self._peer_callbacks and frm not in self._transport.peers():
                 for cb in self._peer_callbacks:
                     cb(frm, addr)
         elif kind == _QUIESCE:

@@ -5,6 +5,7 @@ Run::
     python -m tests.support.lognode --id N --data-dir D --bind tcp://127.0.0.1:P \
         [--bootstrap] --control tcp://127.0.0.1:C \
         [--heartbeat-ms 50] [--election-ms 500] [--commit-timeout-ms 5000] [--no-fsync]
+        [--segment-bytes N]
 
 It runs one `replication.DistributedLog` (one Raft group, the seed's API) and answers
 commands on a ZeroMQ REP socket bound at ``--control``. When it is ready it prints one
@@ -51,6 +52,9 @@ Operations (arguments -> results; all ints are plain msgpack ints):
   log from its first index: index, term, kind and payload), ``first_index``,
   ``commit_index``, ``commit_offset``. Two replicas whose logs hold the same committed
   entries give the same digest when they report the same first and commit index.
+- ``snapshot`` -> ``start_offset``: moves the log start up to the applied index (a
+  "log starts here" snapshot: members that lag behind it, or join later, are caught up
+  by installing it). Reads below the new start then raise ``OffsetOutOfRange``.
 - ``shutdown`` -> (nothing); the node replies, closes its log and exits with status 0.
 
 `LogNodeClient` speaks this protocol (one REQ socket per call, so a timed-out call
@@ -81,7 +85,7 @@ from replication import (
     NotLeaderError,
     ProposalTimeoutError,
 )
-from storage import OffsetOutOfRange
+from storage import LogConfig, OffsetOutOfRange
 from tests.support.proc import ManagedProcess, free_port
 
 __all__ = ["LogNode", "LogNodeClient", "LogNodeError", "main"]
@@ -105,8 +109,10 @@ class LogNodeClient:
         self.control_addr = control_addr
         self._context = context or zmq.Context.instance()
 
-    def call(self, op: str, timeout_s: float = 10.0, **args: Any) -> dict[str, Any]:
-        """Send one request; return the reply map or raise `LogNodeError` / TimeoutError."""
+    def call(self, op: str, reply_timeout_s: float = 10.0, /, **args: Any) -> dict[str, Any]:
+        """Send one request ``{"op": op, **args}``; return the reply map or raise
+        `LogNodeError` / TimeoutError (no reply within ``reply_timeout_s``, positional)."""
+        timeout_s = reply_timeout_s
         sock = self._context.socket(zmq.REQ)
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -246,6 +252,7 @@ class _Server:
             "get_servers": self.get_servers,
             "wait_for_leader": self.wait_for_leader,
             "digest": self.digest,
+            "snapshot": self.snapshot,
             "shutdown": self.shutdown,
         }
 
@@ -336,6 +343,9 @@ class _Server:
             "commit_offset": st["commit_offset"],
         }
 
+    async def snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "start_offset": await self.dlog.snapshot()}
+
     async def shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
         self.stopping.set()
         return {"ok": True}
@@ -350,6 +360,7 @@ async def _serve(args: argparse.Namespace) -> None:
         election_timeout_ms=args.election_ms,
         commit_timeout_ms=args.commit_timeout_ms,
         fsync=not args.no_fsync,
+        log_config=LogConfig(segment_bytes=args.segment_bytes),
     )
     dlog = DistributedLog(Path(args.data_dir), config)
     await dlog.start()
@@ -395,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--election-ms", type=int, default=500)
     p.add_argument("--commit-timeout-ms", type=int, default=5000)
     p.add_argument("--no-fsync", action="store_true")
+    p.add_argument("--segment-bytes", type=int, default=LogConfig().segment_bytes)
     args = p.parse_args(argv)
     try:
         import uvloop
