@@ -1,0 +1,419 @@
+"""Clusters of real lognode processes for fault tests and benchmarks.
+
+- `ClusterNode`: one ``tests.support.lognode`` process (optionally inside a network
+  namespace) with start / stop (SIGTERM) / kill (SIGKILL) / pause (SIGSTOP) / resume
+  (SIGCONT) / restart, always by PID, on the same addresses and data directory across
+  restarts. Its ``client`` is a `LogNodeClient` (the control protocol lives in lognode).
+- `Cluster`: N such nodes; node 1 bootstraps and joins the others. Helpers find the
+  leader, read every committed record, wait until all replicas hold the same committed
+  log (the ``digest`` operation), and read a stopped node's entries from its segment
+  files (term, kind, payload: byte equality).
+- `AppendWorkload`: client threads appending unique values to whichever node leads,
+  recording a history for `tests.support.checker.check_queue`.
+
+On loopback, peer and control sockets are TCP on free ports of 127.0.0.1. With a
+`tests.support.netns.Network`, node n runs in its namespace and binds its peer socket
+on the namespace's own address (a fixed port: nothing else lives there), and every
+control socket is an ``ipc://`` endpoint, so partitions never cut the test's own
+control traffic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from storage import LogConfig, SegmentedLog
+from tests.support.checker import Append
+from tests.support.lognode import LogNodeClient, LogNodeError
+from tests.support.netns import Network
+from tests.support.proc import ManagedProcess, free_port, wait_until
+
+__all__ = ["AppendWorkload", "Cluster", "ClusterNode", "DiskEntry"]
+
+_ROOT = Path(__file__).resolve().parents[2]
+_NETNS_PEER_PORT = 7100
+_READ_PAGE = 2000
+
+DiskEntry = tuple[int, int, int, bytes]  # (index, term, kind, payload)
+
+
+class ClusterNode:
+    """One lognode process, restartable on the same addresses and data directory."""
+
+    def __init__(
+        self,
+        node_id: int,
+        data_dir: Path,
+        log_dir: Path,
+        bind_addr: str,
+        control_addr: str,
+        *,
+        bootstrap: bool = False,
+        extra_args: Iterable[str] = (),
+        exec_prefix: Iterable[str] = (),
+    ) -> None:
+        self.node_id = node_id
+        self.data_dir = data_dir
+        self.bind_addr = bind_addr
+        self.control_addr = control_addr
+        argv = [
+            *exec_prefix,
+            sys.executable,
+            "-m",
+            "tests.support.lognode",
+            "--id",
+            str(node_id),
+            "--data-dir",
+            str(data_dir),
+            "--bind",
+            bind_addr,
+            "--control",
+            control_addr,
+            *(("--bootstrap",) if bootstrap else ()),
+            *extra_args,
+        ]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+        self.process = ManagedProcess(f"lognode-{node_id}", argv, log_dir, env=env, cwd=_ROOT)
+        self.client = LogNodeClient(control_addr)
+        self.paused = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.running()
+
+    def start(self, ready_timeout_s: float = 20.0) -> None:
+        """Start the process and wait until its control socket answers ``status``."""
+        self.process.start()
+        self.paused = False
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if not self.process.running():
+                raise RuntimeError(f"lognode {self.node_id} exited:\n{self.process.tail()}")
+            try:
+                self.client.status(timeout_s=0.5)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"lognode {self.node_id} not ready:\n{self.process.tail()}"
+                    ) from None
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after a grace period), by PID."""
+        self.process.stop()
+        self.paused = False
+
+    def kill(self) -> None:
+        """SIGKILL, by PID, and reap."""
+        self.process.kill()
+        self.paused = False
+
+    def pause(self) -> None:
+        self.process.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self.process.signal(signal.SIGCONT)
+        self.paused = False
+
+    def restart(self, ready_timeout_s: float = 20.0) -> None:
+        self.stop()
+        self.start(ready_timeout_s)
+
+    def status(self, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        """The node's status, or None when it is down, paused or does not answer."""
+        if not self.running or self.paused:
+            return None
+        try:
+            return self.client.status(timeout_s)
+        except (TimeoutError, LogNodeError):
+            return None
+
+    def records(self, timeout_s: float = 10.0) -> list[bytes]:
+        """Every committed record this replica holds, from offset 0."""
+        out: list[bytes] = []
+        while True:
+            reply = self.client.call(
+                "read_range", timeout_s, offset=len(out), max_records=_READ_PAGE
+            )
+            page = [bytes(r) for r in reply["records"]]
+            if not page:
+                return out
+            out.extend(page)
+
+    def disk_entries(self, segment_bytes: int | None = None) -> list[DiskEntry]:
+        """(index, term, kind, payload) of every entry in the segment files; only while
+        the node is down (the log directory is locked while a process has it open)."""
+        if self.running:
+            raise RuntimeError(f"lognode {self.node_id} is running")
+        config = LogConfig() if segment_bytes is None else LogConfig(segment_bytes=segment_bytes)
+        log = SegmentedLog.open(self.data_dir / "group" / "log", config)
+        try:
+            out: list[DiskEntry] = []
+            index = log.first_index
+            while index <= log.last_index:
+                for e in log.read(index, log.last_index + 1, 4 << 20):
+                    out.append((e.index, e.term, int(e.kind), bytes(e.payload)))
+                    index = e.index + 1
+            return out
+        finally:
+            log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self.process.tail(lines)
+
+
+class Cluster:
+    """``size`` lognode processes; node 1 bootstraps the group and joins the others."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        *,
+        network: Network | None = None,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.root = root
+        self.network = network
+        extra = tuple(extra_args)
+        # ipc paths must stay short (about 100 bytes): a private temp dir, removed by close.
+        self._ipc_dir = tempfile.mkdtemp(prefix="zs-ctl-") if network is not None else None
+        self.nodes: dict[int, ClusterNode] = {}
+        for n in range(1, size + 1):
+            if network is not None:
+                bind = f"tcp://{network.address(n)}:{_NETNS_PEER_PORT}"
+                control = f"ipc://{self._ipc_dir}/n{n}"
+                prefix: list[str] = network.exec_prefix(n)
+            else:
+                bind = f"tcp://127.0.0.1:{free_port()}"
+                control = f"tcp://127.0.0.1:{free_port()}"
+                prefix = []
+            self.nodes[n] = ClusterNode(
+                n,
+                root / f"data{n}",
+                root / "logs",
+                bind,
+                control,
+                bootstrap=n == 1,
+                extra_args=extra,
+                exec_prefix=prefix,
+            )
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        """Start every node, then form the group: node 1 leads and joins the others."""
+        for node in self.nodes.values():
+            node.start()
+        first = self.nodes[1]
+        if first.client.wait_for_leader(timeout_s) != 1:
+            raise RuntimeError("the bootstrap node did not elect itself")
+        for node in list(self.nodes.values())[1:]:
+            first.client.join(node.node_id, node.bind_addr)
+        voters = sorted(self.nodes)
+        wait_until(
+            lambda: all(
+                (st := n.status()) is not None and st["voters"] == voters
+                for n in self.nodes.values()
+            ),
+            timeout_s,
+            f"every node to see voters {voters}",
+            interval_s=0.05,
+        )
+
+    def close(self) -> None:
+        """End every process by PID and remove the ipc directory."""
+        for node in self.nodes.values():
+            node.stop()
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def node(self, node_id: int) -> ClusterNode:
+        return self.nodes[node_id]
+
+    def running(self) -> list[ClusterNode]:
+        return [n for n in self.nodes.values() if n.running and not n.paused]
+
+    def find_leader(self, exclude: Iterable[int] = ()) -> tuple[ClusterNode, dict[str, Any]] | None:
+        """The reachable node that says it leads, with the highest term (or None)."""
+        skip = set(exclude)
+        best: tuple[ClusterNode, dict[str, Any]] | None = None
+        for node in self.running():
+            if node.node_id in skip:
+                continue
+            st = node.status(0.5)
+            if (
+                st is not None
+                and st["is_leader"]
+                and (best is None or st["term"] > best[1]["term"])
+            ):
+                best = (node, st)
+        return best
+
+    def wait_leader(
+        self, timeout_s: float = 10.0, exclude: Iterable[int] = ()
+    ) -> tuple[ClusterNode, dict[str, Any]]:
+        """Wait until `find_leader` finds one (outside ``exclude``)."""
+        skip = tuple(exclude)
+        found: list[tuple[ClusterNode, dict[str, Any]]] = []
+
+        def check() -> bool:
+            got = self.find_leader(skip)
+            if got is not None:
+                found.append(got)
+            return got is not None
+
+        wait_until(check, timeout_s, f"a leader (excluding {list(skip)})", interval_s=0.05)
+        return found[-1]
+
+    def wait_converged(
+        self, timeout_s: float = 20.0, nodes: Iterable[ClusterNode] | None = None
+    ) -> dict[str, Any]:
+        """Wait until the given (default: all running) nodes report the same committed
+        log: equal first index, commit index, committed end offset and digest."""
+        members = list(self.running() if nodes is None else nodes)
+        last: list[object] = []
+
+        def same() -> bool:
+            digests = []
+            for node in members:
+                try:
+                    d = node.client.call("digest", 2.0)
+                except (TimeoutError, LogNodeError) as exc:
+                    last[:] = [f"node {node.node_id}: {exc}"]
+                    return False
+                digests.append(
+                    (d["first_index"], d["commit_index"], d["commit_offset"], d["digest"])
+                )
+            last[:] = digests
+            return len(set(digests)) == 1
+
+        try:
+            wait_until(same, timeout_s, "replicas to converge", interval_s=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; last seen: {last}\n{self.describe()}") from None
+        first_index, commit_index, commit_offset, digest = last[0]  # type: ignore[misc]
+        return {
+            "first_index": first_index,
+            "commit_index": commit_index,
+            "commit_offset": commit_offset,
+            "digest": digest,
+        }
+
+    def describe(self) -> str:
+        """Every node's status and the tail of its output, for failure messages."""
+        parts = []
+        for node in self.nodes.values():
+            parts.append(f"--- node {node.node_id} running={node.running} status={node.status()}")
+            parts.append(node.log_tail(15))
+        return "\n".join(parts)
+
+
+class AppendWorkload:
+    """Client threads appending unique values to the current leader, recording every
+    attempt (`tests.support.checker.Append`); owned threads, joined by `stop`."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        threads: int = 2,
+        tag: bytes = b"w",
+        reply_timeout_s: float = 3.0,
+    ) -> None:
+        self.cluster = cluster
+        self.tag = tag
+        self.reply_timeout_s = reply_timeout_s
+        self._history: list[Append] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"append-{i}", daemon=True)
+            for i in range(threads)
+        ]
+
+    def start(self) -> AppendWorkload:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> list[Append]:
+        """Stop every thread, wait for it, and return the history."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.reply_timeout_s + 10.0)
+            if t.is_alive():
+                raise RuntimeError(f"{t.name} did not stop")
+        if self._errors:
+            raise RuntimeError("a workload thread failed") from self._errors[0]
+        return self.history()
+
+    def history(self) -> list[Append]:
+        with self._lock:
+            return list(self._history)
+
+    def acked(self, since: float = 0.0) -> int:
+        """Acknowledged appends invoked at or after monotonic time ``since``."""
+        with self._lock:
+            return sum(1 for op in self._history if op.offset is not None and op.invoked >= since)
+
+    def wait_acked(self, count: int, timeout_s: float, since: float = 0.0) -> None:
+        wait_until(
+            lambda: self.acked(since) >= count,
+            timeout_s,
+            f"{count} acknowledged appends",
+            interval_s=0.05,
+        )
+
+    def _run(self, worker: int) -> None:
+        seq = 0
+        target: ClusterNode | None = None
+        try:
+            while not self._stop.is_set():
+                if target is None or not target.running or target.paused:
+                    found = self.cluster.find_leader()
+                    if found is None:
+                        self._stop.wait(0.05)
+                        continue
+                    target = found[0]
+                value = b"%s-%d-%d" % (self.tag, worker, seq)
+                seq += 1
+                invoked = time.monotonic()
+                offset: int | None = None
+                try:
+                    offset = target.client.append(value, self.reply_timeout_s)
+                except LogNodeError as exc:
+                    hint = int(exc.details.get("leader_hint", 0))
+                    target = self.cluster.nodes.get(hint)
+                except TimeoutError:
+                    target = None
+                with self._lock:
+                    self._history.append(Append(value, offset, invoked, time.monotonic()))
+        except BaseException as exc:  # surfaced by stop()
+            self._errors.append(exc)
