@@ -297,7 +297,8 @@ class Cluster:
         """Wait until the given (default: all running) nodes report the same committed
         log: equal first index, commit index, committed end offset and digest."""
         members = list(self.running() if nodes is None else nodes)
-        last: list[object] = []
+        seen: list[tuple[int, int, int, str]] = []
+        problem: list[str] = []
 
         def same() -> bool:
             digests = []
@@ -305,19 +306,20 @@ class Cluster:
                 try:
                     d = node.client.call("digest", 2.0)
                 except (TimeoutError, LogNodeError) as exc:
-                    last[:] = [f"node {node.node_id}: {exc}"]
+                    problem[:] = [f"node {node.node_id}: {exc}"]
                     return False
                 digests.append(
                     (d["first_index"], d["commit_index"], d["commit_offset"], d["digest"])
                 )
-            last[:] = digests
+            seen[:] = digests
+            problem.clear()
             return len(set(digests)) == 1
 
         try:
             wait_until(same, timeout_s, "replicas to converge", interval_s=0.1)
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; last seen: {last}\n{self.describe()}") from None
-        first_index, commit_index, commit_offset, digest = last[0]  # type: ignore[misc]
+            raise TimeoutError(f"{exc}; last seen: {problem or seen}\n{self.describe()}") from None
+        first_index, commit_index, commit_offset, digest = seen[0]
         return {
             "first_index": first_index,
             "commit_index": commit_index,
