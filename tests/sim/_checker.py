@@ -41,6 +41,11 @@ class Checker:
     reads_served: int = 0
     # The simulator registers every proposal; the unit-test harness only those it makes.
     strict_proposals: bool = True
+    # Durability: when an entry is first applied anywhere it must be durable (synced,
+    # or inside a durable snapshot) on a majority of one recent configuration. Needs
+    # ``hosts``; the simulator sets both, scripted tests with forged leaders do not.
+    hosts: list[Host] = field(default_factory=list)
+    voter_sets: list[frozenset[int]] = field(default_factory=list)
 
     # -- hooks -------------------------------------------------------------------
 
@@ -146,6 +151,27 @@ class Checker:
                     )
                 self.canon_payloads.add(e.data)
             self.canon.append(rec)
+            if self.hosts:
+                self._check_durable_majority(e)
+        if self.hosts:
+            self.note_config(host.conf_state.voters)
+            self.note_config(host.conf_state.voters_outgoing)
+
+    def note_config(self, voters: frozenset[int]) -> None:
+        if voters and (not self.voter_sets or self.voter_sets[-1] != voters):
+            if voters in self.voter_sets:
+                self.voter_sets.remove(voters)
+            self.voter_sets.append(voters)
+
+    def _check_durable_majority(self, e: Entry) -> None:
+        holders = {h.id for h in self.hosts if h.durably_holds(e.index, e.term)}
+        for voters in self.voter_sets[-4:]:
+            if len(holders & voters) * 2 > len(voters):
+                return
+        raise InvariantError(
+            f"entry {e.index} (term {e.term}) is applied but durable only on "
+            f"{sorted(holders)}: no majority of {[sorted(v) for v in self.voter_sets[-4:]]}"
+        )
 
     def on_read_issued(self, context: bytes, hosts: list[Host]) -> None:
         """A ReadIndex request: its answer must cover every index committed by then."""

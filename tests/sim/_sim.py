@@ -129,7 +129,8 @@ class Simulation:
             self.hosts[i] = Host(
                 i, conf, self.registry, config=self._config, rng=random.Random(rng.getrandbits(64))
             )
-        self.checker = Checker()
+        self.checker = Checker(hosts=list(self.hosts.values()))
+        self.checker.note_config(boot.voters)
         self.pool: list[Message] = []
         self.groups: dict[int, int] | None = None  # node -> side of the partition
         self.trace: deque[str] = deque(maxlen=cfg.trace_len)
