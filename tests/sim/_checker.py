@@ -46,6 +46,7 @@ class Checker:
     # ``hosts``; the simulator sets both, scripted tests with forged leaders do not.
     hosts: list[Host] = field(default_factory=list)
     voter_sets: list[frozenset[int]] = field(default_factory=list)
+    durable_checked: int = 0  # commit indexes up to here were checked for durability
 
     # -- hooks -------------------------------------------------------------------
 
@@ -152,7 +153,7 @@ class Checker:
                 self.canon_payloads.add(e.data)
             self.canon.append(rec)
             if self.hosts:
-                self._check_durable_majority(e)
+                self._check_durable_majority(e.index, e.term)
         if self.hosts:
             self.note_config(host.conf_state.voters)
             self.note_config(host.conf_state.voters_outgoing)
@@ -163,13 +164,32 @@ class Checker:
                 self.voter_sets.remove(voters)
             self.voter_sets.append(voters)
 
-    def _check_durable_majority(self, e: Entry) -> None:
-        holders = {h.id for h in self.hosts if h.durably_holds(e.index, e.term)}
+    def _check_commit_durable(self, hosts: list[Host]) -> None:
+        """Any node's commit index covers only entries durable on a majority: a leader
+        that counted an unsynced write (its own or a follower's) shows up here."""
+        for h in hosts:
+            node = h.node
+            if node is None or node.commit <= self.durable_checked:
+                continue
+            storage = h.storage
+            i = self.durable_checked + 1
+            while i <= node.commit:
+                if i < storage.first_index():
+                    i = storage.first_index()
+                    continue
+                if i > storage.last_index():
+                    break  # committed entries still in this node's Ready: check later
+                self._check_durable_majority(i, storage.term(i))
+                i += 1
+            self.durable_checked = max(self.durable_checked, i - 1)
+
+    def _check_durable_majority(self, index: int, term: int) -> None:
+        holders = {h.id for h in self.hosts if h.durably_holds(index, term)}
         for voters in self.voter_sets[-4:]:
             if len(holders & voters) * 2 > len(voters):
                 return
         raise InvariantError(
-            f"entry {e.index} (term {e.term}) is applied but durable only on "
+            f"entry {index} (term {term}) is committed but durable only on "
             f"{sorted(holders)}: no majority of {[sorted(v) for v in self.voter_sets[-4:]]}"
         )
 
@@ -222,6 +242,8 @@ class Checker:
                 raise InvariantError(
                     f"node {h.id}: commit {commit} is below its durable commit {h.durable_commit}"
                 )
+        if self.hosts:
+            self._check_commit_durable(hosts)
         for h in hosts:
             if len(h.state) > len(self.canon):
                 raise InvariantError(f"node {h.id} applied past the canonical sequence")
