@@ -327,7 +327,7 @@ class RaftNode:
         joint configuration (0 if none)."""
         log = self._log
         found = 0
-        lo, hi = log.applied + 1, log.last_index() + 1
+        lo, hi = max(log.applied + 1, log.first_index()), log.last_index() + 1
         while lo < hi:
             ents = log.slice(lo, hi, 1 << 62)
             for e in ents:
