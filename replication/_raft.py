@@ -983,24 +983,32 @@ class RaftNode:
         """Collect the work for the host (see :class:`Ready`). Everything returned is
         handed out once; call ``advance`` after doing it."""
         log = self._log
-        rd = Ready()
+        soft_state: SoftState | None = None
         soft = self._prev_soft
         if soft.leader != self._lead or soft.role != self._role:
-            rd.soft_state = self._prev_soft = SoftState(self._lead, self._role)
+            soft_state = self._prev_soft = SoftState(self._lead, self._role)
+        hard_state: HardState | None = None
+        must_sync = False
         hs = self._prev_hard
         if hs.term != self._term or hs.vote != self._vote or hs.commit != log.committed:
-            new = HardState(self._term, self._vote, log.committed)
-            rd.hard_state = new
-            rd.must_sync = new.term != hs.term or new.vote != hs.vote
-            self._prev_hard = new
-        rd.snapshot = log.take_snapshot()
-        rd.entries = log.take_unstable()
-        if rd.entries or rd.snapshot is not None:
-            rd.must_sync = True
-        rd.committed_entries = log.next_committed()
-        rd.messages = self._msgs
-        rd.messages_after_append = self._msgs_after
-        rd.read_states = self._read_states
+            hard_state = HardState(self._term, self._vote, log.committed)
+            must_sync = hard_state.term != hs.term or hard_state.vote != hs.vote
+            self._prev_hard = hard_state
+        snapshot = log.take_snapshot()
+        entries = log.take_unstable()
+        if entries or snapshot is not None:
+            must_sync = True
+        rd = Ready(
+            soft_state,
+            hard_state,
+            must_sync,
+            snapshot,
+            entries,
+            log.next_committed(),
+            self._msgs,
+            self._msgs_after,
+            self._read_states,
+        )
         self._msgs = []
         self._msgs_after = []
         self._read_states = []
