@@ -33,7 +33,7 @@ the storage records carry their own CRC32C)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -179,7 +179,7 @@ def message_to_wire(msg: Message) -> tuple[list[Any], list[bytes]]:
     ents = msg.entries
     meta: list[int] = []
     for e in ents:
-        meta += (e.term, e.index, e.type)
+        meta += (e.term, e.index, int(e.type))
     snap = msg.snapshot
     snap_w: list[Any] | None = None
     if snap is not None:
@@ -211,15 +211,22 @@ def message_from_wire(header: list[Any], payloads: Sequence[bytes | memoryview])
     n = len(meta) // 3
     if len(meta) != 3 * n or n != len(payloads):
         raise CodecError(f"entries: {len(meta)} metadata items for {len(payloads)} payloads")
-    entries = tuple(
-        Entry(
-            _uint(meta[3 * i], "entry term"),
-            _uint(meta[3 * i + 1], "entry index"),
-            _enum(_ENTRY_TYPES, meta[3 * i + 2], "entry type"),
-            p if type(p) is bytes else bytes(p),
+    entries: tuple[Entry, ...] = ()
+    if n:
+        # Validated and built with C-level loops (map/min/max): no Python frame per
+        # entry besides the Entry constructor itself.
+        if not set(map(type, meta)) <= {int} or min(meta) < 0 or max(meta) >= _U64:
+            raise CodecError("entries: metadata must be uints")
+        if max(meta[2::3]) >= len(_ENTRY_TYPES):
+            raise CodecError("entries: unknown entry type")
+        datas: Sequence[bytes] = (
+            cast("Sequence[bytes]", payloads)
+            if set(map(type, payloads)) <= {bytes}
+            else list(map(bytes, payloads))
         )
-        for i, p in enumerate(payloads)
-    )
+        entries = tuple(
+            map(Entry, meta[0::3], meta[1::3], map(_ENTRY_TYPES.__getitem__, meta[2::3]), datas)
+        )
     snap: Snapshot | None = None
     if h[12] is not None:
         s = _array(h[12], "snapshot", 4)

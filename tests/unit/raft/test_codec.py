@@ -167,3 +167,10 @@ def test_fuzz_mutated_messages(msg: Message, data: st.DataObject) -> None:
 def test_specific_bad_messages(bad: bytes) -> None:
     with pytest.raises(CodecError):
         decode_message(bad)
+
+
+@given(messages)
+def test_wire_split_round_trip_in_process(msg: Message) -> None:
+    # A transport may hand the header over without encoding it.
+    header, payloads = message_to_wire(msg)
+    assert message_from_wire(header, payloads) == msg

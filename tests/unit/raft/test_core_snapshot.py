@@ -58,6 +58,7 @@ def test_snapshot_whose_last_entry_is_in_the_log_keeps_the_suffix() -> None:
     ents = tuple(Entry(1, i, EntryType.NORMAL, b"%d" % i) for i in range(1, 6))
     node.step(Message(MessageType.APPEND, 2, 1, term=1, index=0, log_term=0, entries=ents))
     net.process(ids=(2,))
+    net.queue.clear()
     conf = ConfState(voters=frozenset({1, 2, 3}))
     snap = Snapshot(SnapshotMetadata(3, 1, conf), b"s")
     node.step(Message(MessageType.SNAPSHOT, 2, 1, term=1, snapshot=snap))
@@ -65,6 +66,10 @@ def test_snapshot_whose_last_entry_is_in_the_log_keeps_the_suffix() -> None:
     assert rd.snapshot is None  # Figure 13: matching entry, keep the log
     assert node.last_index == 5
     assert node.commit == 3
+    # Only the snapshot's index is acknowledged: entries 4..5 may differ from the
+    # leader's.
+    (ack,) = [m for m in rd.messages_after_append if m.type == MessageType.APPEND_RESP]
+    assert (ack.index, ack.reject) == (3, False)
 
 
 def test_snapshot_with_a_different_term_replaces_the_log() -> None:
@@ -127,3 +132,19 @@ def test_lost_snapshot_is_sent_again() -> None:
         net.stabilize(keep=drop_snapshots)
     assert sent == 2
     assert net[3].commit == net[1].commit
+
+
+def test_node_can_campaign_while_a_received_snapshot_is_being_persisted() -> None:
+    net = Net(pre_vote=False)
+    node = net[2]
+    conf = ConfState(voters=frozenset({1, 2, 3}))
+    snap = Snapshot(SnapshotMetadata(10, 1, conf), b"s")
+    node.step(Message(MessageType.SNAPSHOT, 2, 1, term=1, snapshot=snap))
+    rd = node.ready()  # the host is still installing it: no advance yet
+    assert rd.snapshot == snap
+    node.campaign()
+    assert node.role.name == "CANDIDATE"
+    assert node.term == 2
+    net.storage[2].apply_snapshot(snap)
+    node.advance(rd)
+    assert node.applied == 10
