@@ -626,7 +626,11 @@ class PeerTransport:
             if router is None:
                 raise TransportClosedError("transport is closed or not started")
             try:
-                first = await router.recv_multipart(copy=False)
+                # Only the first frame goes through an asyncio Future; the rest
+                # of this message and everything behind it is drained below.
+                # (A multipart message is delivered whole, so its remaining
+                # frames are already there.)
+                first = await router.recv(copy=False)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self._closed and (task is None or not task.cancelling()):
@@ -637,8 +641,7 @@ class PeerTransport:
                 if self._closed:
                     raise TransportClosedError("transport closed while receiving") from e
                 raise TransportError(f"receive failed: {e}") from e
-            self._accept(first, out)
-            self._drain(out, self._config.recv_drain_max_msgs - 1)
+            self._drain(out, self._config.recv_drain_max_msgs, first)
         return out
 
     def recv_batch_nowait(self) -> list[PeerMessage]:
@@ -649,7 +652,9 @@ class PeerTransport:
         self._drain(out, self._config.recv_drain_max_msgs)
         return out
 
-    def _drain(self, out: list[PeerMessage], limit: int) -> None:
+    def _drain(self, out: list[PeerMessage], limit: int, first: zmq.Frame | None = None) -> None:
+        """Receive up to ``limit`` messages without waiting; ``first``, when
+        given, is the already received first frame of the first one."""
         sock = self._router_sync
         if sock is None:
             return
@@ -658,7 +663,10 @@ class PeerTransport:
         recv = sock.recv
         for _ in range(limit):
             try:
-                frame = recv(_NOBLOCK, copy=False)
+                if first is None:
+                    frame = recv(_NOBLOCK, copy=False)
+                else:
+                    frame, first = first, None
                 frames = [frame]
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
