@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,3 +114,18 @@ async def test_spoofed_sender_is_rejected() -> None:
                 "spoofed envelope counted",
             )
         assert b.stats.received_msgs == 0
+
+
+async def test_garbage_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="replication._transport")
+    async with PeerTransport(2, "tcp://127.0.0.1:0") as b:
+        with raw_dealer(b"77", b.address) as dealer:
+            for _ in range(50):
+                dealer.send_multipart([b"\xc1 not msgpack"])
+            await wait_for(
+                lambda: b.recv_batch_nowait() == [] and b.stats.decode_errors == 50,
+                "garbage counted",
+            )
+    warnings = [r for r in caplog.records if r.name == "replication._transport"]
+    assert 1 <= len(warnings) <= 2
+    assert "b'77'" in warnings[0].getMessage()

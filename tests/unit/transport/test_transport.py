@@ -20,6 +20,7 @@ from replication import (
 
 from .helpers import (
     LOOPBACK,
+    PROBE,
     as_tuples,
     mesh,
     recv_items,
@@ -294,3 +295,31 @@ async def test_cancelling_a_receiver_is_plain_cancellation() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert t.recv_batch_nowait() == []
+
+
+async def test_one_recv_batch_drains_at_most_recv_drain_max_msgs() -> None:
+    cfg = TransportConfig(recv_drain_max_msgs=3)
+    async with mesh(2, cfg) as (a, b):
+        await wait_for(lambda: b.recv_batch_nowait() == [], "probes drained")
+        for i in range(10):
+            a.send(2, b"m%d" % i)
+            a.flush()  # one multipart message each
+        got: list[bytes] = []
+        sizes: list[int] = []
+        # On loopback the ten messages are all queued at b almost at once, so
+        # an unbounded drain would return them together.
+        async with asyncio.timeout(10):
+            while len(got) < 10:
+                batch = [m.header for m in await b.recv_batch() if m.header != PROBE]
+                sizes.append(len(batch))
+                got.extend(batch)
+        assert got == [b"m%d" % i for i in range(10)]
+        assert max(sizes) <= 3
+
+
+async def test_stats_are_a_snapshot() -> None:
+    async with PeerTransport(1, LOOPBACK) as a:
+        snapshot = a.stats
+        a.send(9, b"x")
+        assert snapshot.dropped_msgs == 0
+        assert a.stats.dropped_msgs == 1
