@@ -169,6 +169,11 @@ class TransportConfig:
     reconnect_ivl_ms: int = 10
     # Reconnect backoff cap: a dead peer costs one connect attempt a second.
     reconnect_ivl_max_ms: int = 1000
+    # A TCP connect that gets no answer (peer host down or partitioned away)
+    # is abandoned after this and retried on the reconnect schedule; left at
+    # 0, Linux keeps retrying SYNs with backoff for about two minutes, so a
+    # healed partition could wait tens of seconds for the next attempt.
+    connect_timeout_ms: int = 1000
     # ZMTP heartbeats: a silent connection (peer paused, cable pulled) is closed
     # after the timeout, so IMMEDIATE drops messages instead of queueing them.
     heartbeat_ivl_ms: int = 1000
@@ -201,6 +206,7 @@ class TransportConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TransportConfig.{name} must be > 0")
         non_negative = (
+            "connect_timeout_ms",
             "heartbeat_ivl_ms",
             "heartbeat_timeout_ms",
             "copy_threshold_bytes",
@@ -533,6 +539,7 @@ class PeerTransport:
             sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes)
             sock.setsockopt(zmq.RECONNECT_IVL, cfg.reconnect_ivl_ms)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, cfg.reconnect_ivl_max_ms)
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, cfg.connect_timeout_ms)
             self._set_heartbeats(sock)
             sock.copy_threshold = cfg.copy_threshold_bytes
             sock.connect(addr)
