@@ -625,7 +625,10 @@ class PeerTransport:
         in arrival order. Garbage is logged, counted and skipped.
 
         Raises ``TransportClosedError`` once the transport is closed, including
-        when ``close()`` is called while this is waiting.
+        when ``close()`` is called while this is waiting. One receiver at a
+        time. Cancelling it is safe, except that a message whose first frame
+        was taken in the very pass the cancellation lands in is lost (and the
+        rest of it is counted as a decode error): Raft retries.
         """
         out = self.recv_batch_nowait()
         while not out:
