@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import uvloop
 import zmq
 
-from bench._common import Child, print_table, read_request, reply, write_results
+from bench._common import Child, cpu_seconds, print_table, read_request, reply, write_results
 from replication import PeerTransport, TransportConfig
 
 SIZES = (1024, 16 * 1024, 64 * 1024)
@@ -68,6 +68,7 @@ def raw_receiver() -> None:
     reply({"addr": sock.getsockopt_string(zmq.LAST_ENDPOINT)})
     while True:
         req = read_request()
+        cpu0 = cpu_seconds()
         count = int(req["count"])
         # recv + Frame.more rather than recv_multipart, which costs a
         # getsockopt(RCVMORE) per frame: the cheapest receive pyzmq offers.
@@ -82,7 +83,14 @@ def raw_receiver() -> None:
             nbytes += len(frame.buffer)
             while frame.more:
                 frame = recv(copy=False)
-        reply({"seconds": time.perf_counter() - start, "bytes": nbytes, "msgs": count})
+        reply(
+            {
+                "seconds": time.perf_counter() - start,
+                "bytes": nbytes,
+                "msgs": count,
+                "recv_cpu_s": cpu_seconds() - cpu0,
+            }
+        )
 
 
 def run_raw(child: Child, addr: str, size: int, count: int) -> dict[str, Any]:
@@ -112,6 +120,7 @@ async def _transport_receiver() -> None:
         t.add_peer(SENDER_ID, read_request()["peer_addr"])
         while True:
             req = read_request()
+            cpu0 = cpu_seconds()
             count = int(req["count"])
             got = nbytes = 0
             start = 0.0
@@ -131,7 +140,14 @@ async def _transport_receiver() -> None:
                     got += n
                     t.send(SENDER_ID, ACK + n.to_bytes(8, "little"))
                 t.flush()
-            reply({"seconds": time.perf_counter() - start, "bytes": nbytes, "msgs": got})
+            reply(
+                {
+                    "seconds": time.perf_counter() - start,
+                    "bytes": nbytes,
+                    "msgs": got,
+                    "recv_cpu_s": cpu_seconds() - cpu0,
+                }
+            )
 
 
 async def _transport_sender(
@@ -238,13 +254,16 @@ def main() -> None:
                 # A fresh receiver per run, so no run inherits another's state.
                 with Child([script, "--child", mode]) as child:
                     addr = child.recv()["addr"]
+                    cpu0 = cpu_seconds()
                     if mode == "raw":
                         result = run_raw(child, addr, size, _count(size, args.quick))
                     else:
                         result = run_transport(
                             child, addr, size, _count(size, args.quick), config, args.window_bytes
                         )
+                send_cpu_s = cpu_seconds() - cpu0
                 seconds = result["seconds"]
+                gb = result["bytes"] / 1e9
                 runs.append(
                     {
                         "repeat": repeat,
@@ -254,6 +273,8 @@ def main() -> None:
                         "seconds": seconds,
                         "mb_per_s": result["bytes"] / seconds / MB,
                         "msgs_per_s": result["msgs"] / seconds,
+                        "send_cpu_s_per_gb": send_cpu_s / gb,
+                        "recv_cpu_s_per_gb": result["recv_cpu_s"] / gb,
                         **({"sender": result["sender_stats"]} if "sender_stats" in result else {}),
                     }
                 )
@@ -263,10 +284,31 @@ def main() -> None:
             mine = [r for r in runs if r["mode"] == mode and r["size_bytes"] == size]
             best = max(mine, key=lambda r: r["mb_per_s"])
             rates = sorted(r["mb_per_s"] for r in mine)
-            rows.append({**best, "median_mb_per_s": rates[len(rates) // 2]})
+            send_cpu = sorted(r["send_cpu_s_per_gb"] for r in mine)
+            recv_cpu = sorted(r["recv_cpu_s_per_gb"] for r in mine)
+            mid = len(mine) // 2
+            rows.append(
+                {
+                    **best,
+                    "median_mb_per_s": rates[mid],
+                    "median_send_cpu_s_per_gb": send_cpu[mid],
+                    "median_recv_cpu_s_per_gb": recv_cpu[mid],
+                }
+            )
     print(f"best of {args.repeats} runs per row (median MB/s beside it)")
+    print("cpu s/GB: CPU seconds per GB moved, all threads, medians (robust to foreign load)")
     print_table(
-        ("mode", "size", "msgs", "seconds", "MB/s", "msgs/s", "median MB/s"),
+        (
+            "mode",
+            "size",
+            "msgs",
+            "seconds",
+            "MB/s",
+            "msgs/s",
+            "median MB/s",
+            "send cpu s/GB",
+            "recv cpu s/GB",
+        ),
         [
             (
                 r["mode"],
@@ -276,6 +318,8 @@ def main() -> None:
                 r["mb_per_s"],
                 r["msgs_per_s"],
                 r["median_mb_per_s"],
+                r["median_send_cpu_s_per_gb"],
+                r["median_recv_cpu_s_per_gb"],
             )
             for r in rows
         ],

@@ -60,7 +60,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 import msgpack
 import zmq
@@ -304,8 +304,13 @@ def decode_peer_frames(routing_id: bytes, frames: Sequence[Buffer]) -> list[Peer
         )
     if type(items) is not list or not items:
         raise TransportDecodeError("envelope items must be a non-empty array")
-    available = len(frames) - 1
+    nframes = len(frames)
+    available = nframes - 1
+    # Views made once per message; each item then takes a slice of the list.
+    views = [f if type(f) is memoryview else memoryview(f) for f in frames]
     out: list[PeerMessage] = []
+    append = out.append
+    new_message = tuple.__new__  # PeerMessage(...) without its Python-level __new__
     next_frame = 1
     for item in items:
         if type(item) is not list or len(item) != 2:
@@ -316,16 +321,13 @@ def decode_peer_frames(routing_id: bytes, frames: Sequence[Buffer]) -> list[Peer
         if type(count) is not int or count < 0:
             raise TransportDecodeError("an item payload count must be an int >= 0")
         end = next_frame + count
-        if end - 1 > available:
+        if end > nframes:
             raise TransportDecodeError(
                 f"items name more payload frames than the {available} present"
             )
-        payloads = [
-            f if isinstance(f, memoryview) else memoryview(f) for f in frames[next_frame:end]
-        ]
-        out.append(PeerMessage(sender, header, payloads))
+        append(new_message(PeerMessage, (sender, header, views[next_frame:end])))
         next_frame = end
-    if next_frame - 1 != available:
+    if next_frame != nframes:
         raise TransportDecodeError(
             f"items name {next_frame - 1} payload frames but {available} are present"
         )
@@ -690,7 +692,9 @@ class PeerTransport:
     def _accept(self, frames: list[zmq.Frame], out: list[PeerMessage]) -> None:
         stats = self._stats
         routing_id = frames[0].bytes
-        bufs = [f.buffer for f in frames[1:]]
+        # memoryview(frame), not frame.buffer: the property also builds a weakref.
+        # (pyzmq's stubs do not declare that Frame exports the buffer protocol.)
+        bufs = [memoryview(f) for f in cast("list[Any]", frames[1:])]
         try:
             items = decode_peer_frames(routing_id, bufs)
         except TransportDecodeError as e:
