@@ -57,18 +57,18 @@ async def test_three_nodes_each_hear_both_others() -> None:
 
 async def test_many_sends_one_flush_arrive_as_one_multipart_in_order() -> None:
     async with mesh(2) as (a, b):
-        await recv_items(b, 0)
-        await wait_for(lambda: b.recv_batch_nowait() == [] and True, "probes drained")
-        sent_before, recv_before = a.stats.sent_multiparts, b.stats.received_multiparts
+        sent_before = a.stats.sent_multiparts
         expected = [(1, b"h%d" % i, [b"x%d-%d" % (i, j) for j in range(i % 4)]) for i in range(300)]
         for _, header, payloads in expected:
             a.send(2, header, payloads)
         a.flush()
-        assert as_tuples(await recv_items(b, len(expected))) == expected
         assert a.stats.sent_multiparts == sent_before + 1
-        assert a.stats.sent_msgs >= len(expected)
-        # Probes may still trail in from mesh setup; they come before our batch.
-        assert b.stats.received_multiparts - recv_before >= 1
+        # A multipart message arrives whole, so the first batch holding any of
+        # the items holds all of them (probes from the mesh setup aside).
+        async with asyncio.timeout(10):
+            while not (got := [m for m in await b.recv_batch() if m.header != PROBE]):
+                pass
+        assert as_tuples(got) == expected
 
 
 async def test_wire_format_seen_by_a_raw_router() -> None:
