@@ -2,3 +2,60 @@
 
 This package imports no other zstream package.
 """
+
+from storage._batch import (
+    BATCH_HEADER_SIZE,
+    BatchHeader,
+    NewRecord,
+    Record,
+    decode_batch_header,
+    decode_records,
+    encode_batch,
+    iter_batches,
+    stamp_base_offset,
+    verify_batch,
+)
+from storage._entry import EntryKind, LogEntry
+from storage._errors import (
+    ConfigError,
+    CorruptBatchError,
+    CorruptSegmentError,
+    IndexOutOfRange,
+    InvalidAppendError,
+    LogClosedError,
+    OffsetOutOfRange,
+    StorageError,
+    StorageIOError,
+    TruncateBelowFloorError,
+)
+from storage._files import atomic_write, read_file_if_exists
+from storage._log import LogConfig, SegmentedLog
+
+__all__ = [
+    "BATCH_HEADER_SIZE",
+    "BatchHeader",
+    "ConfigError",
+    "CorruptBatchError",
+    "CorruptSegmentError",
+    "EntryKind",
+    "IndexOutOfRange",
+    "InvalidAppendError",
+    "LogClosedError",
+    "LogConfig",
+    "LogEntry",
+    "NewRecord",
+    "OffsetOutOfRange",
+    "Record",
+    "SegmentedLog",
+    "StorageError",
+    "StorageIOError",
+    "TruncateBelowFloorError",
+    "atomic_write",
+    "decode_batch_header",
+    "decode_records",
+    "encode_batch",
+    "iter_batches",
+    "read_file_if_exists",
+    "stamp_base_offset",
+    "verify_batch",
+]
