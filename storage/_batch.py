@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import crc32c
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from storage._errors import CorruptBatchError
 
