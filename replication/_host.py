@@ -339,6 +339,16 @@ class GroupHandle:
     def conf_state(self) -> ConfState:
         return self._g.node.conf_state
 
+    def progress(self) -> dict[NodeId, tuple[int, int, str]]:
+        """On the leader, each member's (match, next, replication state); else {}."""
+        node = self._g.node
+        out: dict[NodeId, tuple[int, int, str]] = {}
+        for nid in sorted(node.conf_state.members()):
+            pr = node.progress(nid)
+            if pr is not None:
+                out[nid] = (pr[0], pr[1], pr[2].name)
+        return out
+
     @property
     def quiesced(self) -> bool:
         return self._g.quiesced
@@ -373,6 +383,7 @@ class RaftHost:
         self._inbox: list[PeerMessage] = []
         self._wake_event = asyncio.Event()
         self._stopped = False
+        self._tick_due = False
         self._running = False
         self._done = asyncio.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -458,7 +469,10 @@ class RaftHost:
         recv = asyncio.create_task(self._receive(), name=f"raft-recv-{self._id}")
         tick_s = self._cfg.tick_ms / 1000
         next_tick = loop.time() + tick_s
-        timer = loop.call_at(next_tick, self._wake_event.set)
+        # The timer callback marks the tick due: uvloop may fire a timer up to a
+        # millisecond before loop.time() reaches its deadline, so comparing times
+        # here could miss a tick and leave no timer armed.
+        timer = loop.call_at(next_tick, self._on_timer)
         try:
             while not self._stopped:
                 if not self._inbox and not self._dirty:
@@ -466,10 +480,13 @@ class RaftHost:
                 self._wake_event.clear()
                 if self._stopping():
                     break
-                now = loop.time()
-                if now >= next_tick:
-                    next_tick = max(next_tick + tick_s, now)
-                    timer = loop.call_at(next_tick, self._wake_event.set)
+                if self._tick_due:
+                    self._tick_due = False
+                    now = loop.time()
+                    next_tick += tick_s
+                    if next_tick <= now:  # the loop fell behind: skip, do not burst
+                        next_tick = now + tick_s
+                    timer = loop.call_at(next_tick, self._on_timer)
                     self._tick(now)
                 await self._pass()
         finally:
@@ -489,6 +506,10 @@ class RaftHost:
             await self._done.wait()
         else:
             self._shutdown()
+
+    def _on_timer(self) -> None:
+        self._tick_due = True
+        self._wake_event.set()
 
     def _stopping(self) -> bool:
         return self._stopped
