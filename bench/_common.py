@@ -108,3 +108,218 @@ def cpu_seconds() -> float:
     (so libzmq's I/O thread and pyzmq's zero-copy gc thread count too)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------- Raft bench nodes
+#
+# A bench-only multi-group node: lognode runs one group (the seed's DistributedLog), so
+# the replication and idle benchmarks run this instead: one RaftHost with G groups of
+# partition logs (records=True), all bootstrapped with the voters {1, 2, 3}, node 1
+# campaigning for every group so the load generator runs beside the leaders (no client
+# hop: the figure is the replication path's own). It speaks line JSON with the parent
+# (`Child`):
+#
+#   child -> {"addr": peer address, "pid": int}                        once bound
+#   parent -> {"peers": {id: addr}}        child -> {"ok": true}       groups up, running
+#   parent -> {"op": "wait_leaders", "timeout_s": s} -> {"leaders": n} (node 1)
+#   parent -> {"op": "handoff", "to": id} -> {"transferred": n}  (groups led here move)
+#   parent -> {"op": "load", "size": bytes, "count": n, "depth": d}
+#            -> {"seconds", "entries", "payload_bytes", "p50_ms", "p99_ms", "errors"}
+#   parent -> {"op": "stats"} -> {"active", "quiesced", "leaders", "passes", "fsyncs", ...}
+#   parent -> {"op": "exit"}  -> {"ok": true}, then the child closes and exits.
+
+VOTERS = (1, 2, 3)
+
+
+def raft_node_argv(
+    script: str,
+    node_id: int,
+    data_dir: Path,
+    groups: int,
+    *,
+    fsync: bool = True,
+    segment_bytes: int = 64 * 1024 * 1024,
+) -> list[str]:
+    """argv (for `Child`) of a bench node run through ``script --child node ...``."""
+    return [
+        script,
+        "--child",
+        "node",
+        "--node-id",
+        str(node_id),
+        "--data-dir",
+        str(data_dir),
+        "--groups",
+        str(groups),
+        "--segment-bytes",
+        str(segment_bytes),
+        *(() if fsync else ("--no-fsync",)),
+    ]
+
+
+def add_node_args(parser: Any) -> None:
+    """The child-side flags of `raft_node_argv` (hidden from --help)."""
+    import argparse
+
+    hide = argparse.SUPPRESS
+    parser.add_argument("--node-id", type=int, default=0, help=hide)
+    parser.add_argument("--data-dir", default="", help=hide)
+    parser.add_argument("--groups", type=int, default=1, help=hide)
+    parser.add_argument("--segment-bytes", type=int, default=64 * 1024 * 1024, help=hide)
+    parser.add_argument("--no-fsync", action="store_true", help=hide)
+
+
+def run_raft_node(args: Any) -> None:
+    """Child side: serve the protocol above until "exit" (under uvloop)."""
+    import uvloop
+
+    uvloop.run(_raft_node(args))
+
+
+async def _raft_node(args: Any) -> None:
+    import asyncio
+
+    from replication import (
+        ConfState,
+        HostConfig,
+        PeerTransport,
+        RaftConfig,
+        RaftHost,
+        RaftLog,
+    )
+    from storage import LogConfig, encode_batch
+
+    loop = asyncio.get_running_loop()
+
+    async def request() -> dict[str, Any]:
+        return await loop.run_in_executor(None, read_request)
+
+    node_id = int(args.node_id)
+    transport = PeerTransport(node_id, "tcp://127.0.0.1:0")
+    addr = await transport.start()
+    reply({"addr": addr, "pid": os.getpid()})
+    peers = (await request())["peers"]
+    for nid, peer_addr in peers.items():
+        if int(nid) != node_id:
+            transport.add_peer(int(nid), peer_addr)
+    host = RaftHost(node_id, transport, HostConfig(fsync=not args.no_fsync))
+    log_config = LogConfig(segment_bytes=args.segment_bytes)
+    handles = []
+    for gid in range(1, args.groups + 1):
+        log = RaftLog.open(Path(args.data_dir) / f"g{gid}", log_config, records=True)
+        log.bootstrap(ConfState(voters=frozenset(VOTERS)))
+        handles.append(host.add_group(gid, log, RaftConfig(id=node_id)))
+    task = asyncio.create_task(host.run(), name=f"bench-host-{node_id}")
+    if node_id == 1:
+        for h in handles:
+            h.campaign()
+    reply({"ok": True})
+    try:
+        while True:
+            req = await request()
+            op = req.get("op")
+            if op == "wait_leaders":
+                deadline = loop.time() + float(req["timeout_s"])
+                # Polls the handles' state: elections finish on their own schedule.
+                while loop.time() < deadline and not all(h.is_leader for h in handles):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                reply({"leaders": sum(h.is_leader for h in handles)})
+            elif op == "handoff":
+                target = int(req["to"])
+                moved = [h for h in handles if h.is_leader and target != node_id]
+                for h in moved:
+                    h.transfer_leader(target)
+                reply({"transferred": len(moved)})
+            elif op == "load":
+                size, count, depth = int(req["size"]), int(req["count"]), int(req["depth"])
+                batch = encode_batch([(None, os.urandom(size))])
+                reply(await _load(handles, batch, size, count, depth))
+            elif op == "stats":
+                st = host.stats
+                reply(
+                    {
+                        "active": host.active_group_count(),
+                        "quiesced": sum(h.quiesced for h in handles),
+                        "leaders": sum(h.is_leader for h in handles),
+                        "passes": st.passes,
+                        "fsyncs": st.fsyncs,
+                        "messages_sent": st.messages_sent,
+                    }
+                )
+            elif op == "exit":
+                break
+            else:
+                reply({"error": f"unknown op {op!r}"})
+    finally:
+        await host.close()
+        await task
+        await transport.close()
+        for h in handles:
+            h.log.close()
+    reply({"ok": True})
+
+
+async def _load(
+    handles: list[Any], batch: bytes, size: int, count: int, depth: int
+) -> dict[str, Any]:
+    """Propose ``count`` entries round-robin over the groups, ``depth`` in flight."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = 0
+    error_kinds: dict[str, int] = {}
+    window = asyncio.Semaphore(depth)
+    done_all = loop.create_future()
+    outstanding = count
+
+    def finished(fut: asyncio.Future[int], started: float) -> None:
+        nonlocal errors, outstanding
+        window.release()
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            errors += 1
+            kind = type(exc).__name__ if exc is not None else "cancelled"
+            error_kinds[kind] = error_kinds.get(kind, 0) + 1
+        else:
+            latencies.append(loop.time() - started)
+        outstanding -= 1
+        if outstanding == 0 and not done_all.done():
+            done_all.set_result(None)
+
+    start = loop.time()
+    groups = len(handles)
+    for i in range(count):
+        await window.acquire()
+        started = loop.time()
+        fut = handles[i % groups].propose(batch)
+        fut.add_done_callback(lambda f, s=started: finished(f, s))
+    await done_all
+    seconds = loop.time() - start
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "seconds": seconds,
+        "entries": n,
+        "payload_bytes": n * size,
+        "errors": errors,
+        "error_kinds": error_kinds,
+        "p50_ms": latencies[n // 2] * 1000 if n else float("nan"),
+        "p99_ms": latencies[min(n - 1, (n * 99) // 100)] * 1000 if n else float("nan"),
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` from /proc/PID/stat, in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
