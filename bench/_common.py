@@ -125,6 +125,8 @@ def cpu_seconds() -> float:
 #   parent -> {"op": "handoff", "to": id} -> {"transferred": n}  (groups led here move)
 #   parent -> {"op": "load", "size": bytes, "count": n, "depth": d}
 #            -> {"seconds", "entries", "payload_bytes", "p50_ms", "p99_ms", "errors"}
+#   parent -> {"op": "load_led", "size": bytes} -> {"committed": n}  (one entry per group
+#            led here, all at once)
 #   parent -> {"op": "stats"} -> {"active", "quiesced", "leaders", "passes", "fsyncs", ...}
 #   parent -> {"op": "exit"}  -> {"ok": true}, then the child closes and exits.
 
@@ -234,6 +236,11 @@ async def _raft_node(args: Any) -> None:
                 size, count, depth = int(req["size"]), int(req["count"]), int(req["depth"])
                 batch = encode_batch([(None, os.urandom(size))])
                 reply(await _load(handles, batch, size, count, depth))
+            elif op == "load_led":
+                batch = encode_batch([(None, os.urandom(int(req["size"])))])
+                led = [h.propose(batch) for h in handles if h.is_leader]
+                done = await asyncio.gather(*led, return_exceptions=True)
+                reply({"committed": sum(not isinstance(d, BaseException) for d in done)})
             elif op == "stats":
                 st = host.stats
                 reply(
