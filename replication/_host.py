@@ -181,6 +181,8 @@ class _Group:
         "log",
         "node",
         "on_apply",
+        "pending",
+        "pending_futs",
         "proposals",
         "quiesced",
         "read_seq",
@@ -204,7 +206,10 @@ class _Group:
         self.on_apply = on_apply
         self.applied = node.applied
         self.proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
-        self.timeouts: deque[tuple[float, int]] = deque()
+        self.pending: list[bytes] = []
+        self.pending_futs: list[asyncio.Future[int]] = []
+        # (deadline, first index, last index) of each batch of proposals, in order.
+        self.timeouts: deque[tuple[float, int, int]] = deque()
         self.waiters: list[tuple[int, int, asyncio.Future[int]]] = []
         self.waiter_seq = 0
         self.reads: dict[bytes, asyncio.Future[int]] = {}
@@ -231,15 +236,23 @@ class GroupHandle:
         """Propose ``data``; the future gives its index once committed and applied here,
         or fails with NotLeaderError(leader_hint), ProposalTimeoutError,
         ProposalDroppedError or HostStoppedError. For a partition group ``data`` must
-        be a record batch (storage's format)."""
+        be a record batch (storage's format). Proposals made between two passes go to
+        the core in one `propose_batch`."""
         host = self._live_host()
         g = self._g
+        if g.node.role != _LEADER:
+            return _failed(NotLeaderError(g.node.leader))
         if g.log.records:
             try:
                 decode_batch_header(data)
             except CorruptBatchError as exc:
                 return _failed(exc)
-        return host._propose(g, lambda: g.node.propose(data))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        g.pending.append(data)
+        g.pending_futs.append(fut)
+        host._wake(g)
+        host._touch(g)
+        return fut
 
     def propose_conf_change(self, cc: ConfChange) -> asyncio.Future[int]:
         """Propose a membership change; resolves like `propose` once applied here."""
@@ -551,9 +564,27 @@ class RaftHost:
             fut.set_exception(exc)
             return fut
         g.proposals[index] = (g.node.term, fut)
-        g.timeouts.append((loop.time() + self._cfg.proposal_timeout_ms / 1000, index))
+        g.timeouts.append((loop.time() + self._cfg.proposal_timeout_ms / 1000, index, index))
         self._touch(g)
         return fut
+
+    def _flush_proposals(self, g: _Group, now: float) -> None:
+        """Hand the proposals queued since the last pass to the core in one call."""
+        datas, futs = g.pending, g.pending_futs
+        g.pending, g.pending_futs = [], []
+        try:
+            first = g.node.propose_batch(datas)
+        except RaftError as exc:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        term = g.node.term
+        proposals = g.proposals
+        for index, fut in enumerate(futs, first):
+            proposals[index] = (term, fut)
+        deadline = now + self._cfg.proposal_timeout_ms / 1000
+        g.timeouts.append((deadline, first, first + len(futs) - 1))
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -586,7 +617,7 @@ class RaftHost:
     def _idle(self, g: _Group) -> bool:
         node = g.node
         last = node.last_index
-        if g.proposals or g.reads or node.commit != last or g.applied != last:
+        if g.proposals or g.pending or g.reads or node.commit != last or g.applied != last:
             return False
         for nid in node.conf_state.members():
             if nid != self._id:
@@ -617,10 +648,11 @@ class RaftHost:
     def _expire(self, g: _Group, now: float) -> None:
         timeouts = g.timeouts
         while timeouts and timeouts[0][0] <= now:
-            _, index = timeouts.popleft()
-            p = g.proposals.pop(index, None)
-            if p is not None and not p[1].done():
-                p[1].set_exception(ProposalTimeoutError(f"proposal {index} not committed"))
+            _, lo, hi = timeouts.popleft()
+            for index in range(lo, hi + 1):
+                p = g.proposals.pop(index, None)
+                if p is not None and not p[1].done():
+                    p[1].set_exception(ProposalTimeoutError(f"proposal {index} not committed"))
 
     def _deliver(self, items: list[PeerMessage]) -> None:
         groups = self._groups
@@ -699,7 +731,10 @@ class RaftHost:
         dirty = self._dirty
         self._dirty = {}
         work: list[tuple[_Group, Ready]] = []
+        now = loop.time()
         for g in dirty.values():
+            if g.pending:
+                self._flush_proposals(g, now)
             if g.node.has_ready():
                 work.append((g, g.node.ready()))
         if not work:
@@ -801,6 +836,13 @@ class RaftHost:
 
     def _leader_changed(self, g: _Group, leader: NodeId) -> None:
         node = g.node
+        if node.role != _LEADER and g.pending:
+            err = NotLeaderError(leader)
+            for fut in g.pending_futs:
+                if not fut.done():
+                    fut.set_exception(err)
+            g.pending.clear()
+            g.pending_futs.clear()
         if node.role != _LEADER and g.proposals:
             err = NotLeaderError(leader)
             for _, fut in g.proposals.values():
@@ -824,6 +866,11 @@ class RaftHost:
 
 
 def _fail_group(g: _Group, err: Exception) -> None:
+    for fut in g.pending_futs:
+        if not fut.done():
+            fut.set_exception(err)
+    g.pending.clear()
+    g.pending_futs.clear()
     for _, fut in g.proposals.values():
         if not fut.done():
             fut.set_exception(err)
