@@ -131,6 +131,10 @@ class HostConfig:
     sync_threads: int = 4
     # Items stepped per pass at most, so one pass stays short under a flood.
     max_batch_entries: int = 8192
+    # Proposal bytes handed to one group's core per pass (the rest waits a pass): keeps
+    # a pass, and so the gap between ticks and heartbeats, short under a flood. 4 MiB
+    # is a few ms of writing and fsyncing.
+    max_pass_proposal_bytes: int = 4 * 1024 * 1024
     # A proposal fails with ProposalTimeoutError after this long (it may still commit).
     proposal_timeout_ms: int = 5000
     # A leader group idle this many ticks (1 s) quiesces.
@@ -146,7 +150,13 @@ class HostConfig:
                     raise ConfigError("fsync must be a bool")
             elif type(value) is not int or value < 0:
                 raise ConfigError(f"HostConfig.{f.name} must be an int >= 0, got {value!r}")
-        for name in ("tick_ms", "sync_threads", "max_batch_entries", "quiesce_after_ticks"):
+        for name in (
+            "tick_ms",
+            "sync_threads",
+            "max_batch_entries",
+            "quiesce_after_ticks",
+            "max_pass_proposal_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"HostConfig.{name} must be >= 1")
         if self.election_tick <= self.heartbeat_tick or self.heartbeat_tick < 1:
@@ -571,7 +581,19 @@ class RaftHost:
     def _flush_proposals(self, g: _Group, now: float) -> None:
         """Hand the proposals queued since the last pass to the core in one call."""
         datas, futs = g.pending, g.pending_futs
-        g.pending, g.pending_futs = [], []
+        budget = self._cfg.max_pass_proposal_bytes
+        n = 0
+        for data in datas:
+            budget -= len(data)
+            n += 1
+            if budget <= 0:
+                break
+        if n < len(datas):
+            g.pending, g.pending_futs = datas[n:], futs[n:]
+            datas, futs = datas[:n], futs[:n]
+            self._dirty[g.id] = g
+        else:
+            g.pending, g.pending_futs = [], []
         try:
             first = g.node.propose_batch(datas)
         except RaftError as exc:
