@@ -274,6 +274,23 @@ async def test_restart_keeps_term_vote_and_entries(tmp_path: Path) -> None:
         assert index > last
 
 
+async def test_removed_group_fails_its_requests_and_ignores_messages(tmp_path: Path) -> None:
+    async with cluster(tmp_path, groups=2, proposal_timeout_ms=60_000) as nodes:
+        leader = await elect(nodes, gid=2)
+        handle = leader.groups[2]
+        for n in nodes.values():
+            if n is not leader:
+                await n.stop()
+        fut = handle.propose(batch(b"pending"))
+        assert leader.host is not None
+        leader.host.remove_group(2)
+        with pytest.raises(HostStoppedError):
+            await fut
+        with pytest.raises(HostStoppedError):
+            handle.propose(batch(b"gone"))
+        assert leader.host.group(2) is None
+
+
 async def test_garbage_from_a_peer_is_dropped_and_the_group_keeps_working(
     tmp_path: Path,
 ) -> None:
@@ -309,3 +326,25 @@ async def test_garbage_from_a_peer_is_dropped_and_the_group_keeps_working(
             await asyncio.wait_for(leader.groups[1].propose(batch(b"still fine")), 5)
         finally:
             await rogue.close()
+
+
+async def test_read_index_transfer_and_leader_callbacks(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        seen: list[tuple[int, int]] = []
+        nodes[2].groups[1].on_leader_change(lambda leader, term: seen.append((leader, term)))
+        leader = await elect(nodes)
+        index = await leader.groups[1].propose(batch(b"x"))
+        read_at = await asyncio.wait_for(leader.groups[1].read_index(), 5)
+        assert read_at >= index
+        follower = nodes[2] if leader.id != 2 else nodes[3]
+        with pytest.raises(NotLeaderError):
+            await follower.groups[1].read_index()
+        await until(lambda: follower.groups[1].applied_index >= index, 5, "follower applied")
+        target = follower.id
+        leader.groups[1].transfer_leader(target)
+        await until(lambda: follower.groups[1].is_leader, 10, "the transfer")
+        assert not leader.groups[1].is_leader
+        await until(lambda: any(lead == target for lead, _ in seen), 5, "the callback")
+        assert seen[0][0] == leader.id
+        terms = [t for _, t in seen]
+        assert terms == sorted(terms)
