@@ -5,8 +5,8 @@ Default timeouts (lognode's: 50 ms heartbeat tick, 500 ms election timeout, rand
 to 0.5-1 s), fsync on, loopback. Each run: find the leader, SIGKILL it (t0), then try an
 append on the surviving nodes (following NotLeader hints, a 10 ms pause when nobody
 leads yet) until one commits (t1); failover = t1 - t0. The killed node is restarted and
-the replicas converge before the next run. Also reported: when a survivor first reported
-itself leader (status polling, so a bound, not exact).
+the replicas converge before the next run. Also reported: when a NotLeader reply first
+named a surviving node as leader (a bound on the election time, not exact).
 
 Usage: ``python bench/failover_bench.py [--quick] [--runs N]``. Prints a table, writes
 JSON under bench/results/, and ends with ``failover p50_ms=X max_ms=Y runs=N``.
