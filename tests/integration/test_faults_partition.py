@@ -8,6 +8,8 @@ partition does not cut. Skipped, with the reason, where namespaces cannot be mad
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +108,52 @@ def test_isolated_leader_loses_its_uncommitted_tail_and_nothing_acknowledged(
     with pytest.raises(LogNodeError) as info:
         old.client.read(len(logs["n1"]))
     assert info.value.error == "OffsetOutOfRange"
+    # Byte equality on disk: the old leader's segment files hold the majority's entries.
+    for node in cluster.nodes.values():
+        node.stop()
+    disks = {n.node_id: n.disk_entries() for n in cluster.nodes.values()}
+    assert all(d == disks[old.node_id] for d in disks.values())
+
+
+def reachable(network: Network, frm: int, to: int) -> bool:
+    """Whether a TCP connect from node ``frm``'s namespace reaches node ``to`` (a refused
+    connection reached it; a timeout did not)."""
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{network.address(to)}', 9), timeout=1.0)\n"
+        "except ConnectionRefusedError:\n"
+        "    sys.exit(0)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    proc = subprocess.run(
+        [*network.exec_prefix(frm), sys.executable, "-c", probe], timeout=10, check=False
+    )
+    return proc.returncode == 0
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def test_network_isolates_heals_and_deletes_exactly_what_it_made(network: Network) -> None:
+    mine = {network.bridge_ns, *(network.ns(n) for n in (1, 2, 3))}
+    assert mine <= namespaces()
+    assert reachable(network, 1, 2)
+    network.isolate(2)
+    assert network.isolated == {2}
+    assert not reachable(network, 1, 2)
+    assert reachable(network, 1, 3)
+    network.heal()
+    assert reachable(network, 1, 2)
+    # A namespace the network did not make (named like its own) survives its close.
+    bystander = f"{network.tag}-bystander"
+    subprocess.run(["ip", "netns", "add", bystander], check=True, timeout=10)
+    try:
+        network.close()
+        assert not mine & namespaces()
+        assert bystander in namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", bystander], check=False, timeout=10)
