@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until
-from tests.support.checker import Append, check_queue
-from tests.support.cluster import AppendWorkload, Cluster
+from tests.support.checker import Append, check_queue, check_reads, check_watermarks
+from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,15 +33,23 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
-def assert_no_anomaly(cluster: Cluster, history: list[Append]) -> None:
+def assert_no_anomaly(
+    cluster: Cluster, history: list[Append], monitor: ReadMonitor | None = None
+) -> None:
     logs = {f"n{n.node_id}": n.records() for n in cluster.running()}
     report = check_queue(history, logs)
     assert report.ok, report.summary()
     assert report.acknowledged > 0
+    if monitor is not None:
+        reads, watermarks = monitor.reads, monitor.watermarks
+        assert reads, "the monitor read nothing"
+        assert check_reads(reads, next(iter(logs.values()))) == [], "served uncommitted"
+        assert check_watermarks(watermarks) == [], "a committed end offset went backwards"
 
 
 def test_kill9_leader_during_appends(cluster: Cluster) -> None:
     workload = AppendWorkload(cluster).start()
+    monitor = ReadMonitor(cluster).start()
     try:
         workload.wait_acked(30, timeout_s=15)
         old, old_status = cluster.wait_leader()
@@ -53,11 +61,12 @@ def test_kill9_leader_during_appends(cluster: Cluster) -> None:
         workload.wait_acked(30, timeout_s=15, since=killed_at)
     finally:
         history = workload.stop()
+        monitor.stop()
 
     old.start()
     converged = cluster.wait_converged(timeout_s=20)
     assert converged["commit_offset"] >= sum(op.offset is not None for op in history)
-    assert_no_anomaly(cluster, history)
+    assert_no_anomaly(cluster, history, monitor)
 
     # Byte equality on disk too: every replica's segment files hold the same entries.
     for node in cluster.nodes.values():
@@ -70,6 +79,7 @@ def test_kill9_leader_during_appends(cluster: Cluster) -> None:
 
 def test_sigstop_leader_steps_down_without_divergence(cluster: Cluster) -> None:
     workload = AppendWorkload(cluster).start()
+    monitor = ReadMonitor(cluster).start()
     try:
         workload.wait_acked(20, timeout_s=15)
         old, old_status = cluster.wait_leader()
@@ -96,8 +106,9 @@ def test_sigstop_leader_steps_down_without_divergence(cluster: Cluster) -> None:
         workload.wait_acked(10, timeout_s=15, since=time.monotonic())
     finally:
         history = workload.stop()
+        monitor.stop()
     cluster.wait_converged(timeout_s=20)
-    assert_no_anomaly(cluster, history)
+    assert_no_anomaly(cluster, history, monitor)
     leaders = [st for n in cluster.nodes.values() if (st := n.status()) and st["is_leader"]]
     assert len(leaders) == 1
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until
-from tests.support.checker import check_queue
-from tests.support.cluster import AppendWorkload, Cluster
+from tests.support.checker import check_queue, check_reads, check_watermarks
+from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
 from tests.support.netns import Network, NetworkUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,6 +58,7 @@ def test_random_faults_lose_nothing_acknowledged(cluster: Cluster, network: Netw
     faults = ["kill", "pause"] + (["isolate"] if network is not None else [])
     done: list[str] = []
     workload = AppendWorkload(cluster).start()
+    monitor = ReadMonitor(cluster).start()
     try:
         workload.wait_acked(ACKS_PER_ROUND, timeout_s=15)
         for _ in range(ROUNDS):
@@ -101,6 +102,7 @@ def test_random_faults_lose_nothing_acknowledged(cluster: Cluster, network: Netw
         raise
     finally:
         history = workload.stop()
+        reads, watermarks = monitor.stop()
 
     try:
         cluster.wait_converged(timeout_s=30)
@@ -108,6 +110,9 @@ def test_random_faults_lose_nothing_acknowledged(cluster: Cluster, network: Netw
         report = check_queue(history, logs)
         assert report.ok, report.summary()
         assert report.acknowledged >= ACKS_PER_ROUND * (ROUNDS + 1)
+        assert reads, "the monitor read nothing"
+        assert check_reads(reads, logs["n1"]) == [], "a replica served a record not committed"
+        assert check_watermarks(watermarks) == [], "a committed end offset went backwards"
     except BaseException as exc:
         exc.add_note(f"nemesis seed {seed} (ZS_NEMESIS_SEED={seed}); faults: {done}")
         raise

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until
-from tests.support.checker import Append, check_queue
-from tests.support.cluster import AppendWorkload, Cluster
+from tests.support.checker import Append, check_queue, check_reads, check_watermarks
+from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
 from tests.support.lognode import LogNodeError
 from tests.support.netns import Network, NetworkUnavailable
 
@@ -51,6 +51,7 @@ def test_isolated_leader_loses_its_uncommitted_tail_and_nothing_acknowledged(
     cluster: Cluster, network: Network
 ) -> None:
     workload = AppendWorkload(cluster).start()
+    monitor = ReadMonitor(cluster).start()
     minority: list[Append] = []
     try:
         workload.wait_acked(20, timeout_s=15)
@@ -96,11 +97,17 @@ def test_isolated_leader_loses_its_uncommitted_tail_and_nothing_acknowledged(
     finally:
         network.heal()
         history = workload.stop()
+        reads, watermarks = monitor.stop()
 
     cluster.wait_converged(timeout_s=20)
     logs = {f"n{n.node_id}": n.records() for n in cluster.nodes.values()}
     report = check_queue([*history, *minority], logs)
     assert report.ok, report.summary()
+    # Nothing uncommitted was ever served (the isolated leader held a tail it could
+    # not commit), and no committed end offset went backwards.
+    assert reads
+    assert check_reads(reads, logs["n1"]) == []
+    assert check_watermarks(watermarks) == []
     # The minority's tail was replaced by the majority's log, on every replica.
     for name, log in logs.items():
         assert not set(log) & {op.value for op in minority}, f"{name} kept a minority write"

@@ -23,6 +23,16 @@ and, across the history and the replicas:
 
 Values that were attempted but not acknowledged may or may not be present (an append
 whose reply was lost can still commit); they are never an anomaly on their own.
+
+Visibility (nothing past the high watermark is visible, and it never goes backwards) is
+checked from what readers saw while the faults ran:
+
+- `check_reads`: every `Read` (a record some replica served as committed at some
+  offset) must be the record the final log holds there; anything else was a dirty read
+  (served before it was committed, then replaced) or an unstable one;
+- `check_watermarks`: a process's committed end offset (`Watermark` samples, in the
+  order they were taken) never decreases. A restarted process (new pid) may start lower:
+  the commit index is volatile state in Raft.
 """
 
 from __future__ import annotations
@@ -31,7 +41,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Append", "QueueReport", "check_queue"]
+__all__ = [
+    "Append",
+    "QueueReport",
+    "Read",
+    "Watermark",
+    "check_queue",
+    "check_reads",
+    "check_watermarks",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +162,46 @@ def _realtime_inversions(acked: list[Append]) -> list[tuple[bytes, bytes]]:
         if earliest is None or op.completed < earliest.completed:
             earliest = op
     return inversions
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Replica ``node`` served ``value`` as the committed record at ``offset``."""
+
+    node: str
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Replica ``node`` (process ``pid``) reported committed end offset ``end``."""
+
+    node: str
+    pid: int
+    end: int
+
+
+def check_reads(reads: Iterable[Read], final: Sequence[bytes]) -> list[tuple[Read, bytes | None]]:
+    """Reads that disagree with the final committed log ``final``, each with what the
+    final log holds at that offset (None: nothing)."""
+    bad: list[tuple[Read, bytes | None]] = []
+    for r in reads:
+        now = final[r.offset] if r.offset < len(final) else None
+        if now != r.value:
+            bad.append((r, now))
+    return bad
+
+
+def check_watermarks(samples: Iterable[Watermark]) -> list[tuple[Watermark, Watermark]]:
+    """Pairs (earlier, later) of samples of the same process where the end went down."""
+    last: dict[tuple[str, int], Watermark] = {}
+    regressions: list[tuple[Watermark, Watermark]] = []
+    for s in samples:
+        key = (s.node, s.pid)
+        prev = last.get(key)
+        if prev is not None and s.end < prev.end:
+            regressions.append((prev, s))
+        if prev is None or s.end >= prev.end:
+            last[key] = s
+    return regressions

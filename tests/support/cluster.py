@@ -10,6 +10,8 @@
   files (term, kind, payload: byte equality).
 - `AppendWorkload`: client threads appending unique values to whichever node leads,
   recording a history for `tests.support.checker.check_queue`.
+- `ReadMonitor`: a thread that keeps sampling every reachable node's committed end
+  offset and reading the records just below it, for `check_watermarks` / `check_reads`.
 
 On loopback, peer and control sockets are TCP on free ports of 127.0.0.1. With a
 `tests.support.netns.Network`, node n runs in its namespace and binds its peer socket
@@ -33,12 +35,12 @@ from types import TracebackType
 from typing import Any
 
 from storage import LogConfig, SegmentedLog
-from tests.support.checker import Append
+from tests.support.checker import Append, Read, Watermark
 from tests.support.lognode import LogNodeClient, LogNodeError
 from tests.support.netns import Network
 from tests.support.proc import ManagedProcess, free_port, wait_until
 
-__all__ = ["AppendWorkload", "Cluster", "ClusterNode", "DiskEntry"]
+__all__ = ["AppendWorkload", "Cluster", "ClusterNode", "DiskEntry", "ReadMonitor"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 _NETNS_PEER_PORT = 7100
@@ -419,3 +421,53 @@ class AppendWorkload:
                     self._history.append(Append(value, offset, invoked, time.monotonic()))
         except BaseException as exc:  # surfaced by stop()
             self._errors.append(exc)
+
+
+class ReadMonitor:
+    """A thread sampling every reachable node: its committed end offset (`Watermark`)
+    and the ``tail`` records just below it (`Read`), the ones a replica that served
+    uncommitted data would get wrong. Owned thread, joined by `stop`."""
+
+    def __init__(self, cluster: Cluster, *, tail: int = 3) -> None:
+        self.cluster = cluster
+        self.tail = tail
+        self.reads: list[Read] = []
+        self.watermarks: list[Watermark] = []
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="read-monitor", daemon=True)
+
+    def start(self) -> ReadMonitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> tuple[list[Read], list[Watermark]]:
+        self._stop.set()
+        self._thread.join(30.0)
+        if self._thread.is_alive():
+            raise RuntimeError("the read monitor did not stop")
+        if self._errors:
+            raise RuntimeError("the read monitor failed") from self._errors[0]
+        return self.reads, self.watermarks
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for node in self.cluster.running():
+                    self._sample(node)
+                self._stop.wait(0.02)
+        except BaseException as exc:  # surfaced by stop()
+            self._errors.append(exc)
+
+    def _sample(self, node: ClusterNode) -> None:
+        name = f"n{node.node_id}"
+        try:
+            st = node.client.status(0.5)
+            end = int(st["commit_offset"])
+            self.watermarks.append(Watermark(name, int(st["pid"]), end))
+            first = max(int(st["start_offset"]), end - self.tail)
+            reply = node.client.call("read_range", 0.5, offset=first, max_records=self.tail)
+        except (TimeoutError, LogNodeError):
+            return  # down, paused or busy: nothing seen
+        for i, value in enumerate(reply["records"]):
+            self.reads.append(Read(name, first + i, bytes(value)))

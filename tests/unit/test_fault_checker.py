@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.checker import Append, Divergence, QueueReport, check_queue
+from tests.support.checker import (
+    Append,
+    Divergence,
+    QueueReport,
+    Read,
+    Watermark,
+    check_queue,
+    check_reads,
+    check_watermarks,
+)
 
 
 def history(*acked: tuple[bytes, int], unacked: tuple[bytes, ...] = ()) -> list[Append]:
@@ -111,3 +120,30 @@ def test_every_anomaly_at_once_is_summarized() -> None:
 def test_a_value_attempted_twice_is_a_broken_history() -> None:
     with pytest.raises(ValueError, match="repeated"):
         check_queue([Append(b"a", 0), Append(b"a", None)], {})
+
+
+def test_reads_that_match_the_final_log_pass() -> None:
+    reads = [Read("n1", 0, b"a"), Read("n2", 1, b"b"), Read("n1", 1, b"b")]
+    assert check_reads(reads, [b"a", b"b", b"c"]) == []
+
+
+def test_dirty_read_of_a_replaced_record() -> None:
+    # n3 served b"x" at offset 1 (it was never committed there: b"b" is).
+    dirty = Read("n3", 1, b"x")
+    assert check_reads([Read("n1", 0, b"a"), dirty], [b"a", b"b"]) == [(dirty, b"b")]
+
+
+def test_read_beyond_the_final_log() -> None:
+    ghost = Read("n1", 5, b"z")
+    assert check_reads([ghost], [b"a"]) == [(ghost, None)]
+
+
+def test_watermark_going_backwards_within_one_process() -> None:
+    a, b, c = Watermark("n1", 10, 5), Watermark("n1", 10, 7), Watermark("n1", 10, 6)
+    assert check_watermarks([a, b, c]) == [(b, c)]
+
+
+def test_watermark_may_restart_lower_in_a_new_process() -> None:
+    samples = [Watermark("n1", 10, 7), Watermark("n1", 11, 3), Watermark("n1", 11, 8)]
+    assert check_watermarks(samples) == []
+    assert check_watermarks([Watermark("n2", 1, 4), Watermark("n1", 1, 2)]) == []
