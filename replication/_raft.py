@@ -66,6 +66,7 @@ from ._raftlog import RaftLog
 from ._storage import Storage
 from ._types import (
     CAMPAIGN_TRANSFER,
+    LOST_ENTRIES,
     NONE,
     ConfChange,
     ConfChangeType,
@@ -453,6 +454,14 @@ class RaftNode:
         self._election_elapsed += 1
         if self._promotable() and self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
+            if self._vote_blocked():
+                # We may not campaign; instead tell the voters we lost entries, so an
+                # idle (even quiesced) leader lowers our match and catches us up.
+                targets = [self._lead] if self._lead else sorted(self._conf.all_voters())
+                for nid in targets:
+                    if nid != self._id:
+                        self._send_lost(nid)
+                return
             self._campaign(transfer=False)
 
     def _tick_heartbeat(self) -> None:
@@ -614,6 +623,11 @@ class RaftNode:
         if last_new is not None:
             self._send(Message(_APPEND_RESP, m.frm, self._id, self._term, index=last_new))
             return
+        if self._vote_blocked():
+            # We lost entries we may have acknowledged: the leader's match for us is
+            # too high and it would never probe below it. Say so.
+            self._send_lost(m.frm)
+            return
         # Reject with a hint: the last index where our log may match the leader's,
         # assuming the leader's log has m.log_term at m.index.
         hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
@@ -630,10 +644,31 @@ class RaftNode:
             )
         )
 
+    def _send_lost(self, to: NodeId) -> None:
+        """Reject with LOST_ENTRIES: our log now ends at last_index, whatever we
+        acknowledged before (see set_vote_blocked_until)."""
+        last = self._log.last_index()
+        self._send(
+            Message(
+                _APPEND_RESP,
+                to,
+                self._id,
+                self._term,
+                index=last,
+                reject=True,
+                reject_hint=last,
+                context=LOST_ENTRIES,
+            )
+        )
+
     def _handle_heartbeat(self, m: Message) -> None:
         if m.commit > self._log.committed:
             self._log.commit_to(m.commit)
         self._send(Message(_HEARTBEAT_RESP, m.frm, self._id, self._term, context=m.context))
+        if self._vote_blocked() and m.commit > self._log.last_index():
+            # The leader believes we hold entries we lost; an idle leader would never
+            # send an append to find out.
+            self._send_lost(m.frm)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -663,6 +698,15 @@ class RaftNode:
             return
         pr.recent_active = True
         log = self._log
+        if m.reject and m.context == LOST_ENTRIES:
+            # The follower lost entries (a corrupt segment cut from its log): lower
+            # its match (commit never moves back) and probe from its last index.
+            if pr.match > m.reject_hint:
+                pr.match = m.reject_hint
+            pr.become_probe()
+            pr.next = min(pr.next, m.reject_hint + 1)
+            self._send_append(m.frm)
+            return
         if m.reject:
             hint = m.reject_hint
             if m.log_term > 0:
