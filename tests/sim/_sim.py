@@ -527,6 +527,7 @@ class Simulation:
                 self.hosts[i].node is not None and self.hosts[i].applied_index >= index
                 for i in members
             ):
+                self._check_pending_committed(node.term)
                 return
         lead = self.leader()
         raise LivenessError(
@@ -534,6 +535,17 @@ class Simulation:
             f"{lead.id if lead else None}, probe {probe}, "
             + ", ".join(f"n{h.id}:{_fmt_node(h)}" for h in self.hosts.values())
         )
+
+    def _check_pending_committed(self, term: int) -> None:
+        """Every proposal the current leader accepted in its term has committed where
+        it was placed (earlier leaders' proposals may legitimately be lost)."""
+        canon = self.checker.canon
+        for data, (index, t) in self.checker.proposals.items():
+            if t == term and (len(canon) < index or canon[index - 1][2] != data):
+                raise LivenessError(
+                    f"proposal {data!r} accepted at index {index} in the leader's term {t} "
+                    "is not committed"
+                )
 
     def _quiesce(self) -> None:
         for _ in range(200):
