@@ -16,6 +16,7 @@ from replication import (
     Message,
     MessageType,
     NotLeaderError,
+    ProgressState,
     ProposalDroppedError,
     Role,
     Snapshot,
@@ -158,6 +159,61 @@ def test_reordered_and_duplicated_appends_converge() -> None:
     assert c.log(2) == c.log(1) == c.log(3)
     for i in (1, 2, 3):
         assert c.applied(i) == datas
+
+
+# -- flow control -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inflight_msgs", "inflight_bytes", "most"), [(2, 32 << 20, 2), (256, 250, 3)]
+)
+def test_the_inflight_window_bounds_unacknowledged_appends(
+    inflight_msgs: int, inflight_bytes: int, most: int
+) -> None:
+    c = Cluster(
+        voters=(1, 2, 3), max_inflight_msgs=inflight_msgs, max_inflight_bytes=inflight_bytes
+    )
+    c.elect(1)
+    assert c.node(1).progress(2)[2] == ProgressState.REPLICATE  # type: ignore[index]
+    datas = []
+    for k in range(6):
+        datas.append(c.propose(1, b"%03d" % k + b"x" * 97)[1])  # 100-byte payloads
+        c.process(1)
+    to2 = c.pending(MT.APPEND, to=2)
+    assert 1 <= len(to2) <= most, f"{len(to2)} appends in flight to one follower"
+    c.stabilize()  # acknowledgements open the window again
+    c.run(1)  # a follower may learn the last commit index only from the next heartbeat
+    for i in (1, 2, 3):
+        assert c.applied(i) == datas
+
+
+def test_a_follower_progresses_from_probe_through_snapshot_to_replicate() -> None:
+    c = Cluster(voters=(1, 2, 3))
+    c.elect(1)
+    assert c.node(1).progress(3)[2] == ProgressState.REPLICATE  # type: ignore[index]
+    c.isolate(3)
+    for _ in range(5):
+        c.propose(1)
+    c.stabilize()
+    snap = c.host(1).compact(keep=0)
+    assert snap is not None
+    c.heal()
+    c.tick(1)  # a heartbeat; the exchanges that follow show 3 is behind the log start
+    for _ in range(20):
+        c.process()
+        if c.pending(MT.SNAPSHOT, to=3):
+            break
+        c.deliver_all()
+    assert c.pending(MT.SNAPSHOT, to=3)
+    assert c.node(1).progress(3)[2] == ProgressState.SNAPSHOT  # type: ignore[index]
+    c.stabilize()
+    match, _, state = c.node(1).progress(3)  # type: ignore[misc]
+    assert state in (ProgressState.REPLICATE, ProgressState.PROBE)
+    assert match == c.node(1).last_index
+    c.propose(1)
+    c.stabilize()
+    assert c.node(1).progress(3)[2] == ProgressState.REPLICATE  # type: ignore[index]
+    assert c.log(3) == c.log(1)
 
 
 # -- pre-vote and check-quorum ---------------------------------------------------------------
