@@ -295,6 +295,7 @@ class RaftNode:
             pr.match = 0
             pr.next = last + 1
             pr.recent_active = False
+            pr.sent_commit = 0
             if nid == self._id:
                 pr.match = self._log.stable_last_index()
         self._pending_conf_index = 0
@@ -736,6 +737,10 @@ class RaftNode:
                 self._send_append(m.frm, send_if_empty=False)
             if self._leave_index and m.frm in self._conf.voters:
                 self._send_to_leaving()
+            if pr.sent_commit < log.committed and pr.sent_commit < pr.match:
+                # It holds entries it does not know are committed and nothing else
+                # will tell it soon (e.g. its window is full): bump its commit index.
+                self._send_commit(m.frm, pr)
         # Fill the window when more entries wait.
         while pr.state == _REPLICATE and pr.next <= log.last_index():
             if not self._send_append(m.frm, send_if_empty=False):
@@ -800,6 +805,9 @@ class RaftNode:
             )
         )
         pr.sent_entries(prev + n, n, size)
+        known = min(log.committed, prev + n)
+        if known > pr.sent_commit:
+            pr.sent_commit = known
         return True
 
     # A voter that the pending leave entry removes (outgoing half only, not being
@@ -842,6 +850,27 @@ class RaftNode:
         self._msgs.append(Message(_SNAPSHOT, to, self._id, self._term, snapshot=snap))
         return True
 
+    def _send_commit(self, to: NodeId, pr: Progress) -> None:
+        """An empty APPEND after the follower's acknowledged match: it carries our commit
+        index without touching the in-flight window."""
+        try:
+            match_term = self._log.term(pr.match)
+        except (CompactedError, UnavailableError):
+            return
+        commit = self._log.committed
+        self._msgs.append(
+            Message(
+                _APPEND,
+                to,
+                self._id,
+                self._term,
+                log_term=match_term,
+                index=pr.match,
+                commit=commit,
+            )
+        )
+        pr.sent_commit = min(commit, pr.match)
+
     def _bcast_append(self) -> None:
         me = self._id
         last = self._log.last_index()
@@ -857,16 +886,12 @@ class RaftNode:
         commit = self._log.committed
         for nid, pr in self._prs.items():
             if nid != me:
+                known = min(pr.match, commit)
                 self._msgs.append(
-                    Message(
-                        _HEARTBEAT,
-                        nid,
-                        me,
-                        self._term,
-                        commit=min(pr.match, commit),
-                        context=context,
-                    )
+                    Message(_HEARTBEAT, nid, me, self._term, commit=known, context=context)
                 )
+                if known > pr.sent_commit:
+                    pr.sent_commit = known
 
     def _append_entries(self, ents: list[Entry]) -> None:
         self._log.append(ents)
