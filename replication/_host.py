@@ -485,8 +485,10 @@ class RaftHost:
 
     async def run(self) -> None:
         """Drive every group until `close()` (or cancellation)."""
-        if self._running or self._stopped:
-            raise HostError("the host is already running or stopped")
+        if self._running:
+            raise HostError("the host is already running")
+        if self._stopped:
+            return  # closed before it ever ran
         self._running = True
         loop = asyncio.get_running_loop()
         recv = asyncio.create_task(self._receive(), name=f"raft-recv-{self._id}")
