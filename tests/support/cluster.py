@@ -100,6 +100,9 @@ class ClusterNode:
 
     def start(self, ready_timeout_s: float = 20.0) -> None:
         """Start the process and wait until its control socket answers ``status``."""
+        if not self.process.running():
+            # One that exited by itself (fail-stop) is reaped and its output file closed.
+            self.process.stop()
         self.process.start()
         self.paused = False
         deadline = time.monotonic() + ready_timeout_s
