@@ -49,22 +49,23 @@ def assert_no_anomaly(
 
 def test_kill9_leader_during_appends(cluster: Cluster) -> None:
     workload = AppendWorkload(cluster).start()
-    monitor = ReadMonitor(cluster).start()
+    monitor = ReadMonitor(cluster).start()  # watches the restarted node catch up, too
     try:
-        workload.wait_acked(30, timeout_s=15)
-        old, old_status = cluster.wait_leader()
-        old.kill()
-        killed_at = time.monotonic()
-        new, new_status = cluster.wait_leader(timeout_s=10, exclude=[old.node_id])
-        assert new_status["term"] > old_status["term"]
-        # The new leader keeps committing what the clients send.
-        workload.wait_acked(30, timeout_s=15, since=killed_at)
+        try:
+            workload.wait_acked(30, timeout_s=15)
+            old, old_status = cluster.wait_leader()
+            old.kill()
+            killed_at = time.monotonic()
+            new, new_status = cluster.wait_leader(timeout_s=10, exclude=[old.node_id])
+            assert new_status["term"] > old_status["term"]
+            # The new leader keeps committing what the clients send.
+            workload.wait_acked(30, timeout_s=15, since=killed_at)
+        finally:
+            history = workload.stop()
+        old.start()
+        converged = cluster.wait_converged(timeout_s=20)
     finally:
-        history = workload.stop()
         monitor.stop()
-
-    old.start()
-    converged = cluster.wait_converged(timeout_s=20)
     assert converged["commit_offset"] >= sum(op.offset is not None for op in history)
     assert_no_anomaly(cluster, history, monitor)
 
