@@ -18,7 +18,8 @@ import pytest
 
 from tests.support import wait_until
 from tests.support.checker import Append, check_queue, check_reads, check_watermarks
-from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
+from tests.support.cluster import AppendWorkload, Cluster, ClusterNode, ReadMonitor
+from tests.support.lognode import LogNodeError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -149,3 +150,37 @@ def test_whole_cluster_kill9_and_restart_keeps_every_entry_and_term(cluster: Clu
         now = cluster.node(node_id).disk_entries()
         assert now[: len(entries)] == entries, f"node {node_id} lost or changed entries"
         assert len(now) > len(entries)
+
+
+def test_follower_killed_behind_a_snapshot_catches_up_by_installing_it(cluster: Cluster) -> None:
+    leader, _ = cluster.wait_leader()
+    lagging = next(n for n in cluster.nodes.values() if n is not leader)
+    other = next(n for n in cluster.nodes.values() if n not in (leader, lagging))
+    history = [append(leader, b"early-%d" % i) for i in range(10)]
+    cluster.wait_converged()
+    lagging.kill()
+    history += [append(leader, b"while-down-%d" % i) for i in range(30)]
+    cluster.wait_converged(nodes=[leader, other])
+    # Both live replicas move their log start past everything the lagging one holds.
+    starts = {n.client.call("snapshot")["start_offset"] for n in (leader, other)}
+    assert starts == {40}
+
+    lagging.start()
+    history += [append(leader, b"after-%d" % i) for i in range(10)]
+    converged = cluster.wait_converged(timeout_s=20)
+    assert converged["commit_offset"] == 50
+    st = lagging.status()
+    assert st is not None
+    assert st["start_offset"] == 40
+    with pytest.raises(LogNodeError) as info:
+        lagging.client.read(39)
+    assert info.value.error == "OffsetOutOfRange"
+    for node in cluster.nodes.values():
+        assert node.records(start=40) == [op.value for op in history[40:]]
+    assert [op.offset for op in history] == list(range(50))
+
+
+def append(node: ClusterNode, value: bytes) -> Append:
+    invoked = time.monotonic()
+    offset = node.client.append(value)
+    return Append(value, offset, invoked, time.monotonic())

@@ -149,12 +149,12 @@ class ClusterNode:
         except (TimeoutError, LogNodeError):
             return None
 
-    def records(self, timeout_s: float = 10.0) -> list[bytes]:
-        """Every committed record this replica holds, from offset 0."""
+    def records(self, start: int = 0, timeout_s: float = 10.0) -> list[bytes]:
+        """Every committed record this replica holds from offset ``start`` on."""
         out: list[bytes] = []
         while True:
             reply = self.client.call(
-                "read_range", timeout_s, offset=len(out), max_records=_READ_PAGE
+                "read_range", timeout_s, offset=start + len(out), max_records=_READ_PAGE
             )
             page = [bytes(r) for r in reply["records"]]
             if not page:
