@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -159,10 +160,8 @@ def raft_node_argv(
     ]
 
 
-def add_node_args(parser: Any) -> None:
+def add_node_args(parser: argparse.ArgumentParser) -> None:
     """The child-side flags of `raft_node_argv` (hidden from --help)."""
-    import argparse
-
     hide = argparse.SUPPRESS
     parser.add_argument("--node-id", type=int, default=0, help=hide)
     parser.add_argument("--data-dir", default="", help=hide)
@@ -171,14 +170,14 @@ def add_node_args(parser: Any) -> None:
     parser.add_argument("--no-fsync", action="store_true", help=hide)
 
 
-def run_raft_node(args: Any) -> None:
+def run_raft_node(args: argparse.Namespace) -> None:
     """Child side: serve the protocol above until "exit" (under uvloop)."""
     import uvloop
 
     uvloop.run(_raft_node(args))
 
 
-async def _raft_node(args: Any) -> None:
+async def _raft_node(args: argparse.Namespace) -> None:
     import asyncio
 
     from replication import (

@@ -6,7 +6,8 @@ network namespaces can be made, isolating a node), holds it until the cluster ha
 what it must show under that fault (a new leader elected when the leader is gone, and
 more appends acknowledged by the surviving majority), then ends it (restart, SIGCONT,
 heal) and waits until every node answers again. The seed is printed on failure; replay
-with ``ZS_NEMESIS_SEED=<seed>``.
+with ``ZS_NEMESIS_SEED=<seed>``. ``ZS_NEMESIS_ROUNDS=<n>`` makes a longer soak (a
+script-like run outside `make test`, e.g. ``ZS_NEMESIS_ROUNDS=40 pytest -k nemesis``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.support.netns import Network, NetworkUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROUNDS = 5
+ROUNDS = int(os.environ.get("ZS_NEMESIS_ROUNDS", "5"))
 ACKS_PER_ROUND = 15
 
 
