@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until
-from tests.support.checker import Append, check_queue, check_reads, check_watermarks
+from tests.support.checker import (
+    Append,
+    check_election_safety,
+    check_queue,
+    check_reads,
+    check_watermarks,
+)
 from tests.support.cluster import AppendWorkload, Cluster, ClusterNode, ReadMonitor
 from tests.support.lognode import LogNodeError
 
@@ -46,6 +52,7 @@ def assert_no_anomaly(
         assert reads, "the monitor read nothing"
         assert check_reads(reads, next(iter(logs.values()))) == [], "served uncommitted"
         assert check_watermarks(watermarks) == [], "a committed end offset went backwards"
+        assert check_election_safety(monitor.leaders) == {}, "two leaders in a term"
 
 
 def test_kill9_leader_during_appends(cluster: Cluster) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checker import check_queue, check_reads, check_watermarks
+from tests.support.checker import check_election_safety, check_queue, check_reads, check_watermarks
 from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,6 +54,7 @@ def test_leader_killed_after_a_removal_and_the_removed_node_rejoins(cluster: Clu
     assert report.ok, report.summary()
     assert check_reads(reads, logs["n1"]) == []
     assert check_watermarks(watermarks) == []
+    assert check_election_safety(monitor.leaders) == {}, "two leaders in a term"
     assert converged["commit_offset"] == len(logs["n1"])
     for node in cluster.nodes.values():
         st = node.status()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until
-from tests.support.checker import check_queue, check_reads, check_watermarks
+from tests.support.checker import check_election_safety, check_queue, check_reads, check_watermarks
 from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
 from tests.support.netns import Network, NetworkUnavailable
 
@@ -114,6 +114,7 @@ def test_random_faults_lose_nothing_acknowledged(cluster: Cluster, network: Netw
         assert reads, "the monitor read nothing"
         assert check_reads(reads, logs["n1"]) == [], "a replica served a record not committed"
         assert check_watermarks(watermarks) == [], "a committed end offset went backwards"
+        assert check_election_safety(monitor.leaders) == {}, "two leaders in a term"
     except BaseException as exc:
         exc.add_note(f"nemesis seed {seed} (ZS_NEMESIS_SEED={seed}); faults: {done}")
         raise

@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_until
-from tests.support.checker import Append, check_queue, check_reads, check_watermarks
+from tests.support.checker import (
+    Append,
+    check_election_safety,
+    check_queue,
+    check_reads,
+    check_watermarks,
+)
 from tests.support.cluster import AppendWorkload, Cluster, ReadMonitor
 from tests.support.lognode import LogNodeError
 from tests.support.netns import Network, NetworkUnavailable
@@ -108,6 +114,7 @@ def test_isolated_leader_loses_its_uncommitted_tail_and_nothing_acknowledged(
     assert reads
     assert check_reads(reads, logs["n1"]) == []
     assert check_watermarks(watermarks) == []
+    assert check_election_safety(monitor.leaders) == {}, "two leaders in a term"
     # The minority's tail was replaced by the majority's log, on every replica.
     for name, log in logs.items():
         assert not set(log) & {op.value for op in minority}, f"{name} kept a minority write"

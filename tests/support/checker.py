@@ -33,6 +33,10 @@ checked from what readers saw while the faults ran:
 - `check_watermarks`: a process's committed end offset (`Watermark` samples, in the
   order they were taken) never decreases. A restarted process (new pid) may start lower:
   the commit index is volatile state in Raft.
+
+And Raft's election safety from the same samples: `check_election_safety` finds terms in
+which two different nodes said they lead (`LeaderClaim`), which a lost vote (term and
+vote not durable before the reply left) would allow.
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "Append",
+    "LeaderClaim",
     "QueueReport",
     "Read",
     "Watermark",
+    "check_election_safety",
     "check_queue",
     "check_reads",
     "check_watermarks",
@@ -205,3 +211,19 @@ def check_watermarks(samples: Iterable[Watermark]) -> list[tuple[Watermark, Wate
         if prev is None or s.end >= prev.end:
             last[key] = s
     return regressions
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderClaim:
+    """Replica ``node`` said it leads in ``term``."""
+
+    node: str
+    term: int
+
+
+def check_election_safety(claims: Iterable[LeaderClaim]) -> dict[int, set[str]]:
+    """Terms claimed by more than one node, with the claimants."""
+    by_term: dict[int, set[str]] = {}
+    for c in claims:
+        by_term.setdefault(c.term, set()).add(c.node)
+    return {term: nodes for term, nodes in by_term.items() if len(nodes) > 1}

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from storage import LogConfig, SegmentedLog
-from tests.support.checker import Append, Read, Watermark
+from tests.support.checker import Append, LeaderClaim, Read, Watermark
 from tests.support.lognode import LogNodeClient, LogNodeError
 from tests.support.netns import Network
 from tests.support.proc import ManagedProcess, free_port, wait_until
@@ -427,15 +427,17 @@ class AppendWorkload:
 
 
 class ReadMonitor:
-    """A thread sampling every reachable node: its committed end offset (`Watermark`)
-    and the ``tail`` records just below it (`Read`), the ones a replica that served
-    uncommitted data would get wrong. Owned thread, joined by `stop`."""
+    """A thread sampling every reachable node: its committed end offset (`Watermark`),
+    the ``tail`` records just below it (`Read`: the ones a replica that served
+    uncommitted data would get wrong) and whether it says it leads (`LeaderClaim`).
+    Owned thread, joined by `stop`."""
 
     def __init__(self, cluster: Cluster, *, tail: int = 3) -> None:
         self.cluster = cluster
         self.tail = tail
         self.reads: list[Read] = []
         self.watermarks: list[Watermark] = []
+        self.leaders: list[LeaderClaim] = []
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="read-monitor", daemon=True)
@@ -468,6 +470,8 @@ class ReadMonitor:
             st = node.client.status(0.5)
             end = int(st["commit_offset"])
             self.watermarks.append(Watermark(name, int(st["pid"]), end))
+            if st["is_leader"]:
+                self.leaders.append(LeaderClaim(name, int(st["term"])))
             first = max(int(st["start_offset"]), end - self.tail)
             reply = node.client.call("read_range", 0.5, offset=first, max_records=self.tail)
         except (TimeoutError, LogNodeError):

@@ -8,9 +8,11 @@ import pytest
 from tests.support.checker import (
     Append,
     Divergence,
+    LeaderClaim,
     QueueReport,
     Read,
     Watermark,
+    check_election_safety,
     check_queue,
     check_reads,
     check_watermarks,
@@ -147,3 +149,13 @@ def test_watermark_may_restart_lower_in_a_new_process() -> None:
     samples = [Watermark("n1", 10, 7), Watermark("n1", 11, 3), Watermark("n1", 11, 8)]
     assert check_watermarks(samples) == []
     assert check_watermarks([Watermark("n2", 1, 4), Watermark("n1", 1, 2)]) == []
+
+
+def test_one_leader_per_term_passes() -> None:
+    claims = [LeaderClaim("n1", 1), LeaderClaim("n1", 1), LeaderClaim("n2", 2)]
+    assert check_election_safety(claims) == {}
+
+
+def test_two_leaders_in_one_term() -> None:
+    claims = [LeaderClaim("n1", 3), LeaderClaim("n2", 4), LeaderClaim("n3", 3)]
+    assert check_election_safety(claims) == {3: {"n1", "n3"}}
