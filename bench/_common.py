@@ -288,20 +288,20 @@ async def _load(
             kind = type(exc).__name__ if exc is not None else "cancelled"
             error_kinds[kind] = error_kinds.get(kind, 0) + 1
         else:
-            latencies.append(loop.time() - started)
+            latencies.append(time.perf_counter() - started)
         outstanding -= 1
         if outstanding == 0 and not done_all.done():
             done_all.set_result(None)
 
-    start = loop.time()
+    start = time.perf_counter()
     groups = len(handles)
     for i in range(count):
         await window.acquire()
-        started = loop.time()
+        started = time.perf_counter()
         fut = handles[i % groups].propose(batch)
         fut.add_done_callback(lambda f, s=started: finished(f, s))
     await done_all
-    seconds = loop.time() - start
+    seconds = time.perf_counter() - start
     latencies.sort()
     n = len(latencies)
     return {
