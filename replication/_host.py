@@ -175,6 +175,7 @@ class HostStats:
 
     passes: int = 0
     fsyncs: int = 0
+    sync_wait_s: float = 0.0  # time passes spent waiting for their fsyncs
     state_writes: int = 0
     messages_sent: int = 0
     items_dropped: int = 0
@@ -805,7 +806,9 @@ class RaftHost:
         # 5. Group commit.
         if synced and self._cfg.fsync:
             stats.fsyncs += len(synced)
+            started = loop.time()
             await asyncio.gather(*(loop.run_in_executor(self._pool, g.log.sync) for g in synced))
+            stats.sync_wait_s += loop.time() - started
         # 6. Acknowledgements, then apply and advance.
         for g, rd in work:
             if rd.messages_after_append:
