@@ -40,7 +40,7 @@ from typing import Self
 
 import crc32c
 
-from storage._entry import ENTRY_HEADER, SEGMENT_HEADER, EntryKind, LogEntry
+from storage._entry import ENTRY_HEADER, SEGMENT_HEADER, EntryKind, LogEntry, RawChunk
 from storage._errors import (
     ConfigError,
     CorruptSegmentError,
@@ -442,6 +442,39 @@ class SegmentedLog:
             return seg.read(start, end, max_bytes, self._slack, force)
         except IndexMismatch:
             raise CorruptSegmentError(seg.path, 0, "index disagrees after rebuild") from None
+
+    def read_raw(
+        self, start_index: int, max_bytes: int, *, max_index: int | None = None
+    ) -> RawChunk:
+        """Whole entries from ``start_index`` as stored on disk, in one buffer: a fetch.
+
+        One ``os.pread`` of one segment (a chunk stops at a segment's end) and no work
+        per entry: the entries are neither decoded nor verified here, the reader checks
+        them with `iter_raw_entries` (see docs/storage-format.md, "Integrity"). The chunk
+        holds whole entries within ``max_bytes``, at least one even if it alone exceeds
+        max_bytes, and none past ``max_index`` (the high watermark, when given). It is
+        empty when start_index is last_index + 1 or above max_index. Raises
+        `IndexOutOfRange` unless first_index <= start_index <= last_index + 1.
+        """
+        self._check_open()
+        first, last = self.first_index, self.last_index
+        if start_index < first or start_index > last + 1:
+            raise IndexOutOfRange(start_index, first, last)
+        end = last + 1 if max_index is None else min(last, max_index) + 1
+        seg = self._segments[bisect_right(self._firsts, start_index) - 1]
+        end = min(end, seg.last_index + 1)
+        with _os_errors("cannot read log"):
+            try:
+                return seg.read_raw(start_index, end, max_bytes, self._slack)
+            except IndexMismatch:
+                pass
+            if seg is self._segments[-1]:
+                raise CorruptSegmentError(seg.path, 0, "active segment changed under the log")
+            _rebuild_index(seg, self._config)
+            try:
+                return seg.read_raw(start_index, end, max_bytes, self._slack)
+            except IndexMismatch:
+                raise CorruptSegmentError(seg.path, 0, "index disagrees after rebuild") from None
 
     def entry_for_offset(self, offset: int) -> LogEntry:
         """The data entry whose records include ``offset``."""
