@@ -53,6 +53,7 @@ from storage._errors import CorruptChunkError
 
 __all__ = [
     "ENTRY_HEADER",
+    "ENTRY_TAIL",
     "INDEX_RECORD",
     "SEGMENT_HEADER",
     "EntryKind",
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 ENTRY_HEADER = struct.Struct(">IIqqBqiq")  # 45 bytes
+ENTRY_TAIL = struct.Struct(">qqBqiq")  # the header after its CRC field: bytes [8, 45)
 SEGMENT_HEADER = struct.Struct(">4sHHqqII")  # 32 bytes
 INDEX_RECORD = struct.Struct(">qqq")  # 24 bytes
 SEGMENT_MAGIC = b"ZSLG"
