@@ -8,6 +8,8 @@ caught by the decoder; the decoder is fuzzed.
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ from storage import (
     LogEntry,
     RawChunk,
     SegmentedLog,
+    StorageIOError,
     iter_raw_entries,
 )
 from tests.unit.storage.helpers import make_entries, read_all
@@ -299,3 +302,28 @@ def test_fuzz_mutated_valid_chunks(data: st.DataObject) -> None:
     # anything that decodes is a whole-entry prefix of the original, byte for byte.
     assert bytes(chunk) == b"".join(entries)[: len(chunk)]
     assert out == [(7, b""), (8, b"p" * 10), (10, b"p" * 20)][: len(out)]
+
+
+@pytest.mark.parametrize("call", ["pwritev", "fdatasync", "pread"])
+def test_disk_errors_become_storage_io_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    with SegmentedLog.open(tmp_path, SMALL) as log:
+        log.append(make_entries(log, 3))
+
+        def failing(*args: object) -> None:
+            raise OSError(errno.EIO, "injected")
+
+        more = make_entries(log, 2)
+        action = {
+            "pwritev": lambda: log.append(more),
+            "fdatasync": log.sync,
+            "pread": lambda: log.read_raw(1, 1000),
+        }[call]
+        monkeypatch.setattr(os, call, failing)
+        with pytest.raises(StorageIOError) as info:
+            action()
+        assert isinstance(info.value.__cause__, OSError)
+        monkeypatch.undo()
+        assert (log.last_index, log.synced_index) == (3, 0)  # nothing half-done
+        assert _decoded(log.read_raw(1, 1000)) == _data(log.read(1, 4, 1000))
