@@ -3,13 +3,16 @@
 Append: 1 KiB and 64 KiB payloads, with a sync after every entry and after every 64
 entries. The log appends one call per sync interval (what the multi-Raft host does:
 append what arrived, then group-commit) and the raw baseline writes the very same bytes
-(entry headers included) with one os.write per interval plus os.fdatasync, into a file
-in the same directory. Read: what a consumer fetch does, sequential read_raw calls with
-a 1 MiB budget (one pread per chunk, entries as stored, no per-entry work), against
-os.pread of the same segment files in 1 MiB chunks, page cache warm. Two more lines, for
-information only (not in read_ratio): the per-entry read() path that Raft uses (decodes
-and verifies every entry), and a fetch followed by the client's verification of every
-entry with iter_raw_entries.
+(entry headers included) with one os.write per interval plus os.fdatasync, into a fresh
+file beside the log's directory (same filesystem; both files start with a 32-byte header
+written and synced before the clock starts). Read: what a consumer fetch does,
+sequential read_raw calls with a 1 MiB budget (one pread per chunk, entries as stored,
+no per-entry work), against os.pread of the same segment files in 1 MiB chunks, page
+cache warm, the log opened once per case (opening scans the active segment, which is not
+what is measured; doing it before every log run skewed the log side). Two more lines,
+for information only (not in read_ratio): the per-entry read() path that Raft uses
+(decodes and verifies every entry), and a fetch followed by the client's verification of
+every entry with iter_raw_entries.
 
 Raw and log runs alternate, repeated, because the machine is shared: each round runs
 both back to back (in alternating order), the ratio is the median of the per-round
