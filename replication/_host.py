@@ -51,7 +51,7 @@ import contextlib
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
@@ -407,6 +407,7 @@ class RaftHost:
         self._inbox: list[PeerMessage] = []
         self._wake_event = asyncio.Event()
         self._stopped = False
+        self._pass_lock = asyncio.Lock()
         self._tick_due = False
         self._running = False
         self._done = asyncio.Event()
@@ -753,6 +754,17 @@ class RaftHost:
         self._stats.messages_sent += n
 
     async def _pass(self) -> None:
+        async with self._pass_lock:
+            await self._pass_locked()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold off passes: inside, no fsync or state write of the host is running, so
+        the caller may truncate or compact a group's log (RaftLog.compact)."""
+        async with self._pass_lock:
+            yield
+
+    async def _pass_locked(self) -> None:
         loop = asyncio.get_running_loop()
         if self._inbox:
             limit = self._cfg.max_batch_entries
