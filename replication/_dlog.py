@@ -243,9 +243,10 @@ class DistributedLog:
         """Move the log start up to the applied index (a "log starts here" snapshot,
         what a lagging or new member then receives); returns the new start offset."""
         handle, log = self._parts()
-        await handle.wait_committed(handle.applied_index)
-        log.sync()
-        log.compact(handle.applied_index)
+        host = self._require(self._host)
+        async with host.exclusive():  # no sync thread may run while segments go
+            log.sync()
+            log.compact(handle.applied_index)
         return log.log_start_offset
 
     # -- membership ----------------------------------------------------------------------

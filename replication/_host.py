@@ -51,7 +51,7 @@ import contextlib
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
@@ -175,6 +175,7 @@ class HostStats:
 
     passes: int = 0
     fsyncs: int = 0
+    sync_wait_s: float = 0.0  # time passes spent waiting for their fsyncs
     state_writes: int = 0
     messages_sent: int = 0
     items_dropped: int = 0
@@ -406,6 +407,7 @@ class RaftHost:
         self._inbox: list[PeerMessage] = []
         self._wake_event = asyncio.Event()
         self._stopped = False
+        self._pass_lock = asyncio.Lock()
         self._tick_due = False
         self._running = False
         self._done = asyncio.Event()
@@ -752,6 +754,17 @@ class RaftHost:
         self._stats.messages_sent += n
 
     async def _pass(self) -> None:
+        async with self._pass_lock:
+            await self._pass_locked()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold off passes: inside, no fsync or state write of the host is running, so
+        the caller may truncate or compact a group's log (RaftLog.compact)."""
+        async with self._pass_lock:
+            yield
+
+    async def _pass_locked(self) -> None:
         loop = asyncio.get_running_loop()
         if self._inbox:
             limit = self._cfg.max_batch_entries
@@ -805,7 +818,9 @@ class RaftHost:
         # 5. Group commit.
         if synced and self._cfg.fsync:
             stats.fsyncs += len(synced)
+            started = loop.time()
             await asyncio.gather(*(loop.run_in_executor(self._pool, g.log.sync) for g in synced))
+            stats.sync_wait_s += loop.time() - started
         # 6. Acknowledgements, then apply and advance.
         for g, rd in work:
             if rd.messages_after_append:

@@ -598,7 +598,8 @@ class RaftLog:
         """Move the log start past ``up_to_index`` (which must be applied and synced):
         the snapshot becomes (up_to_index, its term, the conf state then). Whole
         segments below are deleted. ``data`` is the state machine's snapshot, required
-        for ``records=False`` and ignored for partitions."""
+        for ``records=False`` and ignored for partitions. With a running host, call it
+        inside ``RaftHost.exclusive()`` (no sync thread may run meanwhile)."""
         st = self._state
         if up_to_index <= st.snap_index:
             return
