@@ -11,6 +11,10 @@ Three places for the bit:
   which open does not verify: the first read that meets it reports the corruption
   (naming the file) and the node exits (fail-stop); the restart that follows (the test
   acts as its supervisor) cuts the log there.
+
+And a follower whose disk lost a synced, acknowledged tail (it ends mid-entry after a
+kill -9), which open takes for an ordinary torn write: strict xfail until
+FAULT_FINDINGS F5 is settled.
 """
 
 from __future__ import annotations
@@ -126,3 +130,31 @@ def test_follower_with_a_flipped_bit_in_a_sealed_segment_recovers_from_the_leade
     assert not victim.exists() or victim.read_bytes() != damaged
     disks = {n.node_id: n.disk_entries(segment_bytes) for n in cluster.nodes.values()}
     assert all(d == disks[leader.node_id] for d in disks.values())
+
+
+@pytest.mark.xfail(
+    reason="FAULT_FINDINGS F5: a follower that silently lost acknowledged entries (a torn "
+    "tail past what it had synced) is probed above its log forever",
+    strict=True,
+)
+def test_follower_that_lost_its_synced_tail_is_repaired_from_the_leader(tmp_path: Path) -> None:
+    """The disk lost entries the follower had synced and acknowledged (a lying disk or
+    write cache): its active segment ends mid-entry after a kill -9. Open cuts the torn
+    tail as if it had never been synced; the leader, which counted those entries, must
+    still bring the follower back (a majority holds them)."""
+    with Cluster(tmp_path, 3) as cluster:
+        cluster.start()
+        leader, _ = cluster.wait_leader()
+        history = append_records(leader, 50, 200, b"synced")
+        cluster.wait_converged()
+        follower = next(n for n in cluster.nodes.values() if n is not leader)
+        follower.kill()
+        active = sorted((follower.data_dir / "group" / "log").glob("*.log"))[-1]
+        with active.open("r+b") as f:
+            f.truncate(active.stat().st_size - 3 * 200)  # about three entries, mid-entry
+        follower.start()
+        history += append_records(leader, 5, 200, b"after")
+        cluster.wait_converged(timeout_s=5)
+        logs = {f"n{n.node_id}": n.records() for n in cluster.nodes.values()}
+        report = check_queue(history, logs)
+        assert report.ok, report.summary()
