@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +45,11 @@ class Child:
             raise RuntimeError(f"child {self.proc.pid} exited with {self.proc.wait()}")
         result: dict[str, Any] = json.loads(line)
         return result
+
+    def wait_exit(self, timeout_s: float) -> None:
+        """Wait for the child to exit by itself (it was told to); `close` kills it after."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout_s)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -171,10 +177,24 @@ def add_node_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_raft_node(args: argparse.Namespace) -> None:
-    """Child side: serve the protocol above until "exit" (under uvloop)."""
+    """Child side: serve the protocol above until "exit" (under uvloop). With
+    ZS_BENCH_PROFILE=<prefix> set, every node runs under cProfile (main thread only) and
+    writes its stats to <prefix>.n<id> (read them with ``python -m pstats``)."""
     import uvloop
 
-    uvloop.run(_raft_node(args))
+    profile_path = os.environ.get("ZS_BENCH_PROFILE")
+    if not profile_path:
+        uvloop.run(_raft_node(args))
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        uvloop.run(_raft_node(args))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(f"{profile_path}.n{args.node_id}")
 
 
 async def _raft_node(args: argparse.Namespace) -> None:

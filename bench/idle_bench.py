@@ -119,6 +119,7 @@ def main() -> None:
             c.send({"op": "exit"})
         for c in children:
             c.recv()
+            c.wait_exit(10.0)
     finally:
         for c in children:
             c.close()

@@ -113,6 +113,7 @@ def run_cluster(groups: int, quick: bool, work: Path) -> list[dict[str, Any]]:
             c.send({"op": "exit"})
         for c in children:
             c.recv()
+            c.wait_exit(10.0)
         return rows
     finally:
         for c in children:
