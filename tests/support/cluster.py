@@ -11,7 +11,8 @@
 - `AppendWorkload`: client threads appending unique values to whichever node leads,
   recording a history for `tests.support.checker.check_queue`.
 - `ReadMonitor`: a thread that keeps sampling every reachable node's committed end
-  offset and reading the records just below it, for `check_watermarks` / `check_reads`.
+  offset, the records just below it and its leadership claims, for `check_watermarks`,
+  `check_reads` and `check_election_safety`.
 
 On loopback, peer and control sockets are TCP on free ports of 127.0.0.1. With a
 `tests.support.netns.Network`, node n runs in its namespace and binds its peer socket
