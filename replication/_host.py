@@ -16,11 +16,15 @@ then makes one *pass*:
    queue ``messages``;
 4. flush the transport: one ZeroMQ multipart send per peer for everything queued, so
    the leader's appends leave while its own fsync runs (Ongaro 10.2.1);
-5. fdatasync every log written in this pass, concurrently in worker threads (group
-   commit: one fsync per dirty log per pass); arriving messages wait for the next pass;
-6. queue ``messages_after_append`` and flush; apply ``committed_entries`` (conf
-   changes via `RaftNode.apply_conf_change`, proposal futures, ``on_apply``, commit
-   waiters); `advance`. A group whose advance produced more work is in the next pass.
+5. start an fdatasync of every log written in this pass, concurrently in worker
+   threads (group commit: one fsync per dirty log per pass), without waiting;
+6. complete the PREVIOUS pass's batch: wait for its fsyncs, queue its
+   ``messages_after_append`` and flush, apply its ``committed_entries`` (conf changes
+   via `RaftNode.apply_conf_change`, proposal futures, ``on_apply``, commit waiters),
+   `advance`. So one batch's fsync overlaps the next batch's writes and sends; batches
+   complete in order, and a pass that must truncate or reset a log first completes
+   the batch in flight (storage forbids that during a sync). A group whose advance
+   produced more work is in the next pass.
 
 Quiescence and liveness
 -----------------------
@@ -408,6 +412,10 @@ class RaftHost:
         self._wake_event = asyncio.Event()
         self._stopped = False
         self._pass_lock = asyncio.Lock()
+        # The last pass's Readys while their fsyncs run: (work, gathered syncs).
+        self._inflight: (
+            tuple[list[tuple[_Group, Ready]], asyncio.Future[list[int]] | None] | None
+        ) = None
         self._tick_due = False
         self._running = False
         self._done = asyncio.Event()
@@ -502,7 +510,7 @@ class RaftHost:
         timer = loop.call_at(next_tick, self._on_timer)
         try:
             while not self._stopped:
-                if not self._inbox and not self._dirty:
+                if not self._inbox and not self._dirty and not self._sync_done():
                     await self._wake_event.wait()
                 self._wake_event.clear()
                 if self._stopping():
@@ -533,6 +541,11 @@ class RaftHost:
             await self._done.wait()
         else:
             self._shutdown()
+
+    def _sync_done(self) -> bool:
+        """A batch in flight whose fsyncs finished: complete it now."""
+        batch = self._inflight
+        return batch is not None and (batch[1] is None or batch[1].done())
 
     def _on_timer(self) -> None:
         self._tick_due = True
@@ -762,6 +775,7 @@ class RaftHost:
         """Hold off passes: inside, no fsync or state write of the host is running, so
         the caller may truncate or compact a group's log (RaftLog.compact)."""
         async with self._pass_lock:
+            await self._finish_inflight()
             yield
 
     async def _pass_locked(self) -> None:
@@ -784,8 +798,16 @@ class RaftHost:
                 self._flush_proposals(g, now)
             if g.node.has_ready():
                 work.append((g, g.node.ready()))
-        if not work:
-            return
+        if work:
+            await self._write(work)
+        elif self._sync_done():
+            await self._finish_inflight()
+
+    async def _write(self, work: list[tuple[_Group, Ready]]) -> None:
+        """Steps 3-5 for this pass's Readys; the previous pass's batch completes (step 6)
+        once its fsyncs are done, after this pass's writes left, so one batch's fsync
+        overlaps the next batch's writes and sends."""
+        loop = asyncio.get_running_loop()
         stats = self._stats
         stats.passes += 1
         # 3. Term/vote durable before anything leaves (all groups concurrently).
@@ -802,6 +824,10 @@ class RaftHost:
         for g, rd in work:
             if rd.soft_state is not None:
                 self._leader_changed(g, rd.soft_state.leader)
+            truncates = rd.entries and rd.entries[0].index <= g.log.last_index()
+            if (rd.snapshot is not None or truncates) and self._inflight is not None:
+                # Storage forbids truncating or resetting a log while a sync runs.
+                await self._finish_inflight()
             if rd.snapshot is not None:
                 g.log.apply_snapshot(rd.snapshot)
                 g.applied = max(g.applied, rd.snapshot.metadata.index)
@@ -815,19 +841,46 @@ class RaftHost:
                 self._send_all(g, rd.messages)
         # 4. The leader's appends leave now, while its own fsync runs.
         self._transport.flush()
-        # 5. Group commit.
+        # 5. Group commit: one fsync per log written in this pass, in worker threads.
+        syncs: asyncio.Future[list[int]] | None = None
         if synced and self._cfg.fsync:
             stats.fsyncs += len(synced)
+            syncs = asyncio.gather(*(loop.run_in_executor(self._pool, g.log.sync) for g in synced))
+            syncs.add_done_callback(self._wake_on_sync)
+        # 6. The previous batch first (order), then this one when it needs no fsync.
+        if self._inflight is not None:
+            await self._finish_inflight()
+        self._inflight = (work, syncs)
+        if syncs is None:
+            await self._finish_inflight()
+
+    def _wake_on_sync(self, fut: asyncio.Future[list[int]]) -> None:
+        self._wake_event.set()
+
+    async def _finish_inflight(self) -> None:
+        """Step 6 for the batch in flight: wait for its fsyncs, then acknowledge,
+        apply and advance."""
+        batch = self._inflight
+        if batch is None:
+            return
+        work, syncs = batch
+        if syncs is not None:
+            loop = asyncio.get_running_loop()
             started = loop.time()
-            await asyncio.gather(*(loop.run_in_executor(self._pool, g.log.sync) for g in synced))
-            stats.sync_wait_s += loop.time() - started
-        # 6. Acknowledgements, then apply and advance.
-        for g, rd in work:
+            try:
+                await syncs
+            finally:
+                self._inflight = None
+                self._stats.sync_wait_s += loop.time() - started
+        self._inflight = None
+        groups = self._groups
+        live = [(g, rd) for g, rd in work if groups.get(g.id) is g]
+        for g, rd in live:
             if rd.messages_after_append:
                 self._send_all(g, rd.messages_after_append)
         self._transport.flush()
         conf_saves: list[_Group] = []
-        for g, rd in work:
+        for g, rd in live:
             if rd.committed_entries and self._apply(g, rd.committed_entries):
                 conf_saves.append(g)
             if rd.read_states:
@@ -839,6 +892,7 @@ class RaftHost:
             if g.node.has_ready():
                 self._dirty[g.id] = g
         if conf_saves:
+            loop = asyncio.get_running_loop()
             await asyncio.gather(
                 *(loop.run_in_executor(self._pool, g.log.save_state) for g in conf_saves)
             )
