@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -64,6 +64,7 @@ class ClusterNode:
         bootstrap: bool = False,
         extra_args: Iterable[str] = (),
         exec_prefix: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.data_dir = data_dir
@@ -85,9 +86,11 @@ class ClusterNode:
             *(("--bootstrap",) if bootstrap else ()),
             *extra_args,
         ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-        self.process = ManagedProcess(f"lognode-{node_id}", argv, log_dir, env=env, cwd=_ROOT)
+        child_env = {**os.environ, **(env or {})}
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(_ROOT), child_env.get("PYTHONPATH")])
+        )
+        self.process = ManagedProcess(f"lognode-{node_id}", argv, log_dir, env=child_env, cwd=_ROOT)
         self.client = LogNodeClient(control_addr)
         self.paused = False
 
@@ -194,7 +197,9 @@ class Cluster:
         *,
         network: Network | None = None,
         extra_args: Iterable[str] = (),
+        node_env: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
+        """``node_env`` adds environment variables to some nodes (by node id)."""
         self.root = root
         self.network = network
         extra = tuple(extra_args)
@@ -219,6 +224,7 @@ class Cluster:
                 bootstrap=n == 1,
                 extra_args=extra,
                 exec_prefix=prefix,
+                env=(node_env or {}).get(n),
             )
 
     def start(self, timeout_s: float = 20.0) -> None:

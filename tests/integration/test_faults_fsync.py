@@ -1,0 +1,154 @@
+"""Acknowledged means durable: a follower whose fsyncs hang must not help commit.
+
+kill -9 cannot catch an acknowledgement sent before its fsync (the page cache survives
+the process), so this test stalls the disk instead: one follower runs with a small
+LD_PRELOAD shim whose fdatasync/fsync block while a gate file exists. With the other
+follower down, the leader can only commit through the stalled one, so while the gate
+is closed nothing new may commit, even once the stalled follower has written the
+entries; when the gate opens, everything commits and no acknowledged record is lost.
+
+Needs a C compiler (to build the shim); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import wait_until
+from tests.support.checker import Append, check_queue
+from tests.support.cluster import Cluster, ClusterNode
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# How long "nothing commits" is watched once the stalled follower holds the entries:
+# several heartbeat rounds (50 ms) and pass cycles; a follower that acknowledged before
+# its fsync would let the leader commit within one round trip.
+STALL_WINDOW_S = 1.0
+
+SHIM_SOURCE = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static void wait_gate(void) {
+    const char *gate = getenv("ZS_FSYNC_GATE");
+    struct timespec pause = {0, 2000000};
+    while (gate != NULL && access(gate, F_OK) == 0) nanosleep(&pause, NULL);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    wait_gate();
+    return real(fd);
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    wait_gate();
+    return real(fd);
+}
+"""
+
+
+@pytest.fixture
+def shim(tmp_path: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the fsync shim")
+    source, lib = tmp_path / "fsync_gate.c", tmp_path / "fsync_gate.so"
+    source.write_text(SHIM_SOURCE)
+    proc = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(source), "-ldl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build the fsync shim: {proc.stderr.strip()[:200]}")
+    return lib
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Path:
+    return tmp_path / "fsync-gate"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, shim: Path, gate: Path) -> Iterator[Cluster]:
+    env = {"LD_PRELOAD": str(shim), "ZS_FSYNC_GATE": str(gate)}
+    with Cluster(tmp_path, 3, node_env={3: env}) as c:
+        c.start()
+        yield c
+
+
+def test_a_follower_with_stalled_fsyncs_does_not_help_commit(cluster: Cluster, gate: Path) -> None:
+    # Node 1 leads (it bootstrapped); node 3 has the gated disk; node 2 goes down.
+    leader, stalled, down = cluster.node(1), cluster.node(3), cluster.node(2)
+    assert cluster.wait_leader()[0] is leader
+    history = [append(leader, b"before-%d" % i) for i in range(10)]
+    down.kill()
+    history.append(append(leader, b"with one follower"))  # node 3 alone completes a quorum
+
+    gate.touch()
+    try:
+        before = leader.status()
+        assert before is not None
+        values = [b"stalled-%d" % i for i in range(5)]
+        invoked = time.monotonic()
+        try:
+            reply = leader.client.call("append_many", 0.2, records=values)
+            pytest.fail(f"appends were answered while no quorum could sync: {reply}")
+        except TimeoutError:
+            pass  # as it must: nothing can be acknowledged yet
+        target = before["last_index"] + len(values)
+        # The stalled follower receives and writes them (its loop keeps answering)...
+        wait_until(
+            lambda: (st := stalled.status()) is not None and st["last_index"] >= target,
+            10,
+            "the stalled follower to write the new entries",
+        )
+        # ... but must not acknowledge them before they are durable.
+        watch_until = time.monotonic() + STALL_WINDOW_S
+        while time.monotonic() < watch_until:
+            st = leader.status()
+            assert st is not None
+            assert st["commit_index"] == before["commit_index"], (
+                "the leader committed entries no quorum has synced"
+            )
+            time.sleep(0.05)
+    finally:
+        gate.unlink(missing_ok=True)
+
+    # Once the disk moves again they commit (the proposals may have timed out on the
+    # client side: they are then unacknowledged, but present). The leader may have
+    # stepped down meanwhile (check-quorum: the stalled follower answered nothing).
+    wait_until(
+        lambda: (found := cluster.find_leader()) is not None and found[1]["commit_index"] >= target,
+        15,
+        "the entries to commit once fsync works",
+    )
+    history += [Append(v, None, invoked, time.monotonic()) for v in values]
+    history.append(append(cluster.wait_leader()[0], b"after"))
+    down.start()
+    cluster.wait_converged(timeout_s=20)
+    logs = {f"n{n.node_id}": n.records() for n in cluster.nodes.values()}
+    report = check_queue(history, logs)
+    assert report.ok, report.summary()
+    assert set(values) <= set(logs["n1"])
+
+
+def append(node: ClusterNode, value: bytes) -> Append:
+    invoked = time.monotonic()
+    offset = node.client.append(value)
+    return Append(value, offset, invoked, time.monotonic())
