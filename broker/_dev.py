@@ -112,8 +112,8 @@ def _answers_metadata(ctx: zmq.Context[zmq.Socket[bytes]], addr: str) -> bool:
     return reply.error == 0
 
 
-def run_dev(data_dir: Path, brokers: int) -> int:
-    from broker.cli import DEV_CLIENT_PORT, DEV_METRICS_PORT, DEV_PEER_PORT, UserError
+def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
+    from broker.cli import DEV_CLIENT_PORT, UserError
 
     if brokers > 1:
         raise UserError(
@@ -123,12 +123,18 @@ def run_dev(data_dir: Path, brokers: int) -> int:
     etcd = shutil.which("etcd")
     if etcd is None:
         raise UserError("etcd is not installed: run `make run` (installs Debian's etcd-server)")
-    ports = [(DEV_CLIENT_PORT + i, DEV_PEER_PORT + i, DEV_METRICS_PORT + i) for i in range(brokers)]
+    if port_base == 0:
+        ports = [(_free_port(), _free_port(), _free_port()) for _ in range(brokers)]
+    elif 1024 <= port_base <= 65535 - 200 - brokers:
+        ports = [(port_base + i, port_base + 100 + i, port_base + 200 + i) for i in range(brokers)]
+    else:
+        raise UserError(f"--port-base must be 0 or in 1024..{65535 - 200 - brokers}")
     for port in [p for triple in ports for p in triple]:
         if not _port_free(port):
             raise UserError(f"port {port} is in use (is another `zstream dev` running?)")
-    client_port = _ETCD_CLIENT_PORT if _port_free(_ETCD_CLIENT_PORT) else _free_port()
-    peer_port = _ETCD_PEER_PORT if _port_free(_ETCD_PEER_PORT) else _free_port()
+    fixed = port_base != 0
+    client_port = _ETCD_CLIENT_PORT if fixed and _port_free(_ETCD_CLIENT_PORT) else _free_port()
+    peer_port = _ETCD_PEER_PORT if fixed and _port_free(_ETCD_PEER_PORT) else _free_port()
     data_dir = data_dir.resolve()
     logs = data_dir / "logs"
     children: list[_Child] = []
@@ -183,6 +189,9 @@ def run_dev(data_dir: Path, brokers: int) -> int:
                 flush=True,
             )
         print(f"zstream dev: data and logs in {data_dir}", flush=True)
+        if port_base != DEV_CLIENT_PORT:
+            bootstrap = ",".join(f"127.0.0.1:{c}" for c, _, _ in ports)
+            print(f"zstream dev: clients need: export ZSTREAM_BOOTSTRAP={bootstrap}", flush=True)
         print("zstream dev: ready; press Ctrl-C to stop", flush=True)
         while True:
             time.sleep(0.5)

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--data-dir", type=Path, default=Path("zstream-dev-data"))
     d.add_argument("--brokers", type=_positive_int, default=DEV_DEFAULT_BROKERS)
+    d.add_argument(
+        "--port-base",
+        type=int,
+        default=DEV_CLIENT_PORT,
+        help=f"broker i listens for clients on BASE+i-1, peers on BASE+100+i-1, metrics on "
+        f"BASE+200+i-1 (default {DEV_CLIENT_PORT}); 0 picks free ports",
+    )
 
     t = sub.add_parser("topic", help="create, list, describe or delete topics")
     tsub = t.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
@@ -418,7 +425,7 @@ def _status(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from broker._dev import run_dev
 
-    code: int = run_dev(args.data_dir, args.brokers)
+    code: int = run_dev(args.data_dir, args.brokers, args.port_base)
     return code
 
 

@@ -8,16 +8,14 @@ import itertools
 import threading
 from collections.abc import Iterator
 
-import msgpack
 import pytest
 import zmq
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import storage
 from broker._frontend import Frontend
 from clients import ErrorCode, MetadataRequest
 from clients._protocol import decode_reply, encode_request
+from tests.support.malformed import malformed_messages
 from tests.unit.broker.fakes import FakeBackend, FakePartition
 
 MAX_BYTES = 64 * 1024
@@ -77,47 +75,7 @@ def client() -> Iterator[zmq.Socket[bytes]]:
 
 _probe_ids = itertools.count(1_000_000)
 
-_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=8)
-)
-_ops = st.sampled_from(
-    ["produce", "fetch", "metadata", "subscribe", "credit", "create_topic", "nope", ""]
-)
-_envelopes = st.fixed_dictionaries(
-    {"v": st.one_of(st.just(1), _scalars), "id": st.one_of(st.integers(0, 1000), _scalars)},
-    optional={
-        "op": st.one_of(_ops, _scalars),
-        "args": st.one_of(st.dictionaries(st.text(max_size=12), _scalars, max_size=4), _scalars),
-    },
-).map(lambda d: msgpack.packb(d, use_bin_type=True))
-
-
-def _truncated_batch(cut: int) -> bytes:
-    batch = storage.encode_batch([(None, b"value")])
-    return batch[: cut % len(batch)]
-
-
-def _huge_length(length: int) -> bytes:
-    batch = bytearray(storage.encode_batch([(None, b"v")]))
-    batch[8:12] = length.to_bytes(4, "big", signed=True)
-    return bytes(batch)
-
-
-_produce_env = msgpack.packb(
-    {"v": 1, "id": 5, "op": "produce", "args": {"topic": "t", "partition": 0}}
-)
-_bad_batches = st.one_of(
-    st.binary(max_size=200),
-    st.integers(0, 200).map(_truncated_batch),
-    st.integers(-(2**31), 2**31 - 1).map(_huge_length),
-    st.just(b"\0" * (MAX_BYTES + 1)),
-).map(lambda b: [_produce_env, b])
-
-_messages = st.one_of(
-    st.lists(st.binary(max_size=64), min_size=1, max_size=4),
-    _envelopes.map(lambda e: [e]),
-    _bad_batches,
-)
+_messages = malformed_messages("t", MAX_BYTES + 1)
 
 
 @settings(max_examples=300)
