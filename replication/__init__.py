@@ -16,6 +16,12 @@ from ._codec import (
     message_from_wire,
     message_to_wire,
 )
+from ._dlog import (
+    BlockingDistributedLog,
+    DistributedLog,
+    DistributedLogConfig,
+    Server,
+)
 from ._errors import (
     CodecError,
     CompactedError,
@@ -27,7 +33,17 @@ from ._errors import (
     SnapshotTemporarilyUnavailableError,
     UnavailableError,
 )
+from ._host import (
+    GroupHandle,
+    HostConfig,
+    HostError,
+    HostStats,
+    HostStoppedError,
+    ProposalTimeoutError,
+    RaftHost,
+)
 from ._raft import ProgressState, RaftConfig, RaftNode
+from ._raftlog_disk import RaftLog, RaftLogError
 from ._storage import MemoryStorage, Storage
 from ._transport import (
     PeerMessage,
@@ -60,6 +76,7 @@ from ._types import (
 )
 
 __all__ = [
+    "BlockingDistributedLog",
     "CodecError",
     "CompactedError",
     "ConfChange",
@@ -67,9 +84,16 @@ __all__ = [
     "ConfChangeType",
     "ConfState",
     "ConfigError",
+    "DistributedLog",
+    "DistributedLogConfig",
     "Entry",
     "EntryType",
+    "GroupHandle",
     "HardState",
+    "HostConfig",
+    "HostError",
+    "HostStats",
+    "HostStoppedError",
     "MemoryStorage",
     "Message",
     "MessageType",
@@ -79,12 +103,17 @@ __all__ = [
     "PeerTransport",
     "ProgressState",
     "ProposalDroppedError",
+    "ProposalTimeoutError",
     "RaftConfig",
     "RaftError",
+    "RaftHost",
+    "RaftLog",
+    "RaftLogError",
     "RaftNode",
     "ReadState",
     "Ready",
     "Role",
+    "Server",
     "Snapshot",
     "SnapshotMetadata",
     "SnapshotTemporarilyUnavailableError",

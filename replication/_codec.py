@@ -26,7 +26,9 @@ the storage records carry their own CRC32C)::
 
     conf_state: array of 5: [voters, learners, voters_outgoing, learners_next: each an
       array of uint NodeId, auto_leave bool]
-    conf_change: array of 2*n uint: change type (ConfChangeType), node id, ...
+    conf_change: array of 2*n uint: change type (ConfChangeType), node id, ...,
+      followed by one bin, the context, only when the context is not empty (an odd
+      length means a context is present)
     hard_state: array of 3 uint: [term, vote, commit]
 """
 
@@ -147,18 +149,23 @@ def encode_conf_change(cc: ConfChange) -> bytes:
     for typ, nid in cc.changes:
         flat.append(int(typ))
         flat.append(nid)
+    if cc.context:
+        return msgpack.packb([*flat, cc.context], use_bin_type=True)  # type: ignore[no-any-return]
     return msgpack.packb(flat)  # type: ignore[no-any-return]
 
 
 def decode_conf_change(buf: bytes | memoryview) -> ConfChange:
     a = _array(_unpack(buf), "conf_change")
+    context = b""
     if len(a) % 2:
-        raise CodecError("conf_change: odd number of items")
+        context = _bin(a.pop(), "conf_change context")
+        if not context:
+            raise CodecError("conf_change: an empty context is never encoded")
     changes = tuple(
         (_enum(_CC_TYPES, a[i], "change type"), _uint(a[i + 1], "node id"))
         for i in range(0, len(a), 2)
     )
-    return ConfChange(changes)
+    return ConfChange(changes, context)
 
 
 def encode_hard_state(hs: HardState) -> bytes:

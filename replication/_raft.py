@@ -185,6 +185,9 @@ class RaftNode:
         self._reads: deque[tuple[int, int, bytes]] = deque()
         self._read_acks: dict[NodeId, int] = {}
         self._read_seq = 0
+        # While our last index is below this, we neither vote nor campaign (see
+        # set_vote_blocked_until).
+        self._vote_blocked_until = 0
         self._switch_to_config(cs)
         self._become_follower(self._term, NONE)
         self._prev_soft = SoftState(self._lead, self._role)
@@ -237,6 +240,26 @@ class RaftNode:
         if pr is None:
             return None
         return pr.match, pr.next, pr.state
+
+    def set_vote_blocked_until(self, index: int) -> None:
+        """Refuse to grant (pre-)votes and to campaign while ``last_index < index``.
+
+        For a node that lost entries it may have acknowledged (a corrupt segment cut
+        from its log): until it has caught up from a leader to where its log ended,
+        its vote could help elect a leader that lacks committed entries. 0 clears it.
+        """
+        self._vote_blocked_until = max(index, 0)
+
+    @property
+    def vote_blocked_until(self) -> int:
+        """The index set by `set_vote_blocked_until`, or 0 once caught up to it."""
+        self._vote_blocked()
+        return self._vote_blocked_until
+
+    def _vote_blocked(self) -> bool:
+        if self._vote_blocked_until and self._log.last_index() >= self._vote_blocked_until:
+            self._vote_blocked_until = 0
+        return self._vote_blocked_until > 0
 
     # -- sending --------------------------------------------------------------------------
 
@@ -331,7 +354,7 @@ class RaftNode:
             self._campaign(transfer=False)
 
     def _campaign(self, transfer: bool) -> None:
-        if not self._promotable():
+        if not self._promotable() or self._vote_blocked():
             return
         if self._log.committed > self._log.applied and self._log.unapplied_conf_change():
             # The configuration may be about to change: wait until it is applied.
@@ -490,7 +513,7 @@ class RaftNode:
             or (m.type == _PRE_VOTE and m.term > self._term)
         )
         resp = _VOTE_RESP if m.type == _VOTE else _PRE_VOTE_RESP
-        if can_vote and self._log.is_up_to_date(m.index, m.log_term):
+        if can_vote and not self._vote_blocked() and self._log.is_up_to_date(m.index, m.log_term):
             # A granted vote carries the candidate's term: for a pre-vote, the future
             # term the pre-candidate will campaign in.
             self._send(Message(resp, m.frm, self._id, m.term))

@@ -468,6 +468,9 @@ class PeerTransport:
             endpoint = router.getsockopt(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as e:
             router.close(linger=0)
+            if self._own_context:
+                self._context.term()
+                self._context = None
             raise TransportError(f"cannot bind {self._bind_addr!r}: {e}") from e
         assert isinstance(endpoint, bytes)
         self._router = router
@@ -511,7 +514,7 @@ class PeerTransport:
         _check_node_id(node_id, "node_id")
         if node_id == self._local_id:
             raise ValueError("a node is not its own peer")
-        if self._closed or self._context is None:
+        if self._closed or self._router is None or self._context is None:
             raise TransportClosedError("transport is closed or not started")
         old = self._peers.get(node_id)
         if old is not None:
@@ -675,6 +678,10 @@ class PeerTransport:
         except TransportDecodeError as e:
             stats.decode_errors += 1
             self._garbage_log.warning("ignoring bad message from %r: %s", routing_id[:32], e)
+            return
+        if items[0].from_node == self._local_id:
+            stats.decode_errors += 1
+            self._garbage_log.warning("ignoring message claiming to come from this node")
             return
         stats.received_multiparts += 1
         stats.received_msgs += len(items)

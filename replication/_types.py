@@ -91,9 +91,11 @@ class ConfChange:
 
     Any change to the set of voters goes through a joint configuration (Raft thesis
     section 4.3), which the leader leaves automatically once the joint configuration is
-    applied. Changes that only touch learners take effect directly."""
+    applied. Changes that only touch learners take effect directly. ``context`` is
+    opaque to the core and travels with the entry (e.g. a new member's address)."""
 
     changes: tuple[tuple[ConfChangeType, NodeId], ...] = ()
+    context: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

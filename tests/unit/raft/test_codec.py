@@ -91,6 +91,24 @@ def test_conf_change_round_trip(changes: list[tuple[ConfChangeType, int]]) -> No
     assert decode_conf_change(encode_conf_change(cc)) == cc
 
 
+@given(
+    st.lists(st.tuples(st.sampled_from(ConfChangeType), st.integers(1, 1 << 32))),
+    st.binary(max_size=64),
+)
+def test_conf_change_round_trip_with_context(
+    changes: list[tuple[ConfChangeType, int]], context: bytes
+) -> None:
+    cc = ConfChange(tuple(changes), context)
+    assert decode_conf_change(encode_conf_change(cc)) == cc
+
+
+def test_conf_change_without_context_keeps_the_old_encoding() -> None:
+    cc = ConfChange(((ConfChangeType.ADD_VOTER, 2),))
+    assert encode_conf_change(cc) == msgpack.packb([0, 2])
+    with pytest.raises(CodecError):
+        decode_conf_change(msgpack.packb([0, 2, b""]))
+
+
 @given(u64, u64, u64)
 def test_hard_state_round_trip(term: int, vote: int, commit: int) -> None:
     hs = HardState(term, vote, commit)

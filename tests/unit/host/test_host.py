@@ -1,0 +1,270 @@
+"""RaftHost: three hosts in one event loop over real PeerTransports on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from replication import (
+    ConfState,
+    GroupHandle,
+    HostConfig,
+    HostStoppedError,
+    NotLeaderError,
+    PeerTransport,
+    ProposalTimeoutError,
+    RaftConfig,
+    RaftHost,
+    RaftLog,
+    Role,
+)
+from storage import LogConfig, encode_batch
+
+IDS = (1, 2, 3)
+
+
+def batch(value: bytes) -> bytes:
+    return encode_batch([(None, value)], timestamp_ms=1)
+
+
+async def until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Node:
+    def __init__(self, node_id: int, root: Path, config: HostConfig) -> None:
+        self.id = node_id
+        self.root = root / f"n{node_id}"
+        self.config = config
+        self.transport = PeerTransport(node_id, "tcp://127.0.0.1:0")
+        self.host: RaftHost | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.logs: dict[int, RaftLog] = {}
+        self.groups: dict[int, GroupHandle] = {}
+
+    async def start(self) -> None:
+        await self.transport.start()
+        self.host = RaftHost(self.id, self.transport, self.config)
+        self.task = asyncio.create_task(self.host.run())
+
+    def add_group(self, gid: int, voters: tuple[int, ...] = IDS) -> GroupHandle:
+        assert self.host is not None
+        log = RaftLog.open(self.root / f"g{gid}", LogConfig(), records=True)
+        log.bootstrap(ConfState(voters=frozenset(voters)))
+        self.logs[gid] = log
+        rc = RaftConfig(id=self.id, election_tick=self.config.election_tick)
+        self.groups[gid] = self.host.add_group(gid, log, rc)
+        return self.groups[gid]
+
+    async def stop(self) -> None:
+        if self.host is not None:
+            await self.host.close()
+        if self.task is not None:
+            await self.task
+        await self.transport.close()
+        for log in self.logs.values():
+            log.close()
+        self.logs.clear()
+        self.host = None
+        self.task = None
+
+
+@asynccontextmanager
+async def cluster(
+    tmp_path: Path, groups: int = 1, **config: int | bool
+) -> AsyncIterator[dict[int, Node]]:
+    cfg = HostConfig(**{"tick_ms": 20, "quiesce_after_ticks": 10, **config})  # type: ignore[arg-type]
+    nodes = {i: Node(i, tmp_path, cfg) for i in IDS}
+    try:
+        for n in nodes.values():
+            await n.start()
+        for n in nodes.values():
+            for m in nodes.values():
+                if m is not n:
+                    n.transport.add_peer(m.id, m.transport.address)
+            for gid in range(1, groups + 1):
+                n.add_group(gid)
+        yield nodes
+    finally:
+        for n in nodes.values():
+            await n.stop()
+
+
+def leader_of(nodes: dict[int, Node], gid: int) -> Node | None:
+    for n in nodes.values():
+        if n.host is not None and n.groups[gid].is_leader:
+            return n
+    return None
+
+
+async def elect(nodes: dict[int, Node], gid: int = 1, who: int = 1) -> Node:
+    nodes[who].groups[gid].campaign()
+    await until(lambda: leader_of(nodes, gid) is not None, 10, "a leader")
+    leader = leader_of(nodes, gid)
+    assert leader is not None
+    return leader
+
+
+async def test_election_proposals_and_identical_logs(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        g = leader.groups[1]
+        indexes = [await g.propose(batch(b"v%d" % i)) for i in range(5)]
+        assert indexes == sorted(indexes)
+        last = indexes[-1]
+        for n in nodes.values():
+            await asyncio.wait_for(n.groups[1].wait_committed(last), 5)
+        logs = [n.logs[1] for n in nodes.values()]
+        want = logs[0].entries(1, last + 1, 1 << 30)
+        for log in logs[1:]:
+            assert log.entries(1, last + 1, 1 << 30) == want
+        # Every replica agrees on record offsets: five single-record batches.
+        assert {log.offset_after(last) for log in logs} == {5}
+        for n in nodes.values():
+            assert n.groups[1].leader == leader.id
+
+
+async def test_follower_refuses_with_a_leader_hint(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        follower = next(n for n in nodes.values() if n is not leader)
+        await until(lambda: follower.groups[1].leader == leader.id, 5, "follower knows")
+        with pytest.raises(NotLeaderError) as info:
+            await follower.groups[1].propose(batch(b"x"))
+        assert info.value.leader_hint == leader.id
+
+
+async def test_group_commit_many_proposals_few_fsyncs(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        assert leader.host is not None
+        before = leader.host.stats.fsyncs
+        futs = [leader.groups[1].propose(batch(b"%d" % i)) for i in range(300)]
+        got = await asyncio.wait_for(asyncio.gather(*futs), 20)
+        assert got == sorted(got)
+        assert len(set(got)) == 300
+        fsyncs = leader.host.stats.fsyncs - before
+        assert 1 <= fsyncs < 100, fsyncs
+
+
+async def test_leader_that_loses_its_quorum_fails_pending_proposals(tmp_path: Path) -> None:
+    async with cluster(tmp_path, proposal_timeout_ms=60_000) as nodes:
+        leader = await elect(nodes)
+        await leader.groups[1].propose(batch(b"first"))
+        for n in nodes.values():
+            if n is not leader:
+                await n.stop()
+        fut = leader.groups[1].propose(batch(b"never"))
+        with pytest.raises(NotLeaderError):
+            await asyncio.wait_for(fut, 10)
+        assert leader.groups[1].role != Role.LEADER
+
+
+async def test_proposal_timeout(tmp_path: Path) -> None:
+    async with cluster(tmp_path, proposal_timeout_ms=100, election_tick=200) as nodes:
+        leader = await elect(nodes)
+        for n in nodes.values():
+            if n is not leader:
+                await n.stop()
+        with pytest.raises(ProposalTimeoutError):
+            await asyncio.wait_for(leader.groups[1].propose(batch(b"late")), 10)
+
+
+async def test_close_fails_pending_requests(tmp_path: Path) -> None:
+    async with cluster(tmp_path, proposal_timeout_ms=60_000) as nodes:
+        leader = await elect(nodes)
+        for n in nodes.values():
+            if n is not leader:
+                await n.stop()
+        fut = leader.groups[1].propose(batch(b"pending"))
+        waiter = asyncio.ensure_future(leader.groups[1].wait_committed(10_000))
+        await leader.stop()
+        with pytest.raises(HostStoppedError):
+            await fut
+        with pytest.raises(HostStoppedError):
+            await waiter
+        handle = leader.groups[1]
+        with pytest.raises(HostStoppedError):
+            handle.propose(batch(b"after"))
+
+
+async def test_many_groups_elect_commit_and_quiesce(tmp_path: Path) -> None:
+    groups = 12
+    async with cluster(tmp_path, groups=groups) as nodes:
+        for gid in range(1, groups + 1):
+            nodes[1 + gid % 3].groups[gid].campaign()
+        await until(
+            lambda: all(leader_of(nodes, gid) for gid in range(1, groups + 1)), 10, "leaders"
+        )
+        futs = []
+        for gid in range(1, groups + 1):
+            leader = leader_of(nodes, gid)
+            assert leader is not None
+            futs += [leader.groups[gid].propose(batch(b"g%d-%d" % (gid, i))) for i in range(3)]
+        await asyncio.wait_for(asyncio.gather(*futs), 20)
+        # Idle groups stop ticking on every node.
+        await until(
+            lambda: all(
+                n.host is not None and n.host.active_group_count() == 0 for n in nodes.values()
+            ),
+            10,
+            "quiescence",
+        )
+        # A proposal wakes its group, and it commits.
+        leader = leader_of(nodes, 1)
+        assert leader is not None
+        await asyncio.wait_for(leader.groups[1].propose(batch(b"wake")), 5)
+
+
+async def test_quiesced_followers_wake_and_elect_when_the_leader_dies(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        await leader.groups[1].propose(batch(b"before"))
+        await until(
+            lambda: all(
+                n.host is not None and n.host.active_group_count() == 0 for n in nodes.values()
+            ),
+            10,
+            "quiescence",
+        )
+        await leader.stop()
+        rest = {i: n for i, n in nodes.items() if n is not leader}
+        await until(lambda: leader_of(rest, 1) is not None, 10, "a new leader")
+        new = leader_of(rest, 1)
+        assert new is not None
+        index = await asyncio.wait_for(new.groups[1].propose(batch(b"after")), 10)
+        for n in rest.values():
+            await asyncio.wait_for(n.groups[1].wait_committed(index), 5)
+
+
+async def test_restart_keeps_term_vote_and_entries(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        last = await leader.groups[1].propose(batch(b"durable"))
+        term = leader.groups[1].term
+        for n in nodes.values():
+            await asyncio.wait_for(n.groups[1].wait_committed(last), 5)
+        for n in nodes.values():
+            await n.stop()
+        for n in nodes.values():
+            n.transport = PeerTransport(n.id, "tcp://127.0.0.1:0")
+            await n.start()
+        for n in nodes.values():
+            for m in nodes.values():
+                if m is not n:
+                    n.transport.add_peer(m.id, m.transport.address)
+            g = n.add_group(1)
+            assert g.term == term
+            assert g.last_index >= last
+        leader = await elect(nodes, who=2)
+        index = await asyncio.wait_for(leader.groups[1].propose(batch(b"again")), 10)
+        assert index > last
