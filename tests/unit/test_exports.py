@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-LIBRARY_PACKAGES = ("clients",)
+LIBRARY_PACKAGES = ("clients", "storage")
 
 
 @pytest.mark.parametrize("name", LIBRARY_PACKAGES)
