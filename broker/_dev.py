@@ -115,11 +115,6 @@ def _answers_metadata(ctx: zmq.Context[zmq.Socket[bytes]], addr: str) -> bool:
 def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
     from broker.cli import DEV_CLIENT_PORT, UserError
 
-    if brokers > 1:
-        raise UserError(
-            "this build runs single-broker clusters only: multi-broker needs the "
-            "replicated controller (replication.RaftHost); use --brokers 1"
-        )
     etcd = shutil.which("etcd")
     if etcd is None:
         raise UserError("etcd is not installed: run `make run` (installs Debian's etcd-server)")

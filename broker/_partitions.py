@@ -1,20 +1,20 @@
-"""Partition replicas on this broker, and the manager that opens and closes them
-as the controller's placement changes.
+"""Partition replicas on this broker, each one Raft group on the multi-Raft host,
+and the manager that opens and closes them as the controller's placement changes.
 
-A replica implements the front end's ``PartitionBackend``. Two kinds exist:
+A :class:`RaftReplica` implements the front end's ``PartitionBackend`` over a
+``replication.GroupHandle`` and its ``RaftLog`` (the partition log IS the Raft
+log). Produce proposes the batch and answers once it is committed (durable on a
+majority) and applied here. The high watermark is the record offset after the
+commit index; fetches and streams never read past it.
 
-* :class:`LocalReplica`: a partition whose only replica is this broker (replication
-  factor 1, or an embedded single node). Its log is a ``storage.SegmentedLog``;
-  produce appends one DATA entry and group-commits: one fsync, run in a worker
-  thread, covers every batch appended before it started. The high watermark is the
-  next offset after the last fsynced entry, so nothing unsynced is ever visible.
-* a Raft replica (one Raft group per partition, on the multi-Raft host), when the
-  replication host is available; see ``broker/_server.py``.
+``acks=leader`` is served as ``acks=all`` for now: the host resolves a proposal
+on commit only. That is stronger than asked, never weaker.
 
 Directory layout under the broker's data dir::
 
-    controller/snapshot          the controller state machine (embedded mode)
-    groups/<group id>/log/       one partition's segmented log
+    groups/0/                    the controller's RaftLog (records=False)
+    groups/<group id>/           one partition's RaftLog: log/ segments, raft-state
+    controller-state             the controller state machine's snapshot
 """
 
 from __future__ import annotations
@@ -24,16 +24,24 @@ import contextlib
 import logging
 import shutil
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import replication
 import storage
 from broker._controller import ControllerState, PartitionAssignment, TopicRecord
-from clients import Acks, NotLeaderError, OffsetOutOfRangeError
+from clients import (
+    Acks,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    RequestTimedOutError,
+    UnavailableError,
+    UnknownServerError,
+    ZStreamError,
+)
 from clients._protocol import Buffer
 
-__all__ = ["LocalReplica", "PartitionManager", "ReplicaFactory", "log_config_for"]
+__all__ = ["PartitionManager", "RaftReplica", "log_config_for", "translate_raft_error"]
 
 log = logging.getLogger("zstream.partitions")
 
@@ -46,143 +54,165 @@ def log_config_for(configs: Mapping[str, int], default_segment_bytes: int) -> st
     )
 
 
-class LocalReplica:
-    """A partition with a single replica, here."""
+def translate_raft_error(exc: BaseException) -> ZStreamError:
+    """The client's view of a replication error."""
+    if isinstance(exc, replication.NotLeaderError):
+        return NotLeaderError("not the leader", leader=exc.leader_hint or None)
+    if isinstance(exc, replication.ProposalTimeoutError):
+        return RequestTimedOutError("not committed in time; it may still commit")
+    if isinstance(exc, replication.HostStoppedError):
+        return NotLeaderError("the partition is closing on this broker", leader=None)
+    if isinstance(exc, replication.ProposalDroppedError):
+        return UnavailableError("the leader refused the proposal for now (transferring?)")
+    if isinstance(exc, storage.CorruptBatchError):
+        return UnknownServerError(f"batch rejected by the log: {exc}")
+    return UnknownServerError(f"replication failed: {exc!r}")
 
-    def __init__(self, directory: Path, config: storage.LogConfig, *, fsync: bool = True) -> None:
-        self._log = storage.SegmentedLog.open(directory, config)
-        if fsync:
-            self._log.sync()  # whatever survived a crash is durable from now on
-        self._fsync = fsync
-        self._hwm = self._log.next_offset
-        self._pending: deque[tuple[int, int]] = deque()  # (raft index, next offset)
-        self._sync_task: asyncio.Task[int] | None = None
-        self._changed = asyncio.Condition()
-        self._closed = False
-        self.is_leader = True
-        self.leader: int | None = None  # set by the manager: this broker's id
+
+class RaftReplica:
+    """One partition replica: a Raft group on the host."""
+
+    def __init__(self, handle: replication.GroupHandle, raft_log: replication.RaftLog) -> None:
+        self.handle = handle
+        self.log = raft_log
+        self._hwm_cache = (-1, 0)  # (commit index, offset after it)
+        self.closed = False
+
+    @property
+    def is_leader(self) -> bool:
+        return not self.closed and self.handle.is_leader
+
+    @property
+    def leader(self) -> int | None:
+        return None if self.closed else self.handle.leader or None
 
     # -- PartitionBackend ------------------------------------------------------------------
 
     @property
     def high_watermark(self) -> int:
-        return self._hwm
+        commit = min(self.handle.commit_index, self.log.last_index())
+        if self._hwm_cache[0] != commit:
+            try:
+                self._hwm_cache = (commit, self.log.offset_after(commit))
+            except replication.RaftError:
+                return self._hwm_cache[1]
+        return self._hwm_cache[1]
 
     @property
     def log_start_offset(self) -> int:
-        return self._log.log_start_offset
+        return self.log.log_start_offset
 
     @property
     def log_end_offset(self) -> int:
-        return self._log.next_offset
+        return self.log.next_offset
 
     def check_leader(self) -> None:
-        if self._closed:
-            raise NotLeaderError("the partition is closing here", leader=None)
+        if self.closed:
+            raise NotLeaderError("the partition is closing on this broker", leader=None)
+        if not self.handle.is_leader:
+            raise NotLeaderError("not the leader", leader=self.handle.leader or None)
 
     async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
         self.check_leader()
-        base = self._log.next_offset
-        stamped = bytearray(batch)
-        storage.stamp_base_offset(stamped, base)
-        count = storage.decode_batch_header(stamped).record_count
-        index = self._log.last_index + 1
-        term = 1
-        entry = storage.LogEntry(
-            index, term, storage.EntryKind.DATA, base, count, memoryview(stamped)
-        )
-        self._log.append([entry])
-        self._pending.append((index, base + count))
-        await self._synced_through(index)
-        return base
-
-    async def _synced_through(self, index: int) -> None:
-        while self._pending and self._pending[0][0] <= index:
-            if self._sync_task is None:
-                self._sync_task = asyncio.create_task(self._sync())
-            task = self._sync_task
-            await asyncio.shield(task)
-
-    async def _sync(self) -> int:
+        count = storage.decode_batch_header(batch).record_count
         try:
-            synced = (
-                await asyncio.to_thread(self._log.sync) if self._fsync else self._log.last_index
-            )
-            hwm = self._hwm
-            while self._pending and self._pending[0][0] <= synced:
-                hwm = self._pending.popleft()[1]
-            if hwm != self._hwm:
-                async with self._changed:
-                    self._hwm = hwm
-                    self._changed.notify_all()
-            return synced
-        finally:
-            self._sync_task = None
+            index = await self.handle.propose(bytes(batch))
+        except (replication.RaftError, storage.StorageError) as exc:
+            raise translate_raft_error(exc) from exc
+        try:
+            return self.log.offset_after(index) - count
+        except replication.RaftError as exc:  # compacted already: the offset is gone
+            raise translate_raft_error(exc) from exc
 
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
-        hwm = self._hwm
-        start = self._log.log_start_offset
+        hwm = self.high_watermark
+        start = self.log.log_start_offset
         if not start <= offset <= hwm:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside [{start}, {hwm}]", start=start, end=hwm
             )
-        if offset == hwm:
-            return []
-        first = self._log.entry_for_offset(offset)
         out: list[memoryview] = []
-        for entry in self._log.read(first.index, self._log.last_index + 1, max_bytes):
-            if entry.kind != storage.EntryKind.DATA:
-                continue
-            if entry.next_offset > hwm:
+        used = 0
+        while offset < hwm:
+            try:
+                base, batch = self.log.batch_at(offset)
+            except storage.OffsetOutOfRange as exc:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} is no longer here", start=self.log.log_start_offset, end=hwm
+                ) from exc
+            except replication.RaftError as exc:
+                raise translate_raft_error(exc) from exc
+            if out and used + len(batch) > max_bytes:
                 break
-            out.append(memoryview(entry.payload))
+            out.append(batch)
+            used += len(batch)
+            offset = storage.decode_batch_header(batch).next_offset
+            if base > offset:  # pragma: no cover - a log that goes backwards
+                raise UnknownServerError("log offsets are not increasing")
         return out
 
     async def wait_beyond(self, offset: int, timeout_s: float) -> bool:
-        async with self._changed:
+        deadline = time.monotonic() + timeout_s
+        while self.high_watermark <= offset:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return False
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._hwm > offset), timeout_s
+                    self.handle.wait_committed(self.handle.commit_index + 1), left
                 )
             except TimeoutError:
                 return False
+            except replication.RaftError:
+                return False
         return True
 
-    # -- management ------------------------------------------------------------------------
 
-    def apply_retention(self, now_ms: int) -> int:
-        if self._sync_task is not None:
-            return 0  # never while a sync runs (SegmentedLog's rule); next round
-        return self._log.apply_retention(now_ms)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._sync_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._sync_task)
-        self._log.close()
-
-
-ReplicaFactory = Callable[[TopicRecord, PartitionAssignment, Path], LocalReplica]
+# How a replica is made: (topic, assignment, fresh directory?) -> replica.
+ReplicaFactory = Callable[[TopicRecord, PartitionAssignment], RaftReplica]
 
 
 class PartitionManager:
     """Opens the replicas the controller places on this broker, closes (and deletes)
     the ones it no longer does, and finds them for the front end."""
 
-    def __init__(self, broker_id: int, data_dir: Path, factory: ReplicaFactory) -> None:
+    def __init__(
+        self,
+        broker_id: int,
+        data_dir: Path,
+        host: replication.RaftHost,
+        raft_config: Callable[[], replication.RaftConfig],
+        default_segment_bytes: int,
+    ) -> None:
         self._broker_id = broker_id
         self._groups_dir = data_dir / "groups"
-        self._factory = factory
-        self._by_group: dict[int, LocalReplica] = {}
-        self._by_name: dict[tuple[str, int], LocalReplica] = {}
+        self._host = host
+        self._raft_config = raft_config
+        self._segment_bytes = default_segment_bytes
+        self._by_group: dict[int, RaftReplica] = {}
+        self._by_name: dict[tuple[str, int], RaftReplica] = {}
         self._lock = asyncio.Lock()
 
-    def get(self, topic: str, partition: int) -> LocalReplica | None:
+    def get(self, topic: str, partition: int) -> RaftReplica | None:
         return self._by_name.get((topic, partition))
 
-    def replicas(self) -> dict[tuple[str, int], LocalReplica]:
+    def replicas(self) -> dict[tuple[str, int], RaftReplica]:
         return dict(self._by_name)
+
+    def _open(self, topic: TopicRecord, part: PartitionAssignment) -> RaftReplica:
+        directory = self._groups_dir / str(part.group_id)
+        config = log_config_for(topic.configs, self._segment_bytes)
+        raft_log = replication.RaftLog.open(directory, config, records=True)
+        fresh = raft_log.last_index() == 0 and raft_log.initial_state()[0].term == 0
+        raft_log.bootstrap(replication.ConfState(voters=frozenset(part.replicas)))
+        try:
+            handle = self._host.add_group(part.group_id, raft_log, self._raft_config())
+        except BaseException:
+            raft_log.close()
+            raise
+        if fresh and part.replicas[0] == self._broker_id:
+            handle.campaign()  # the preferred leader: leaders spread as placed
+        return RaftReplica(handle, raft_log)
 
     async def reconcile(self, state: ControllerState) -> None:
         """Make the open replicas match the placement in ``state``."""
@@ -191,42 +221,59 @@ class PartitionManager:
             for group_id in [g for g in self._by_group if g not in wanted]:
                 replica = self._by_group.pop(group_id)
                 self._by_name = {k: v for k, v in self._by_name.items() if v is not replica}
-                await replica.close()
+                self._close(group_id, replica)
                 directory = self._groups_dir / str(group_id)
                 await asyncio.to_thread(shutil.rmtree, directory, True)
-                log.info("partition closed group=%d (topic deleted)", group_id)
-            for group_id, (topic, part) in wanted.items():
+                log.info("partition removed group=%d (topic deleted)", group_id)
+            for group_id, (topic, part) in sorted(wanted.items()):
                 if group_id in self._by_group:
                     continue
-                directory = self._groups_dir / str(group_id)
                 try:
-                    replica = self._factory(topic, part, directory)
-                except storage.StorageError:
+                    replica = self._open(topic, part)
+                except (replication.RaftError, storage.StorageError):
                     log.exception("partition open failed group=%d", group_id)
                     continue
-                replica.leader = self._broker_id
                 self._by_group[group_id] = replica
                 self._by_name[(topic.name, part.partition)] = replica
                 log.info(
-                    "partition opened topic=%s partition=%d group=%d",
+                    "partition opened topic=%s partition=%d group=%d replicas=%s",
                     topic.name,
                     part.partition,
                     group_id,
+                    list(part.replicas),
                 )
 
+    def _close(self, group_id: int, replica: RaftReplica) -> None:
+        replica.closed = True
+        self._host.remove_group(group_id)
+        with contextlib.suppress(replication.RaftError, storage.StorageError):
+            replica.log.close()
+
+    async def transfer_leadership(self, live: set[int], timeout_s: float) -> int:
+        """Hand every partition this broker leads to another live replica; wait (up to
+        ``timeout_s``) until they have moved. Returns how many still lead here."""
+        leading = [r for r in self._by_group.values() if r.is_leader]
+        for replica in leading:
+            others = sorted(replica.handle.conf_state.voters - {self._broker_id})
+            target = next((b for b in others if b in live), None)
+            if target is not None:
+                with contextlib.suppress(replication.RaftError):
+                    replica.handle.transfer_leader(target)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            still = [r for r in leading if r.is_leader and len(r.handle.conf_state.voters) > 1]
+            if not still:
+                return 0
+            await asyncio.sleep(0.05)
+        return sum(1 for r in leading if r.is_leader and len(r.handle.conf_state.voters) > 1)
+
     def apply_retention(self) -> int:
-        now_ms = time.time_ns() // 1_000_000
-        removed = 0
-        for replica in list(self._by_group.values()):
-            try:
-                removed += replica.apply_retention(now_ms)
-            except storage.StorageError:
-                log.exception("retention failed")
-        return removed
+        """Compact each partition's Raft log up to what retention allows (future)."""
+        return 0
 
     async def close(self) -> None:
         async with self._lock:
-            for replica in self._by_group.values():
-                await replica.close()
+            for group_id, replica in self._by_group.items():
+                self._close(group_id, replica)
             self._by_group.clear()
             self._by_name.clear()

@@ -39,9 +39,7 @@ DEV_CLIENT_PORT = 7101
 DEV_PEER_PORT = 7201
 DEV_METRICS_PORT = 7301
 DEV_BOOTSTRAP = ",".join(f"127.0.0.1:{DEV_CLIENT_PORT + i}" for i in range(3))
-# This build runs single-broker clusters (see broker/_server.py); the dev default
-# becomes 3 with the replicated controller.
-DEV_DEFAULT_BROKERS = 1
+DEV_DEFAULT_BROKERS = 3
 
 
 class UserError(Exception):
