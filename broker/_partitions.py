@@ -210,6 +210,10 @@ class PartitionManager:
         except BaseException:
             raft_log.close()
             raise
+        gid = part.group_id
+        handle.on_leader_change(
+            lambda leader, term: log.info("leader group=%d leader=%d term=%d", gid, leader, term)
+        )
         if fresh and part.replicas[0] == self._broker_id:
             handle.campaign()  # the preferred leader: leaders spread as placed
         return RaftReplica(handle, raft_log)

@@ -113,6 +113,9 @@ class Controller:
         self.handle = host.add_group(
             CONTROLLER_GROUP_ID, raft_log, raft_config, on_apply=self._on_apply
         )
+        self.handle.on_leader_change(
+            lambda leader, term: log.info("controller leader=%d term=%d", leader, term)
+        )
         if fresh and voters is not None and min(voters) == self._broker_id:
             self.handle.campaign()
         self.changed.set()
@@ -471,6 +474,8 @@ class Broker:
                     "replicas": list(p.replicas),
                     "live_replicas": [b for b in p.replicas if b in live],
                     "hwm": replica.high_watermark if leads_here and replica else None,
+                    # This broker's own copy: how far its log reaches (a follower's lag).
+                    "local_end": replica.log_end_offset if replica is not None else None,
                     "log_start": replica.log_start_offset if leads_here and replica else None,
                 }
             )

@@ -22,6 +22,7 @@ from clients._errors import (
     ConnectionLostError,
     NotControllerError,
     NotLeaderError,
+    RequestTimedOutError,
     UnavailableError,
     UnknownTopicError,
     ZStreamError,
@@ -83,7 +84,7 @@ class ClusterClient:
         for addr in self._known_addrs():
             try:
                 return await self.connection(addr).call(args, frames, timeout_s=timeout_s)
-            except ConnectionLostError as exc:
+            except (ConnectionLostError, RequestTimedOutError) as exc:
                 last = exc
         raise ConnectionLostError(
             f"no broker reachable at {', '.join(self._known_addrs())}"
@@ -141,18 +142,26 @@ class ClusterClient:
             addr = self.broker_addr(broker)
             try:
                 return await self._call_at(addr, args, frames, timeout_s)
-            except (NotLeaderError, NotControllerError, UnavailableError, ConnectionLostError) as e:
+            except (
+                NotLeaderError,
+                NotControllerError,
+                UnavailableError,
+                ConnectionLostError,
+                RequestTimedOutError,
+            ) as e:
+                # A timeout may mean the broker died: look again where the leader is.
+                # (For a produce the batch may still commit: a retry is at least once.)
                 if time.monotonic() >= deadline:
                     raise
                 details_hint = e.details.get("leader")
                 hint = details_hint if isinstance(details_hint, int) and details_hint > 0 else None
-                if hint is None or isinstance(e, ConnectionLostError):
+                if hint is None or isinstance(e, ConnectionLostError | RequestTimedOutError):
                     hint = None
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     try:
                         await self.refresh()
-                    except ConnectionLostError:
+                    except (ConnectionLostError, RequestTimedOutError):
                         if time.monotonic() >= deadline:
                             raise
 

@@ -75,6 +75,10 @@ class BrokerProcess:
         self.process.start()
         self.wait_ready(timeout_s)
 
+    def launch(self) -> None:
+        """Start without waiting (brokers of a new cluster wait for each other)."""
+        self.process.start()
+
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         wait_until(
             lambda: not self.process.running() or answers_metadata(self.addr),
