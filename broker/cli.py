@@ -265,7 +265,9 @@ def _topic(args: argparse.Namespace) -> int:
             for name in (await cluster.call_any(ListTopicsRequest())).result["topics"]:
                 print(name)
         elif action == "describe":
-            _print_topic((await cluster.call_any(DescribeTopicRequest(args.name))).result)
+            doc = (await cluster.call_any(DescribeTopicRequest(args.name))).result
+            reports = await _reports(cluster, await cluster.refresh())
+            _print_topic(_merge_leader_view(doc, reports))
         else:
             await cluster.call_controller(DeleteTopicRequest(args.name))
             print(f"deleted topic {args.name}")
@@ -387,6 +389,34 @@ def _consume(args: argparse.Namespace) -> int:
     return _run(go, args.bootstrap)
 
 
+async def _reports(cluster: ClusterClient, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metadata from every live broker: each reports the partitions it leads."""
+    reports = [meta]
+    for b in meta["brokers"]:
+        if b["alive"]:
+            try:
+                conn = cluster.connection(b["client_addr"])
+                reports.append((await conn.call(MetadataRequest(), timeout_s=2)).result)
+            except ZStreamError:
+                continue
+    return reports
+
+
+def _merge_leader_view(topic: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The topic with each partition's leader, hwm and log start as its leader says."""
+    parts = []
+    for p in topic["partitions"]:
+        merged = dict(p)
+        for report in reports:
+            for t in report["topics"]:
+                if t["name"] == topic["name"] and len(t["partitions"]) > p["partition"]:
+                    q = t["partitions"][p["partition"]]
+                    if q["hwm"] is not None:
+                        merged.update(leader=q["leader"], hwm=q["hwm"], log_start=q["log_start"])
+        parts.append(merged)
+    return {**topic, "partitions": parts}
+
+
 def _status(args: argparse.Namespace) -> int:
     async def go(cluster: ClusterClient) -> int:
         meta = await cluster.refresh()
@@ -395,31 +425,17 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  {b['id']:>3}  {b['client_addr']:<24} {'alive' if b['alive'] else 'DOWN'}")
         controller = meta.get("controller")
         print(f"controller: {'broker ' + str(controller) if controller else 'none'}")
-        # Each broker reports the high watermark of the partitions it leads.
-        reports = [meta]
-        for b in meta["brokers"]:
-            if b["alive"]:
-                try:
-                    conn = cluster.connection(b["client_addr"])
-                    reports.append((await conn.call(MetadataRequest(), timeout_s=2)).result)
-                except ZStreamError:
-                    continue
+        reports = await _reports(cluster, meta)
         print("partitions:")
         print(
             f"  {'topic':<20} {'part':>4}  {'leader':>6}  {'replicas':<10} {'hwm':>8}  {'start':>8}"
         )
         for topic in meta["topics"]:
-            for p in topic["partitions"]:
-                hwm: Any = "-"
-                start: Any = "-"
-                for report in reports:
-                    for t in report["topics"]:
-                        if t["name"] == topic["name"]:
-                            q = t["partitions"][p["partition"]]
-                            if q["hwm"] is not None:
-                                hwm, start = q["hwm"], q["log_start"]
+            for p in _merge_leader_view(topic, reports)["partitions"]:
                 replicas = ",".join(map(str, p["replicas"]))
-                leader = p["leader"] if p["leader"] is not None else "-"
+                leader = "-" if p["leader"] is None else p["leader"]
+                hwm = "-" if p["hwm"] is None else p["hwm"]
+                start = "-" if p["log_start"] is None else p["log_start"]
                 print(
                     f"  {topic['name']:<20} {p['partition']:>4}  {leader:>6}  "
                     f"{replicas:<10} {hwm:>8}  {start:>8}"
