@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -100,3 +101,10 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps({"meta": meta, **data}, indent=2) + "\n")
     return path
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far, all threads included
+    (so libzmq's I/O thread and pyzmq's zero-copy gc thread count too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

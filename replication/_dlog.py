@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Coroutine
@@ -50,6 +51,7 @@ from ._types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Nod
 __all__ = ["BlockingDistributedLog", "DistributedLog", "DistributedLogConfig", "Server"]
 
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 _GROUP = 1
 
 
@@ -109,6 +111,8 @@ class DistributedLog:
         self._address = ""
         self._leader_event: asyncio.Event | None = None
         self._end_cache = (-1, 0)  # (applied index, committed end offset)
+        # Set when the replication loop died of an error (fail-stop: restart the node).
+        self.failed = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class DistributedLog:
         handle.on_leader_change(self._leader_changed)
         self._handle = handle
         self._task = asyncio.create_task(host.run(), name=f"dlog-{cfg.local_id}")
+        self._task.add_done_callback(self._host_done)
         if cfg.bootstrap and fresh:
             handle.campaign()  # a one-voter group elects itself at once
 
@@ -336,6 +341,8 @@ class DistributedLog:
             "start_offset": log.log_start_offset,
             "commit_offset": self.commit_offset(),
             "voters": sorted(handle.conf_state.all_voters()),
+            "progress": [[nid, *p] for nid, p in handle.progress().items()],
+            "peers": sorted(self._require(self._transport).peers()),
         }
 
     # -- internals -----------------------------------------------------------------------
@@ -391,6 +398,11 @@ class DistributedLog:
             for nid in list(transport.peers()):
                 if members and nid not in members:
                     transport.remove_peer(nid)
+
+    def _host_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.critical("replication stopped: %r", task.exception(), exc_info=task.exception())
+            self.failed.set()
 
     def _leader_changed(self, leader: NodeId, term: int) -> None:
         if self._leader_event is not None:

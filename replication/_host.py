@@ -131,6 +131,10 @@ class HostConfig:
     sync_threads: int = 4
     # Items stepped per pass at most, so one pass stays short under a flood.
     max_batch_entries: int = 8192
+    # Proposal bytes handed to one group's core per pass (the rest waits a pass): keeps
+    # a pass, and so the gap between ticks and heartbeats, short under a flood. 4 MiB
+    # is a few ms of writing and fsyncing.
+    max_pass_proposal_bytes: int = 4 * 1024 * 1024
     # A proposal fails with ProposalTimeoutError after this long (it may still commit).
     proposal_timeout_ms: int = 5000
     # A leader group idle this many ticks (1 s) quiesces.
@@ -146,7 +150,13 @@ class HostConfig:
                     raise ConfigError("fsync must be a bool")
             elif type(value) is not int or value < 0:
                 raise ConfigError(f"HostConfig.{f.name} must be an int >= 0, got {value!r}")
-        for name in ("tick_ms", "sync_threads", "max_batch_entries", "quiesce_after_ticks"):
+        for name in (
+            "tick_ms",
+            "sync_threads",
+            "max_batch_entries",
+            "quiesce_after_ticks",
+            "max_pass_proposal_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"HostConfig.{name} must be >= 1")
         if self.election_tick <= self.heartbeat_tick or self.heartbeat_tick < 1:
@@ -181,6 +191,8 @@ class _Group:
         "log",
         "node",
         "on_apply",
+        "pending",
+        "pending_futs",
         "proposals",
         "quiesced",
         "read_seq",
@@ -204,7 +216,10 @@ class _Group:
         self.on_apply = on_apply
         self.applied = node.applied
         self.proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
-        self.timeouts: deque[tuple[float, int]] = deque()
+        self.pending: list[bytes] = []
+        self.pending_futs: list[asyncio.Future[int]] = []
+        # (deadline, first index, last index) of each batch of proposals, in order.
+        self.timeouts: deque[tuple[float, int, int]] = deque()
         self.waiters: list[tuple[int, int, asyncio.Future[int]]] = []
         self.waiter_seq = 0
         self.reads: dict[bytes, asyncio.Future[int]] = {}
@@ -231,15 +246,23 @@ class GroupHandle:
         """Propose ``data``; the future gives its index once committed and applied here,
         or fails with NotLeaderError(leader_hint), ProposalTimeoutError,
         ProposalDroppedError or HostStoppedError. For a partition group ``data`` must
-        be a record batch (storage's format)."""
+        be a record batch (storage's format). Proposals made between two passes go to
+        the core in one `propose_batch`."""
         host = self._live_host()
         g = self._g
+        if g.node.role != _LEADER:
+            return _failed(NotLeaderError(g.node.leader))
         if g.log.records:
             try:
                 decode_batch_header(data)
             except CorruptBatchError as exc:
                 return _failed(exc)
-        return host._propose(g, lambda: g.node.propose(data))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        g.pending.append(data)
+        g.pending_futs.append(fut)
+        host._wake(g)
+        host._touch(g)
+        return fut
 
     def propose_conf_change(self, cc: ConfChange) -> asyncio.Future[int]:
         """Propose a membership change; resolves like `propose` once applied here."""
@@ -339,6 +362,16 @@ class GroupHandle:
     def conf_state(self) -> ConfState:
         return self._g.node.conf_state
 
+    def progress(self) -> dict[NodeId, tuple[int, int, str]]:
+        """On the leader, each member's (match, next, replication state); else {}."""
+        node = self._g.node
+        out: dict[NodeId, tuple[int, int, str]] = {}
+        for nid in sorted(node.conf_state.members()):
+            pr = node.progress(nid)
+            if pr is not None:
+                out[nid] = (pr[0], pr[1], pr[2].name)
+        return out
+
     @property
     def quiesced(self) -> bool:
         return self._g.quiesced
@@ -373,6 +406,7 @@ class RaftHost:
         self._inbox: list[PeerMessage] = []
         self._wake_event = asyncio.Event()
         self._stopped = False
+        self._tick_due = False
         self._running = False
         self._done = asyncio.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -458,7 +492,10 @@ class RaftHost:
         recv = asyncio.create_task(self._receive(), name=f"raft-recv-{self._id}")
         tick_s = self._cfg.tick_ms / 1000
         next_tick = loop.time() + tick_s
-        timer = loop.call_at(next_tick, self._wake_event.set)
+        # The timer callback marks the tick due: uvloop may fire a timer up to a
+        # millisecond before loop.time() reaches its deadline, so comparing times
+        # here could miss a tick and leave no timer armed.
+        timer = loop.call_at(next_tick, self._on_timer)
         try:
             while not self._stopped:
                 if not self._inbox and not self._dirty:
@@ -466,10 +503,13 @@ class RaftHost:
                 self._wake_event.clear()
                 if self._stopping():
                     break
-                now = loop.time()
-                if now >= next_tick:
-                    next_tick = max(next_tick + tick_s, now)
-                    timer = loop.call_at(next_tick, self._wake_event.set)
+                if self._tick_due:
+                    self._tick_due = False
+                    now = loop.time()
+                    next_tick += tick_s
+                    if next_tick <= now:  # the loop fell behind: skip, do not burst
+                        next_tick = now + tick_s
+                    timer = loop.call_at(next_tick, self._on_timer)
                     self._tick(now)
                 await self._pass()
         finally:
@@ -489,6 +529,10 @@ class RaftHost:
             await self._done.wait()
         else:
             self._shutdown()
+
+    def _on_timer(self) -> None:
+        self._tick_due = True
+        self._wake_event.set()
 
     def _stopping(self) -> bool:
         return self._stopped
@@ -530,9 +574,39 @@ class RaftHost:
             fut.set_exception(exc)
             return fut
         g.proposals[index] = (g.node.term, fut)
-        g.timeouts.append((loop.time() + self._cfg.proposal_timeout_ms / 1000, index))
+        g.timeouts.append((loop.time() + self._cfg.proposal_timeout_ms / 1000, index, index))
         self._touch(g)
         return fut
+
+    def _flush_proposals(self, g: _Group, now: float) -> None:
+        """Hand the proposals queued since the last pass to the core in one call."""
+        datas, futs = g.pending, g.pending_futs
+        budget = self._cfg.max_pass_proposal_bytes
+        n = 0
+        for data in datas:
+            budget -= len(data)
+            n += 1
+            if budget <= 0:
+                break
+        if n < len(datas):
+            g.pending, g.pending_futs = datas[n:], futs[n:]
+            datas, futs = datas[:n], futs[:n]
+            self._dirty[g.id] = g
+        else:
+            g.pending, g.pending_futs = [], []
+        try:
+            first = g.node.propose_batch(datas)
+        except RaftError as exc:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        term = g.node.term
+        proposals = g.proposals
+        for index, fut in enumerate(futs, first):
+            proposals[index] = (term, fut)
+        deadline = now + self._cfg.proposal_timeout_ms / 1000
+        g.timeouts.append((deadline, first, first + len(futs) - 1))
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -565,7 +639,7 @@ class RaftHost:
     def _idle(self, g: _Group) -> bool:
         node = g.node
         last = node.last_index
-        if g.proposals or g.reads or node.commit != last or g.applied != last:
+        if g.proposals or g.pending or g.reads or node.commit != last or g.applied != last:
             return False
         for nid in node.conf_state.members():
             if nid != self._id:
@@ -596,10 +670,11 @@ class RaftHost:
     def _expire(self, g: _Group, now: float) -> None:
         timeouts = g.timeouts
         while timeouts and timeouts[0][0] <= now:
-            _, index = timeouts.popleft()
-            p = g.proposals.pop(index, None)
-            if p is not None and not p[1].done():
-                p[1].set_exception(ProposalTimeoutError(f"proposal {index} not committed"))
+            _, lo, hi = timeouts.popleft()
+            for index in range(lo, hi + 1):
+                p = g.proposals.pop(index, None)
+                if p is not None and not p[1].done():
+                    p[1].set_exception(ProposalTimeoutError(f"proposal {index} not committed"))
 
     def _deliver(self, items: list[PeerMessage]) -> None:
         groups = self._groups
@@ -678,7 +753,10 @@ class RaftHost:
         dirty = self._dirty
         self._dirty = {}
         work: list[tuple[_Group, Ready]] = []
+        now = loop.time()
         for g in dirty.values():
+            if g.pending:
+                self._flush_proposals(g, now)
             if g.node.has_ready():
                 work.append((g, g.node.ready()))
         if not work:
@@ -780,6 +858,13 @@ class RaftHost:
 
     def _leader_changed(self, g: _Group, leader: NodeId) -> None:
         node = g.node
+        if node.role != _LEADER and g.pending:
+            err = NotLeaderError(leader)
+            for fut in g.pending_futs:
+                if not fut.done():
+                    fut.set_exception(err)
+            g.pending.clear()
+            g.pending_futs.clear()
         if node.role != _LEADER and g.proposals:
             err = NotLeaderError(leader)
             for _, fut in g.proposals.values():
@@ -803,6 +888,11 @@ class RaftHost:
 
 
 def _fail_group(g: _Group, err: Exception) -> None:
+    for fut in g.pending_futs:
+        if not fut.done():
+            fut.set_exception(err)
+    g.pending.clear()
+    g.pending_futs.clear()
     for _, fut in g.proposals.values():
         if not fut.done():
             fut.set_exception(err)

@@ -48,9 +48,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._codec import encode_conf_change
+from ._codec import decode_conf_change, encode_conf_change
 from ._confchange import apply_change
 from ._errors import (
+    CodecError,
     CompactedError,
     ConfChangeInProgressError,
     ConfigError,
@@ -179,6 +180,10 @@ class RaftNode:
         self._randomized_timeout = config.election_tick
         self._lead_transferee = NONE
         self._pending_conf_index = 0
+        # Index of the entry leaving the current joint configuration, when the leader's
+        # log has one: followers that it removes get no entries past it.
+        self._leave_index = 0
+        self._term_start = 0  # index of this leader's first entry (its no-op)
         # ReadIndex: requests waiting for the first commit of this term; rounds
         # (seq, index, context) waiting for a quorum of heartbeat acks; acks per voter.
         self._reads_waiting: list[bytes] = []
@@ -292,6 +297,7 @@ class RaftNode:
             if nid == self._id:
                 pr.match = self._log.stable_last_index()
         self._pending_conf_index = 0
+        self._leave_index = 0
         self._reads_waiting.clear()
         self._reads.clear()
         self._read_acks.clear()
@@ -325,6 +331,7 @@ class RaftNode:
         # is applied: there may be an unapplied one in the log.
         self._pending_conf_index = self._log.last_index()
         last = self._log.last_index()
+        self._term_start = last + 1
         if last == 0 and self._conf.voters:
             # The first leader of a fresh group writes the bootstrap configuration into
             # the log (etcd-raft bootstraps with such entries too): a node that joins
@@ -333,8 +340,28 @@ class RaftNode:
             self._append_entries([self._bootstrap_entry()])
             self._pending_conf_index = 1
         else:
+            if self._conf.voters_outgoing:
+                self._leave_index = self._find_leave_entry()
             # The no-op of the new term: committing it commits everything before it.
             self._append_entries([Entry(self._term, last + 1, EntryType.NOOP, b"")])
+
+    def _find_leave_entry(self) -> int:
+        """Index of the last entry in the unapplied part of the log that leaves the
+        joint configuration (0 if none)."""
+        log = self._log
+        found = 0
+        lo, hi = max(log.applied + 1, log.first_index()), log.last_index() + 1
+        while lo < hi:
+            ents = log.slice(lo, hi, 1 << 62)
+            for e in ents:
+                if e.type == EntryType.CONF_CHANGE:
+                    try:
+                        if not decode_conf_change(e.data).changes:
+                            found = e.index
+                    except CodecError:
+                        continue
+            lo = ents[-1].index + 1
+        return found
 
     def _bootstrap_entry(self) -> Entry:
         conf = self._conf
@@ -700,9 +727,18 @@ class RaftNode:
             return False
         log = self._log
         prev = pr.next - 1
+        hi = log.last_index() + 1
+        if self._leave_index and to not in self._conf.voters and to not in self._conf.learners_next:
+            # A voter that the pending leave entry removes needs nothing after that
+            # entry; keeping its log from growing past it means that once removed it
+            # still grants its vote (which the outgoing half may need until the others
+            # learn the leave is committed) to any voter holding the leave entry. It
+            # does need our term's first entry: an older term's leave entry commits
+            # only with it (Figure 8), and the outgoing half must hold it.
+            hi = min(hi, max(self._leave_index, self._term_start) + 1)
         try:
             prev_term = log.term(prev)
-            ents = log.slice(pr.next, log.last_index() + 1, self._cfg.max_size_per_msg)
+            ents = log.slice(pr.next, hi, self._cfg.max_size_per_msg)
         except (CompactedError, UnavailableError):
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
@@ -812,6 +848,8 @@ class RaftNode:
 
     def _append_conf_change(self, cc: ConfChange) -> int:
         index = self._log.last_index() + 1
+        if not cc.changes:
+            self._leave_index = index
         self._log.append([Entry(self._term, index, EntryType.CONF_CHANGE, encode_conf_change(cc))])
         self._pending_conf_index = index
         self._bcast_append()
@@ -831,6 +869,8 @@ class RaftNode:
 
     def _switch_to_config(self, cs: ConfState) -> None:
         self._conf = cs
+        if not cs.voters_outgoing:
+            self._leave_index = 0
         members = cs.members()
         last = self._log.last_index()
         for nid in [n for n in self._prs if n not in members]:
@@ -966,24 +1006,32 @@ class RaftNode:
         """Collect the work for the host (see :class:`Ready`). Everything returned is
         handed out once; call ``advance`` after doing it."""
         log = self._log
-        rd = Ready()
+        soft_state: SoftState | None = None
         soft = self._prev_soft
         if soft.leader != self._lead or soft.role != self._role:
-            rd.soft_state = self._prev_soft = SoftState(self._lead, self._role)
+            soft_state = self._prev_soft = SoftState(self._lead, self._role)
+        hard_state: HardState | None = None
+        must_sync = False
         hs = self._prev_hard
         if hs.term != self._term or hs.vote != self._vote or hs.commit != log.committed:
-            new = HardState(self._term, self._vote, log.committed)
-            rd.hard_state = new
-            rd.must_sync = new.term != hs.term or new.vote != hs.vote
-            self._prev_hard = new
-        rd.snapshot = log.take_snapshot()
-        rd.entries = log.take_unstable()
-        if rd.entries or rd.snapshot is not None:
-            rd.must_sync = True
-        rd.committed_entries = log.next_committed()
-        rd.messages = self._msgs
-        rd.messages_after_append = self._msgs_after
-        rd.read_states = self._read_states
+            hard_state = HardState(self._term, self._vote, log.committed)
+            must_sync = hard_state.term != hs.term or hard_state.vote != hs.vote
+            self._prev_hard = hard_state
+        snapshot = log.take_snapshot()
+        entries = log.take_unstable()
+        if entries or snapshot is not None:
+            must_sync = True
+        rd = Ready(
+            soft_state,
+            hard_state,
+            must_sync,
+            snapshot,
+            entries,
+            log.next_committed(),
+            self._msgs,
+            self._msgs_after,
+            self._read_states,
+        )
         self._msgs = []
         self._msgs_after = []
         self._read_states = []

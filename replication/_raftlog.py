@@ -251,7 +251,7 @@ class RaftLog:
 
     def unapplied_conf_change(self) -> bool:
         """Is there a committed configuration change not yet applied?"""
-        lo = self.applied + 1
+        lo = max(self.applied + 1, self.first_index())
         hi = self.committed + 1
         while lo < hi:
             ents = self.slice(lo, hi, 1 << 62)

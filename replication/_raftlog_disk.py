@@ -96,6 +96,7 @@ _COUNT = struct.Struct(">i")
 _COUNT_AT = 19  # storage._batch: record_count follows base(8) len(4) magic(1) crc(4) attrs(2)
 _CORRUPT_MARKER = "corrupt-segment"
 _MAX_REPAIRS = 8
+_OFFSET_CACHE = 1 << 16  # entries whose end offset offset_after() knows without a read
 _TYPES = tuple(EntryType)
 _KINDS = tuple(EntryKind)
 _NORMAL = EntryType.NORMAL
@@ -193,6 +194,10 @@ class RaftLog:
         self._run_terms: list[int] = []
         self._commit_floor = 0
         self._closed = False
+        # The offset after each recently appended entry, from index _ofs_start on: lets
+        # offset_after() answer without reading the disk (appends compute it anyway).
+        self._ofs_start = log.last_index + 1
+        self._ofs: list[int] = []
 
     # -- opening -----------------------------------------------------------------------
 
@@ -397,6 +402,9 @@ class RaftLog:
             return self.log_start_offset
         if index > self._log.last_index:
             raise UnavailableError(f"entry {index} unavailable")
+        k = index - self._ofs_start
+        if 0 <= k < len(self._ofs):
+            return self._ofs[k]
         try:
             e = self._log.read(index, index + 1, 0)[0]
         except CorruptSegmentError as exc:
@@ -440,6 +448,9 @@ class RaftLog:
         try:
             if first_new <= log.last_index:
                 log.truncate_suffix(first_new, floor=self._commit_floor)
+                del self._ofs[max(0, first_new - self._ofs_start) :]
+                if not self._ofs:
+                    self._ofs_start = first_new
                 cut = bisect_right(self._run_starts, first_new - 1)
                 del self._run_starts[cut:]
                 del self._run_terms[cut:]
@@ -459,6 +470,17 @@ class RaftLog:
                     terms.append(cur)
 
     def _to_log_entries(self, entries: list[Entry], next_offset: int) -> list[LogEntry]:
+        ofs = self._ofs
+        if len(ofs) > _OFFSET_CACHE:
+            drop = len(ofs) - _OFFSET_CACHE // 2
+            del ofs[:drop]
+            self._ofs_start += drop
+        if not ofs:
+            self._ofs_start = entries[0].index
+        elif self._ofs_start + len(ofs) != entries[0].index:
+            ofs.clear()
+            self._ofs_start = entries[0].index
+        note = ofs.append
         out: list[LogEntry] = []
         add = out.append
         kinds = _KINDS
@@ -467,11 +489,13 @@ class RaftLog:
         for e in entries:
             if e.type != _NORMAL:
                 add(LogEntry(e.index, e.term, kinds[e.type], next_offset, 0, e.data))
+                note(next_offset)
                 continue
             data: bytes | memoryview = e.data
             if not records:
                 add(LogEntry(e.index, e.term, _DATA, next_offset, 1, data))
                 next_offset += 1
+                note(next_offset)
                 continue
             if len(data) < BATCH_HEADER_SIZE:
                 raise RaftLogError(f"entry {e.index}: {len(data)} bytes is not a record batch")
@@ -484,6 +508,7 @@ class RaftLog:
                 data = memoryview(copy)
             add(LogEntry(e.index, e.term, _DATA, next_offset, count, data))
             next_offset += count
+            note(next_offset)
         return out
 
     def sync(self) -> int:
@@ -567,6 +592,7 @@ class RaftLog:
         except StorageError as exc:
             raise RaftLogError(f"cannot install snapshot in {self._dir}: {exc}") from exc
         self._run_starts, self._run_terms = [], []
+        self._ofs, self._ofs_start = [], meta.index + 1
 
     def compact(self, up_to_index: int, data: bytes | None = None) -> None:
         """Move the log start past ``up_to_index`` (which must be applied and synced):

@@ -60,7 +60,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 import msgpack
 import zmq
@@ -169,6 +169,11 @@ class TransportConfig:
     reconnect_ivl_ms: int = 10
     # Reconnect backoff cap: a dead peer costs one connect attempt a second.
     reconnect_ivl_max_ms: int = 1000
+    # A TCP connect that gets no answer (peer host down or partitioned away)
+    # is abandoned after this and retried on the reconnect schedule; left at
+    # 0, Linux keeps retrying SYNs with backoff for about two minutes, so a
+    # healed partition could wait tens of seconds for the next attempt.
+    connect_timeout_ms: int = 1000
     # ZMTP heartbeats: a silent connection (peer paused, cable pulled) is closed
     # after the timeout, so IMMEDIATE drops messages instead of queueing them.
     heartbeat_ivl_ms: int = 1000
@@ -201,6 +206,7 @@ class TransportConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TransportConfig.{name} must be > 0")
         non_negative = (
+            "connect_timeout_ms",
             "heartbeat_ivl_ms",
             "heartbeat_timeout_ms",
             "copy_threshold_bytes",
@@ -298,8 +304,13 @@ def decode_peer_frames(routing_id: bytes, frames: Sequence[Buffer]) -> list[Peer
         )
     if type(items) is not list or not items:
         raise TransportDecodeError("envelope items must be a non-empty array")
-    available = len(frames) - 1
+    nframes = len(frames)
+    available = nframes - 1
+    # Views made once per message; each item then takes a slice of the list.
+    views = [f if type(f) is memoryview else memoryview(f) for f in frames]
     out: list[PeerMessage] = []
+    append = out.append
+    new_message = tuple.__new__  # PeerMessage(...) without its Python-level __new__
     next_frame = 1
     for item in items:
         if type(item) is not list or len(item) != 2:
@@ -310,16 +321,13 @@ def decode_peer_frames(routing_id: bytes, frames: Sequence[Buffer]) -> list[Peer
         if type(count) is not int or count < 0:
             raise TransportDecodeError("an item payload count must be an int >= 0")
         end = next_frame + count
-        if end - 1 > available:
+        if end > nframes:
             raise TransportDecodeError(
                 f"items name more payload frames than the {available} present"
             )
-        payloads = [
-            f if isinstance(f, memoryview) else memoryview(f) for f in frames[next_frame:end]
-        ]
-        out.append(PeerMessage(sender, header, payloads))
+        append(new_message(PeerMessage, (sender, header, views[next_frame:end])))
         next_frame = end
-    if next_frame - 1 != available:
+    if next_frame != nframes:
         raise TransportDecodeError(
             f"items name {next_frame - 1} payload frames but {available} are present"
         )
@@ -533,6 +541,7 @@ class PeerTransport:
             sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes)
             sock.setsockopt(zmq.RECONNECT_IVL, cfg.reconnect_ivl_ms)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, cfg.reconnect_ivl_max_ms)
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, cfg.connect_timeout_ms)
             self._set_heartbeats(sock)
             sock.copy_threshold = cfg.copy_threshold_bytes
             sock.connect(addr)
@@ -618,7 +627,10 @@ class PeerTransport:
         in arrival order. Garbage is logged, counted and skipped.
 
         Raises ``TransportClosedError`` once the transport is closed, including
-        when ``close()`` is called while this is waiting.
+        when ``close()`` is called while this is waiting. One receiver at a
+        time. Cancelling it is safe, except that a message whose first frame
+        was taken in the very pass the cancellation lands in is lost (and the
+        rest of it is counted as a decode error): Raft retries.
         """
         out = self.recv_batch_nowait()
         while not out:
@@ -626,7 +638,11 @@ class PeerTransport:
             if router is None:
                 raise TransportClosedError("transport is closed or not started")
             try:
-                first = await router.recv_multipart(copy=False)
+                # Only the first frame goes through an asyncio Future; the rest
+                # of this message and everything behind it is drained below.
+                # (A multipart message is delivered whole, so its remaining
+                # frames are already there.)
+                first = await router.recv(copy=False)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self._closed and (task is None or not task.cancelling()):
@@ -637,8 +653,7 @@ class PeerTransport:
                 if self._closed:
                     raise TransportClosedError("transport closed while receiving") from e
                 raise TransportError(f"receive failed: {e}") from e
-            self._accept(first, out)
-            self._drain(out, self._config.recv_drain_max_msgs - 1)
+            self._drain(out, self._config.recv_drain_max_msgs, first)
         return out
 
     def recv_batch_nowait(self) -> list[PeerMessage]:
@@ -649,7 +664,9 @@ class PeerTransport:
         self._drain(out, self._config.recv_drain_max_msgs)
         return out
 
-    def _drain(self, out: list[PeerMessage], limit: int) -> None:
+    def _drain(self, out: list[PeerMessage], limit: int, first: zmq.Frame | None = None) -> None:
+        """Receive up to ``limit`` messages without waiting; ``first``, when
+        given, is the already received first frame of the first one."""
         sock = self._router_sync
         if sock is None:
             return
@@ -658,7 +675,10 @@ class PeerTransport:
         recv = sock.recv
         for _ in range(limit):
             try:
-                frame = recv(_NOBLOCK, copy=False)
+                if first is None:
+                    frame = recv(_NOBLOCK, copy=False)
+                else:
+                    frame, first = first, None
                 frames = [frame]
                 while frame.more:
                     frame = recv(_NOBLOCK, copy=False)
@@ -672,7 +692,9 @@ class PeerTransport:
     def _accept(self, frames: list[zmq.Frame], out: list[PeerMessage]) -> None:
         stats = self._stats
         routing_id = frames[0].bytes
-        bufs = [f.buffer for f in frames[1:]]
+        # memoryview(frame), not frame.buffer: the property also builds a weakref.
+        # (pyzmq's stubs do not declare that Frame exports the buffer protocol.)
+        bufs = [memoryview(f) for f in cast("list[Any]", frames[1:])]
         try:
             items = decode_peer_frames(routing_id, bufs)
         except TransportDecodeError as e:

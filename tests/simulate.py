@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     done = 0
     totals = {"committed": 0, "crashes": 0, "snapshots": 0, "conf": 0, "reads": 0}
+    worst_liveness = 0
     for seed in seeds:
         res = run_seed(
             SimConfig(seed=seed, steps=args.steps, nodes=args.nodes, trace_len=max(args.trace, 60))
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         totals["snapshots"] += res.snapshots_sent
         totals["conf"] += res.conf_changes
         totals["reads"] += res.reads
+        if res.ok:
+            worst_liveness = max(worst_liveness, res.liveness_ticks)
         if args.verbose or args.seed is not None:
             print(
                 f"seed={seed} nodes={res.nodes} ok={res.ok} committed={res.committed} "
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{done} seeds x {args.steps} steps: {len(failures)} failing in {elapsed:.1f}s "
         f"(committed {totals['committed']}, crashes {totals['crashes']}, snapshots sent "
-        f"{totals['snapshots']}, conf changes {totals['conf']}, reads {totals['reads']})"
+        f"{totals['snapshots']}, conf changes {totals['conf']}, reads {totals['reads']}; "
+        f"slowest recovery after healing: {worst_liveness} ticks)"
     )
     if failures:
         print("failing seeds: " + " ".join(str(r.seed) for r in failures))

@@ -41,6 +41,12 @@ class Checker:
     reads_served: int = 0
     # The simulator registers every proposal; the unit-test harness only those it makes.
     strict_proposals: bool = True
+    # Durability: when an entry is first applied anywhere it must be durable (synced,
+    # or inside a durable snapshot) on a majority of one recent configuration. Needs
+    # ``hosts``; the simulator sets both, scripted tests with forged leaders do not.
+    hosts: list[Host] = field(default_factory=list)
+    voter_sets: list[frozenset[int]] = field(default_factory=list)
+    durable_checked: int = 0  # commit indexes up to here were checked for durability
 
     # -- hooks -------------------------------------------------------------------
 
@@ -146,6 +152,46 @@ class Checker:
                     )
                 self.canon_payloads.add(e.data)
             self.canon.append(rec)
+            if self.hosts:
+                self._check_durable_majority(e.index, e.term)
+        if self.hosts:
+            self.note_config(host.conf_state.voters)
+            self.note_config(host.conf_state.voters_outgoing)
+
+    def note_config(self, voters: frozenset[int]) -> None:
+        if voters and (not self.voter_sets or self.voter_sets[-1] != voters):
+            if voters in self.voter_sets:
+                self.voter_sets.remove(voters)
+            self.voter_sets.append(voters)
+
+    def _check_commit_durable(self, hosts: list[Host]) -> None:
+        """Any node's commit index covers only entries durable on a majority: a leader
+        that counted an unsynced write (its own or a follower's) shows up here."""
+        for h in hosts:
+            node = h.node
+            if node is None or node.commit <= self.durable_checked:
+                continue
+            storage = h.storage
+            i = self.durable_checked + 1
+            while i <= node.commit:
+                if i < storage.first_index():
+                    i = storage.first_index()
+                    continue
+                if i > storage.last_index():
+                    break  # committed entries still in this node's Ready: check later
+                self._check_durable_majority(i, storage.term(i))
+                i += 1
+            self.durable_checked = max(self.durable_checked, i - 1)
+
+    def _check_durable_majority(self, index: int, term: int) -> None:
+        holders = {h.id for h in self.hosts if h.durably_holds(index, term)}
+        for voters in self.voter_sets[-4:]:
+            if len(holders & voters) * 2 > len(voters):
+                return
+        raise InvariantError(
+            f"entry {index} (term {term}) is committed but durable only on "
+            f"{sorted(holders)}: no majority of {[sorted(v) for v in self.voter_sets[-4:]]}"
+        )
 
     def on_read_issued(self, context: bytes, hosts: list[Host]) -> None:
         """A ReadIndex request: its answer must cover every index committed by then."""
@@ -196,6 +242,8 @@ class Checker:
                 raise InvariantError(
                     f"node {h.id}: commit {commit} is below its durable commit {h.durable_commit}"
                 )
+        if self.hosts:
+            self._check_commit_durable(hosts)
         for h in hosts:
             if len(h.state) > len(self.canon):
                 raise InvariantError(f"node {h.id} applied past the canonical sequence")

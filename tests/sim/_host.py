@@ -137,6 +137,17 @@ class Host:
     def applied_index(self) -> int:
         return len(self.state)
 
+    def durably_holds(self, index: int, term: int) -> bool:
+        """Would entry (index, term) survive a crash of this node right now?"""
+        snap = self.durable_snapshot
+        if snap is not None and index <= snap.metadata.index:
+            return True
+        durable = self.durable_entries
+        if not durable:
+            return False
+        k = index - durable[0].index
+        return 0 <= k < len(durable) and durable[k].term == term
+
     def _start(self, applied: int) -> None:
         self.node = RaftNode(self._make_config(self.id, applied), self.storage, rng=self._rng)
 

@@ -20,10 +20,13 @@ One step is one event, chosen at random with weights:
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import msgpack  # type: ignore[import-untyped]
 
 from replication import (
     ConfChange,
@@ -37,7 +40,10 @@ from replication import (
     RaftConfig,
     RaftError,
     Role,
-    encode_conf_change,
+    decode_message,
+    encode_message,
+    message_from_wire,
+    message_to_wire,
 )
 
 from ._checker import Checker, InvariantError
@@ -129,7 +135,8 @@ class Simulation:
             self.hosts[i] = Host(
                 i, conf, self.registry, config=self._config, rng=random.Random(rng.getrandbits(64))
             )
-        self.checker = Checker()
+        self.checker = Checker(hosts=list(self.hosts.values()))
+        self.checker.note_config(boot.voters)
         self.pool: list[Message] = []
         self.groups: dict[int, int] | None = None  # node -> side of the partition
         self.trace: deque[str] = deque(maxlen=cfg.trace_len)
@@ -137,6 +144,9 @@ class Simulation:
         self.seq = 0
         self.result = SimResult(cfg.seed, self.n, cfg.steps)
         self._faulty = True
+        # Odd seeds send every message through the codec, as a transport would (no RNG
+        # draw, so this choice does not perturb the rest of the run).
+        self.wire = cfg.seed % 2 == 1
 
     def _config(self, node_id: int, applied: int) -> RaftConfig:
         return RaftConfig(
@@ -158,11 +168,11 @@ class Simulation:
 
     def leader(self) -> Host | None:
         best: Host | None = None
+        best_term = -1
         for h in self.live():
             node = h.node
-            assert node is not None
-            if node.role == Role.LEADER and (best is None or node.term > best.node.term):  # type: ignore[union-attr]
-                best = h
+            if node is not None and node.role == Role.LEADER and node.term > best_term:
+                best, best_term = h, node.term
         return best
 
     def _linked(self, a: int, b: int) -> bool:
@@ -171,6 +181,8 @@ class Simulation:
     def send(self, msgs: list[Message]) -> None:
         rng, f = self.rng, self.faults
         for m in msgs:
+            if self.wire:
+                m = _through_codec(m)
             if m.to not in self.hosts or m.to == m.frm:
                 continue
             if m.snapshot is not None:
@@ -301,7 +313,6 @@ class Simulation:
             self.log(f"n{host.id} conf change refused: {type(exc).__name__}")
             return
         self.result.conf_changes += 1
-        assert encode_conf_change(cc)
         self.log(f"n{host.id} proposes conf change {_fmt_cc(changes)} at {index}")
 
     def _transfer(self) -> None:
@@ -414,9 +425,9 @@ class Simulation:
         for h in self.hosts.values():
             if h.node is None:
                 if self.faults.crash or self.faults.churn:
-                    events.append((0.3, lambda h=h: self._restart(h)))  # type: ignore[misc]
+                    events.append((0.3, functools.partial(self._restart, h)))
             elif h.busy or h.node.has_ready():
-                events.append((4.0, lambda h=h: self._ready(h)))  # type: ignore[misc]
+                events.append((4.0, functools.partial(self._ready, h)))
         events.append((3.0, self._tick))
         events.append((1.5, self._propose))
         events.append((0.15, self._conf_change))
@@ -575,6 +586,20 @@ def _fmt(m: Message) -> str:
     if m.reject:
         extra += f" REJECT hint={m.reject_hint}"
     return f"{name} {m.frm}->{m.to} t{m.term} idx={m.index} lt={m.log_term} c={m.commit}{extra}"
+
+
+def _through_codec(m: Message) -> Message:
+    """Encode and decode ``m`` (whole, or header plus payload frames): it must survive."""
+    if m.index % 2:
+        back = decode_message(encode_message(m))
+    else:
+        header, payloads = message_to_wire(m)
+        back = message_from_wire(
+            msgpack.unpackb(msgpack.packb(header)), [bytes(p) for p in payloads]
+        )
+    if back != m:
+        raise InvariantError(f"codec round trip changed {m!r} into {back!r}")
+    return back
 
 
 def _members(cs: ConfState) -> set[int]:

@@ -33,7 +33,9 @@ Operations (arguments -> results; all ints are plain msgpack ints):
 - ``status`` -> ``id``, ``pid``, ``leader`` (0 = unknown), ``is_leader``, ``term``,
   ``commit_index``, ``applied_index``, ``first_index``, ``last_index``,
   ``start_offset`` (first readable offset), ``commit_offset`` (committed end offset:
-  offsets below it are readable here), ``voters`` (sorted ids).
+  offsets below it are readable here), ``voters`` (sorted ids), ``progress`` (on the
+  leader: ``[[id, match, next, state name], ...]``, else empty), ``peers`` (sorted ids
+  the transport knows).
 - ``append`` ``record: bin`` -> ``offset``. Acknowledged = committed on a majority.
 - ``append_many`` ``records: [bin]`` -> ``offsets: [int | nil]`` and
   ``errors: [str | nil]`` (one slot per record; the whole list is proposed at once,
@@ -67,6 +69,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import sys
@@ -367,6 +370,8 @@ async def _serve(args: argparse.Namespace) -> None:
     server = _Server(dlog, args.id)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.stopping.set)
+    failed = asyncio.ensure_future(dlog.failed.wait())
+    failed.add_done_callback(lambda _: server.stopping.set())
     loop.add_signal_handler(signal.SIGINT, server.stopping.set)
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.REP)
@@ -390,12 +395,16 @@ async def _serve(args: argparse.Namespace) -> None:
             reply = await server.handle(recv.result())
             await sock.send(msgpack.packb(reply, use_bin_type=True))
     finally:
+        failed.cancel()
         sock.close(linger=0)
         ctx.term()
         await dlog.close()
+    if dlog.failed.is_set():
+        sys.exit("lognode: replication failed (see the log above)")
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(prog="lognode", description=__doc__.split("\n\n")[0])
     p.add_argument("--id", type=int, required=True)
     p.add_argument("--data-dir", required=True)

@@ -89,6 +89,11 @@ def test_conflicting_suffix_is_truncated_but_never_below_commit(tmp_path: Path) 
     assert decode_batch_header(got[3].data).base_offset == 3
     with pytest.raises(RaftLogError):
         log.append([normal(3, 2, batch(b"x"))])
+    cached = [log.offset_after(i) for i in range(0, 7)]
+    assert cached == [0, 1, 2, 3, 4, 5, 6]
+    log.close()
+    log = RaftLog.open(tmp_path, CFG, records=True)
+    assert [log.offset_after(i) for i in range(0, 7)] == cached  # from the disk now
     log.close()
 
 

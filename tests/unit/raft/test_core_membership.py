@@ -11,6 +11,7 @@ from replication import (
     ConfChangeType,
     ConfigError,
     ConfState,
+    MessageType,
     ProposalDroppedError,
     Role,
 )
@@ -230,3 +231,28 @@ def test_leaving_leader_refuses_proposals_so_the_rest_can_elect_without_it(guard
     settle(net)
     assert net[2].conf_state == net[3].conf_state == ConfState(voters=frozenset({2, 3}))
     assert net.data(2)[-1] == net.data(3)[-1] == b"x"
+
+
+def test_a_voter_being_removed_gets_no_entries_past_the_leave_entry() -> None:
+    # Voters {1, 2} swap 2 for 3: joint {1,3} & {1,2}. Once the leave entry is in the
+    # leader's log, 2 gets nothing after it: a removed node whose log ran ahead of the
+    # others' would refuse them the vote the outgoing half may still need.
+    net = Net(voters=(1, 2), blank=(3,))
+    net.elect(1)
+    net.stabilize()
+    net[1].propose_conf_change(ConfChange(((ADD, 3), (REMOVE, 2))))
+    for _ in range(50):
+        net.process()
+        if net[1].conf_state.voters_outgoing:
+            break
+        net.deliver()
+    leave = net[1].last_index
+    net[1].propose(b"x")
+    net.process(ids=(1,))
+    to2 = [m for m in net.queue if m.type == MessageType.APPEND and m.to == 2]
+    assert to2
+    assert all(e.index <= leave for m in to2 for e in m.entries)
+    settle(net)
+    assert net[2].last_index == leave
+    assert net[1].conf_state == net[3].conf_state == ConfState(voters=frozenset({1, 3}))
+    assert net.data(3) == [b"x"]

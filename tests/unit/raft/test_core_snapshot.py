@@ -132,3 +132,19 @@ def test_lost_snapshot_is_sent_again() -> None:
         net.stabilize(keep=drop_snapshots)
     assert sent == 2
     assert net[3].commit == net[1].commit
+
+
+def test_node_can_campaign_while_a_received_snapshot_is_being_persisted() -> None:
+    net = Net(pre_vote=False)
+    node = net[2]
+    conf = ConfState(voters=frozenset({1, 2, 3}))
+    snap = Snapshot(SnapshotMetadata(10, 1, conf), b"s")
+    node.step(Message(MessageType.SNAPSHOT, 2, 1, term=1, snapshot=snap))
+    rd = node.ready()  # the host is still installing it: no advance yet
+    assert rd.snapshot == snap
+    node.campaign()
+    assert node.role.name == "CANDIDATE"
+    assert node.term == 2
+    net.storage[2].apply_snapshot(snap)
+    node.advance(rd)
+    assert node.applied == 10

@@ -201,6 +201,7 @@ def test_config_defaults_are_valid_and_frozen() -> None:
         {"reconnect_ivl_ms": 500, "reconnect_ivl_max_ms": 100},
         {"heartbeat_ivl_ms": 1000, "heartbeat_timeout_ms": 1000},
         {"copy_threshold_bytes": -1},
+        {"connect_timeout_ms": -1},
         {"recv_drain_max_msgs": 0},
     ],
 )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replication import (
+    PeerMessage,
     PeerTransport,
     TransportConfig,
     TransportDecodeError,
@@ -96,9 +101,17 @@ async def test_frames_over_max_frame_bytes_cut_only_that_peer() -> None:
             a.send(2, b"valid", [bytes(1000)])
             a.flush()
             assert as_tuples(await recv_items(b, 1)) == [(1, b"valid", [bytes(1000)])]
-            dealer.send_multipart(encode_peer_frames(9, [(b"small", [b"s"])]))
-            (item,) = await recv_items(b, 1)
-            assert as_tuples([item]) == [(9, b"small", [b"s"])]
+            # A message sent while the dropped connection is being torn down
+            # is lost with it: resend until one arrives, as Raft would.
+            small = encode_peer_frames(9, [(b"small", [b"s"])])
+            got: list[PeerMessage] = []
+            async with asyncio.timeout(10):
+                while not got:
+                    dealer.send_multipart(small)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.05):
+                            got = [m for m in await b.recv_batch() if m.header == b"small"]
+            assert as_tuples(got[:1]) == [(9, b"small", [b"s"])]
         assert b.stats.decode_errors == 0
         assert b.stats.received_bytes < 64 * 1024
 
@@ -112,3 +125,18 @@ async def test_spoofed_sender_is_rejected() -> None:
                 "spoofed envelope counted",
             )
         assert b.stats.received_msgs == 0
+
+
+async def test_garbage_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="replication._transport")
+    async with PeerTransport(2, "tcp://127.0.0.1:0") as b:
+        with raw_dealer(b"77", b.address) as dealer:
+            for _ in range(50):
+                dealer.send_multipart([b"\xc1 not msgpack"])
+            await wait_for(
+                lambda: b.recv_batch_nowait() == [] and b.stats.decode_errors == 50,
+                "garbage counted",
+            )
+    warnings = [r for r in caplog.records if r.name == "replication._transport"]
+    assert 1 <= len(warnings) <= 2
+    assert "b'77'" in warnings[0].getMessage()

@@ -20,6 +20,7 @@ from replication import (
 
 from .helpers import (
     LOOPBACK,
+    PROBE,
     as_tuples,
     mesh,
     recv_items,
@@ -56,18 +57,18 @@ async def test_three_nodes_each_hear_both_others() -> None:
 
 async def test_many_sends_one_flush_arrive_as_one_multipart_in_order() -> None:
     async with mesh(2) as (a, b):
-        await recv_items(b, 0)
-        await wait_for(lambda: b.recv_batch_nowait() == [] and True, "probes drained")
-        sent_before, recv_before = a.stats.sent_multiparts, b.stats.received_multiparts
+        sent_before = a.stats.sent_multiparts
         expected = [(1, b"h%d" % i, [b"x%d-%d" % (i, j) for j in range(i % 4)]) for i in range(300)]
         for _, header, payloads in expected:
             a.send(2, header, payloads)
         a.flush()
-        assert as_tuples(await recv_items(b, len(expected))) == expected
         assert a.stats.sent_multiparts == sent_before + 1
-        assert a.stats.sent_msgs >= len(expected)
-        # Probes may still trail in from mesh setup; they come before our batch.
-        assert b.stats.received_multiparts - recv_before >= 1
+        # A multipart message arrives whole, so the first batch holding any of
+        # the items holds all of them (probes from the mesh setup aside).
+        async with asyncio.timeout(10):
+            while not (got := [m for m in await b.recv_batch() if m.header != PROBE]):
+                pass
+        assert as_tuples(got) == expected
 
 
 async def test_wire_format_seen_by_a_raw_router() -> None:
@@ -129,7 +130,7 @@ async def test_dead_peer_drops_without_blocking() -> None:
             return a.stats.dropped_msgs > 0
 
         await wait_for(flush_once, "a drop to the dead peer")
-        assert slowest < 0.1
+        assert slowest < 0.5  # generous: the machine is shared; a blocking send would hang
 
 
 async def test_unconnected_peer_drops_at_once() -> None:
@@ -174,7 +175,7 @@ async def test_flood_to_a_peer_that_does_not_read_drops_and_counts() -> None:
         after = a.stats
         assert after.dropped_msgs - before.dropped_msgs >= 10
         assert after.dropped_bytes - before.dropped_bytes >= 10 * (256 * 1024 + len(b"flood"))
-        assert slowest < 0.1
+        assert slowest < 0.5  # generous: the machine is shared; a blocking send would hang
         assert ticks > 10
 
 
@@ -294,3 +295,31 @@ async def test_cancelling_a_receiver_is_plain_cancellation() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert t.recv_batch_nowait() == []
+
+
+async def test_one_recv_batch_drains_at_most_recv_drain_max_msgs() -> None:
+    cfg = TransportConfig(recv_drain_max_msgs=3)
+    async with mesh(2, cfg) as (a, b):
+        await wait_for(lambda: b.recv_batch_nowait() == [], "probes drained")
+        for i in range(10):
+            a.send(2, b"m%d" % i)
+            a.flush()  # one multipart message each
+        got: list[bytes] = []
+        sizes: list[int] = []
+        # On loopback the ten messages are all queued at b almost at once, so
+        # an unbounded drain would return them together.
+        async with asyncio.timeout(10):
+            while len(got) < 10:
+                batch = [m.header for m in await b.recv_batch() if m.header != PROBE]
+                sizes.append(len(batch))
+                got.extend(batch)
+        assert got == [b"m%d" % i for i in range(10)]
+        assert max(sizes) <= 3
+
+
+async def test_stats_are_a_snapshot() -> None:
+    async with PeerTransport(1, LOOPBACK) as a:
+        snapshot = a.stats
+        a.send(9, b"x")
+        assert snapshot.dropped_msgs == 0
+        assert a.stats.dropped_msgs == 1
