@@ -276,12 +276,14 @@ class Broker:
                 self._add_peer(b.id, b.peer_addr)
             voters: frozenset[int] | None = None
             if self.controller.is_fresh():
+                # A static peer list names the whole cluster: all of it is expected.
+                expect = max(cfg.bootstrap_expect, len(cfg.peers))
                 members = await self._until_stopped(
-                    self.registry.wait_for(lambda m: len(m) >= cfg.bootstrap_expect)
+                    self.registry.wait_for(lambda m: len(m) >= expect)
                 )
                 if members is None:
                     return
-                chosen = sorted(members)[: min(MAX_CONTROLLER_VOTERS, cfg.bootstrap_expect)]
+                chosen = sorted(members)[: min(MAX_CONTROLLER_VOTERS, expect)]
                 voters = frozenset(chosen) if cfg.broker_id in chosen else None
                 log.info("controller forming voters=%s", sorted(chosen))
             self.controller.start(host, self._raft_config(), voters)

@@ -317,3 +317,27 @@ def test_metrics_endpoint_serves_prometheus_text(lone_broker: BrokerProcess) -> 
         "zstream_under_replicated_partitions",
     ):
         assert name in body
+
+
+async def test_static_peers_cluster_without_etcd(tmp_path: Path) -> None:
+    brokers = [BrokerProcess(tmp_path, i) for i in (1, 2, 3)]
+    peers = ",".join(
+        f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in brokers
+    )
+    for b in brokers:
+        b.process.argv.append(f"--peers={peers}")
+    try:
+        for b in brokers:
+            b.launch()
+        for b in brokers:
+            b.wait_ready()
+        bootstrap = ",".join(b.bootstrap for b in brokers)
+        await _create(bootstrap, "static", 1, 3)
+        async with ClusterClient(bootstrap, timeout_s=2, retry_for_s=30) as client:
+            await client.refresh()
+            await _produce(client, "static", 0, b"no etcd needed")
+            values = [r.value for r in await _consume_all(client, "static", 0)]
+            assert values == [b"no etcd needed"]
+    finally:
+        for b in brokers:
+            b.stop()
