@@ -686,7 +686,7 @@ class RaftHost:
             if frm in self._down:
                 self._down.discard(frm)
             try:
-                h = msgpack.unpackb(item.header, raw=True)
+                h = _decode_header(item.header)
                 gid = h[0]
                 if gid == _HOST:
                     self._host_message(frm, h)
@@ -697,11 +697,10 @@ class RaftHost:
                     continue
                 msg = message_from_wire(h[1], item.payloads)
             except (CodecError, ValueError, TypeError, IndexError, msgpack.UnpackException):
-                self._stats.items_dropped += 1
-                _log.warning("dropping a bad item from node %s", frm)
+                self._bad_item(frm)
                 continue
             if msg.frm != frm:
-                self._stats.items_dropped += 1
+                self._bad_item(frm)
                 continue
             if g.quiesced and not (
                 msg.type in _BENIGN and msg.term == g.node.term and not msg.reject
@@ -710,14 +709,23 @@ class RaftHost:
             g.node.step(msg)
             self._dirty[gid] = g
 
+    def _bad_item(self, frm: NodeId) -> None:
+        stats = self._stats
+        stats.items_dropped += 1
+        n = stats.items_dropped
+        if n & (n - 1) == 0:  # 1, 2, 4, 8...: rate-limited
+            _log.warning("dropping a bad item from node %s (%d dropped so far)", frm, n)
+
     def _host_message(self, frm: NodeId, h: list[Any]) -> None:
         kind = h[1]
-        if kind == _LIVENESS:
-            addr = h[2].decode() if isinstance(h[2], bytes) else str(h[2])
+        if kind == _LIVENESS and len(h) == 3 and type(h[2]) is bytes:
+            addr = h[2].decode(errors="replace")
+            if not addr.startswith("tcp://"):
+                raise ValueError("bad peer address")
             if self._peer_callbacks and frm not in self._transport.peers():
                 for cb in self._peer_callbacks:
                     cb(frm, addr)
-        elif kind == _QUIESCE:
+        elif kind == _QUIESCE and len(h) == 4 and type(h[2]) is int and type(h[3]) is int:
             g = self._groups.get(h[2])
             if (
                 g is not None
@@ -727,6 +735,8 @@ class RaftHost:
             ):
                 g.quiesced = True
                 self._active.pop(g.id, None)
+        else:
+            raise ValueError("unknown host message")
 
     def _send_all(self, g: _Group, msgs: Iterable[Message]) -> None:
         send = self._transport.send
@@ -885,6 +895,13 @@ class RaftHost:
                     cb(leader, node.term)
                 except Exception:  # noqa: BLE001 - the application's bug must not stop the host
                     _log.exception("group %s: leader callback failed", g.id)
+
+
+def _decode_header(buf: bytes) -> list[Any]:
+    h = msgpack.unpackb(buf, raw=True)
+    if type(h) is not list or len(h) < 2 or type(h[0]) is not int:
+        raise TypeError("not [group_id, ...]")
+    return h
 
 
 def _fail_group(g: _Group, err: Exception) -> None:

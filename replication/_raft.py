@@ -61,7 +61,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._progress import Inflights, Progress, ProgressState
-from ._quorum import VoteResult, committed_index, vote_result
+from ._quorum import VoteResult, committed_index, majority_index, vote_result
 from ._raftlog import RaftLog
 from ._storage import Storage
 from ._types import (
@@ -346,8 +346,8 @@ class RaftNode:
             self._append_entries([Entry(self._term, last + 1, EntryType.NOOP, b"")])
 
     def _find_leave_entry(self) -> int:
-        """Index of the last entry in the unapplied part of the log that leaves the
-        joint configuration (0 if none)."""
+        """Index of the entry in the unapplied part of the log that leaves the joint
+        configuration being entered or in force (0 if none)."""
         log = self._log
         found = 0
         lo, hi = max(log.applied + 1, log.first_index()), log.last_index() + 1
@@ -356,8 +356,9 @@ class RaftNode:
             for e in ents:
                 if e.type == EntryType.CONF_CHANGE:
                     try:
-                        if not decode_conf_change(e.data).changes:
-                            found = e.index
+                        # The last leave entry after the last change entering a
+                        # joint configuration.
+                        found = 0 if decode_conf_change(e.data).changes else e.index
                     except CodecError:
                         continue
             lo = ents[-1].index + 1
@@ -686,8 +687,11 @@ class RaftNode:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
             self._bcast_append()
-        elif pr.match < log.last_index():
-            self._send_append(m.frm, send_if_empty=False)
+        else:
+            if pr.match < log.last_index():
+                self._send_append(m.frm, send_if_empty=False)
+            if self._leave_index and m.frm in self._conf.voters:
+                self._send_to_leaving()
         # Fill the window when more entries wait.
         while pr.state == _REPLICATE and pr.next <= log.last_index():
             if not self._send_append(m.frm, send_if_empty=False):
@@ -728,14 +732,8 @@ class RaftNode:
         log = self._log
         prev = pr.next - 1
         hi = log.last_index() + 1
-        if self._leave_index and to not in self._conf.voters and to not in self._conf.learners_next:
-            # A voter that the pending leave entry removes needs nothing after that
-            # entry; keeping its log from growing past it means that once removed it
-            # still grants its vote (which the outgoing half may need until the others
-            # learn the leave is committed) to any voter holding the leave entry. It
-            # does need our term's first entry: an older term's leave entry commits
-            # only with it (Figure 8), and the outgoing half must hold it.
-            hi = min(hi, max(self._leave_index, self._term_start) + 1)
+        if self._leave_index and self._leaving(to):
+            hi = min(hi, self._leaving_limit() + 1)
         try:
             prev_term = log.term(prev)
             ents = log.slice(pr.next, hi, self._cfg.max_size_per_msg)
@@ -759,6 +757,33 @@ class RaftNode:
         )
         pr.sent_entries(prev + n, n, size)
         return True
+
+    # A voter that the pending leave entry removes (outgoing half only, not being
+    # demoted to learner) may, once it has applied its removal, still be needed for
+    # the outgoing half's vote by the others until they learn the leave is committed;
+    # it never campaigns itself. It must then never hold an entry that no viable
+    # candidate holds, or it would refuse them all. So it gets (a) nothing past the
+    # leave entry, except our term's first entry, which an older term's leave entry
+    # needs to commit (Figure 8), and (b) only entries already durable on a majority
+    # of the incoming voters, so that some incoming voter is always at least as up
+    # to date as it is.
+
+    def _leaving(self, nid: NodeId) -> bool:
+        conf = self._conf
+        return (
+            nid in conf.voters_outgoing and nid not in conf.voters and nid not in conf.learners_next
+        )
+
+    def _leaving_limit(self) -> int:
+        prs = self._prs
+        incoming = majority_index(self._conf.voters, lambda n: prs[n].match if n in prs else 0)
+        return min(max(self._leave_index, self._term_start), incoming)
+
+    def _send_to_leaving(self) -> None:
+        """The incoming voters' durable majority may have moved: feed the leaving voters."""
+        for nid in self._conf.voters_outgoing:
+            if nid != self._id and self._leaving(nid) and nid in self._prs:
+                self._send_append(nid, send_if_empty=False)
 
     def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
         if not pr.recent_active:
@@ -896,6 +921,10 @@ class RaftNode:
             pr.is_learner = nid in learners and nid not in cs.voters
         if self._role != _LEADER:
             return
+        if cs.voters_outgoing and not self._leave_index:
+            # Entered a joint configuration whose leave entry may already be in our log
+            # (appended by an earlier leader).
+            self._leave_index = self._find_leave_entry()
         if not self._promotable():
             # Removed (or demoted) leader: step down; the others elect a new leader.
             self._become_follower(self._term, NONE)
@@ -1048,12 +1077,11 @@ class RaftNode:
             log.stable_to(last.index, last.term)
             if self._role == _LEADER:
                 me = self._prs.get(self._id)
-                if (
-                    me is not None
-                    and me.maybe_update(log.stable_last_index())
-                    and self._maybe_commit()
-                ):
-                    self._bcast_append()
+                if me is not None and me.maybe_update(log.stable_last_index()):
+                    if self._maybe_commit():
+                        self._bcast_append()
+                    elif self._leave_index and self._id in self._conf.voters:
+                        self._send_to_leaving()
         if ready.committed_entries:
             log.applied_to(ready.committed_entries[-1].index)
         self._maybe_auto_leave()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 
 from replication import (
@@ -15,6 +16,8 @@ from replication import (
     GroupHandle,
     HostConfig,
     HostStoppedError,
+    Message,
+    MessageType,
     NotLeaderError,
     PeerTransport,
     ProposalTimeoutError,
@@ -22,6 +25,7 @@ from replication import (
     RaftHost,
     RaftLog,
     Role,
+    message_to_wire,
 )
 from storage import LogConfig, encode_batch
 
@@ -268,3 +272,79 @@ async def test_restart_keeps_term_vote_and_entries(tmp_path: Path) -> None:
         leader = await elect(nodes, who=2)
         index = await asyncio.wait_for(leader.groups[1].propose(batch(b"again")), 10)
         assert index > last
+
+
+async def test_removed_group_fails_its_requests_and_ignores_messages(tmp_path: Path) -> None:
+    async with cluster(tmp_path, groups=2, proposal_timeout_ms=60_000) as nodes:
+        leader = await elect(nodes, gid=2)
+        handle = leader.groups[2]
+        for n in nodes.values():
+            if n is not leader:
+                await n.stop()
+        fut = handle.propose(batch(b"pending"))
+        assert leader.host is not None
+        leader.host.remove_group(2)
+        with pytest.raises(HostStoppedError):
+            await fut
+        with pytest.raises(HostStoppedError):
+            handle.propose(batch(b"gone"))
+        assert leader.host.group(2) is None
+
+
+async def test_garbage_from_a_peer_is_dropped_and_the_group_keeps_working(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        assert leader.host is not None
+        rogue = PeerTransport(9, "tcp://127.0.0.1:0")
+        await rogue.start()
+        try:
+            rogue.add_peer(leader.id, leader.transport.address)
+            garbage = [
+                b"\xc1not msgpack",
+                msgpack.packb([1]),
+                msgpack.packb([1, "junk"]),
+                msgpack.packb([1, [1, 2, 3]]),
+                msgpack.packb([-1, 7]),
+                msgpack.packb([-1, 1, "x", "y"]),
+                msgpack.packb([99, []]),
+                msgpack.packb({"a": 1}),
+            ]
+            # A well-formed message claiming to come from node 2 is a spoof: dropped.
+            hdr, _ = message_to_wire(Message(MessageType.APPEND_RESP, leader.id, 2, 99))
+            garbage.append(msgpack.packb([1, hdr]))
+            deadline = time.monotonic() + 5
+            while leader.host.stats.items_dropped < len(garbage) and time.monotonic() < deadline:
+                for g in garbage:
+                    rogue.send(leader.id, g)
+                rogue.flush()
+                await asyncio.sleep(0.05)
+            assert leader.host.stats.items_dropped >= len(garbage)
+            assert leader.groups[1].term < 99
+            assert leader.groups[1].is_leader
+            await asyncio.wait_for(leader.groups[1].propose(batch(b"still fine")), 5)
+        finally:
+            await rogue.close()
+
+
+async def test_read_index_transfer_and_leader_callbacks(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        seen: list[tuple[int, int]] = []
+        nodes[2].groups[1].on_leader_change(lambda leader, term: seen.append((leader, term)))
+        leader = await elect(nodes)
+        index = await leader.groups[1].propose(batch(b"x"))
+        read_at = await asyncio.wait_for(leader.groups[1].read_index(), 5)
+        assert read_at >= index
+        follower = nodes[2] if leader.id != 2 else nodes[3]
+        with pytest.raises(NotLeaderError):
+            await follower.groups[1].read_index()
+        await until(lambda: follower.groups[1].applied_index >= index, 5, "follower applied")
+        target = follower.id
+        leader.groups[1].transfer_leader(target)
+        await until(lambda: follower.groups[1].is_leader, 10, "the transfer")
+        assert not leader.groups[1].is_leader
+        await until(lambda: any(lead == target for lead, _ in seen), 5, "the callback")
+        assert seen[0][0] == leader.id
+        terms = [t for _, t in seen]
+        assert terms == sorted(terms)

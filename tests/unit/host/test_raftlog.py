@@ -258,3 +258,45 @@ def test_model_against_memory_storage(tmp_path_factory: pytest.TempPathFactory, 
         model.term(i) for i in range(model.last_index() + 1)
     ]
     log.close()
+
+
+@settings(max_examples=60)
+@given(st.binary(max_size=200))
+def test_fuzz_raft_state_bytes_open_or_raise_raft_log_error(
+    tmp_path_factory: pytest.TempPathFactory, junk: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("junk")
+    (path / "raft-state").write_bytes(junk)
+    try:
+        log = RaftLog.open(path, CFG, records=True)
+    except RaftLogError:
+        return
+    log.close()
+
+
+@settings(max_examples=40)
+@given(
+    st.fixed_dictionaries(
+        {
+            "v": st.just(1),
+            "term": st.integers(-2, 5) | st.text(max_size=2),
+            "vote": st.integers(0, 3),
+            "commit": st.integers(0, 3),
+            "applied": st.integers(0, 3),
+            "snap": st.lists(st.integers(0, 3) | st.binary(max_size=4), max_size=5),
+            "conf": st.lists(st.lists(st.integers(0, 3) | st.binary(max_size=8), max_size=3)),
+            "recover": st.integers(0, 3) | st.none(),
+        }
+    )
+)
+def test_fuzz_raft_state_maps_of_the_wrong_shape(
+    tmp_path_factory: pytest.TempPathFactory,
+    m: dict,  # type: ignore[type-arg]
+) -> None:
+    path = tmp_path_factory.mktemp("shape")
+    (path / "raft-state").write_bytes(msgpack.packb(m))
+    try:
+        log = RaftLog.open(path, CFG, records=True)
+    except RaftLogError:
+        return
+    log.close()

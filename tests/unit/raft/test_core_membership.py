@@ -256,3 +256,29 @@ def test_a_voter_being_removed_gets_no_entries_past_the_leave_entry() -> None:
     assert net[2].last_index == leave
     assert net[1].conf_state == net[3].conf_state == ConfState(voters=frozenset({1, 3}))
     assert net.data(3) == [b"x"]
+
+
+def test_a_voter_being_removed_gets_entries_only_once_the_incoming_majority_has_them() -> None:
+    # Joint {1,3} & {1,2}: 2 is being removed. While 3 is down, nothing new reaches 2
+    # (not even the leave entry): if 2 held an entry that neither 1 nor 3 holds and then
+    # applied its removal, it could refuse both the vote they need from it.
+    net = Net(voters=(1, 2), blank=(3,))
+    net.elect(1)
+    net.stabilize()
+    net[1].propose_conf_change(ConfChange(((ADD, 3), (REMOVE, 2))))
+    for _ in range(50):
+        net.process()
+        if net[1].conf_state.voters_outgoing:
+            break
+        net.deliver()
+    leave = net[1].last_index
+    net.queue.clear()
+    net.down.add(3)
+    before = net[2].last_index
+    net.tick_stabilize(3)
+    assert net[2].last_index == before < leave
+    assert net[1].commit < leave
+    net.down.discard(3)
+    settle(net)
+    assert net[1].conf_state == net[3].conf_state == ConfState(voters=frozenset({1, 3}))
+    assert net[2].last_index == leave
