@@ -26,8 +26,10 @@ from clients import (
     NotLeaderError,
     ProduceRequest,
     RequestTimedOutError,
+    SubscribeRequest,
     UnavailableError,
     UnknownTopicError,
+    UnsubscribeRequest,
 )
 from clients._protocol import decode_reply, encode_request
 from tests.support import BrokerProcess, EtcdServer, wait_until_async
@@ -341,3 +343,21 @@ async def test_static_peers_cluster_without_etcd(tmp_path: Path) -> None:
     finally:
         for b in brokers:
             b.stop()
+
+
+async def test_push_stream_on_a_real_broker(lone_broker: BrokerProcess) -> None:
+    await _create(lone_broker.bootstrap, "pushed", 1, 1)
+    async with ClusterClient(lone_broker.bootstrap, timeout_s=5, retry_for_s=20) as client:
+        await client.refresh()
+        await _produce(client, "pushed", 0, b"first")
+        conn = client.connection(lone_broker.addr)
+        reply = await conn.call(SubscribeRequest("pushed", 0, 0, credit_bytes=1 << 20))
+        queue = conn.stream_queue(reply.result["stream"])
+        seen: list[bytes] = []
+        await _produce(client, "pushed", 0, b"second")
+        while len(seen) < 2:
+            push = await asyncio.wait_for(queue.get(), 10)
+            if push.kind == "data":
+                seen.extend(r.value for f in push.frames for r in storage.decode_records(f))
+        assert seen == [b"first", b"second"]
+        await conn.call(UnsubscribeRequest(reply.result["stream"]))
