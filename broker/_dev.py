@@ -7,7 +7,6 @@ Logs go to ``<data dir>/logs/``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import shutil
 import signal
@@ -42,6 +41,9 @@ class _Stop(Exception):
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the brokers bind (ZeroMQ sets SO_REUSEADDR): a port whose last
+        # connection lingers in TIME_WAIT after a restart is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -137,7 +139,9 @@ def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise _Stop
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # Both handled explicitly: a shell that starts us in the background leaves SIGINT
+    # ignored, and Ctrl-C must still stop everything.
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         etcd_client = f"http://127.0.0.1:{client_port}"
@@ -188,23 +192,28 @@ def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
             bootstrap = ",".join(f"127.0.0.1:{c}" for c, _, _ in ports)
             print(f"zstream dev: clients need: export ZSTREAM_BOOTSTRAP={bootstrap}", flush=True)
         print("zstream dev: ready; press Ctrl-C to stop", flush=True)
+        reported: set[str] = set()
         while True:
+            # A broker that dies is reported, and the rest keep running: a dev cluster
+            # is where one kills brokers to watch failover.
             time.sleep(0.5)
             for child in children:
-                if not child.running():
-                    print(f"zstream dev: {child.name} exited:\n{child.tail()}", file=sys.stderr)
-                    return 1
+                if not child.running() and child.name not in reported:
+                    reported.add(child.name)
+                    code = child.proc.returncode
+                    print(f"zstream dev: {child.name} exited ({code}); the others run on")
     except (KeyboardInterrupt, _Stop):
         print("\nzstream dev: stopping", flush=True)
         return 0
     except DevError as exc:
         raise UserError(str(exc)) from exc
     finally:
-        signal.signal(signal.SIGTERM, on_term)
-        with contextlib.suppress(KeyboardInterrupt, _Stop):
-            for child in reversed(children):
-                child.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig in previous:  # a second Ctrl-C must not leave children running
+            signal.signal(sig, signal.SIG_IGN)
+        for child in reversed(children):
+            child.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         ctx.term()
         if children:
             print("zstream dev: stopped", flush=True)
