@@ -58,6 +58,7 @@ from ._transport import (
     node_routing_id,
 )
 from ._types import (
+    LOST_ENTRIES,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -76,6 +77,7 @@ from ._types import (
 )
 
 __all__ = [
+    "LOST_ENTRIES",
     "BlockingDistributedLog",
     "CodecError",
     "CompactedError",

@@ -44,7 +44,7 @@ from ._codec import decode_conf_change
 from ._errors import ConfChangeInProgressError, ConfigError
 from ._host import GroupHandle, HostConfig, RaftHost
 from ._raft import RaftConfig
-from ._raftlog_disk import RaftLog
+from ._raftlog_disk import RaftLog, RaftLogError
 from ._transport import PeerTransport
 from ._types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, NodeId
 
@@ -208,7 +208,16 @@ class DistributedLog:
 
     async def read_range(self, offset: int, max_records: int) -> list[bytes]:
         """Up to ``max_records`` committed records from ``offset`` (empty at the
-        committed end); raises OffsetOutOfRange below the start or beyond the end."""
+        committed end); raises OffsetOutOfRange below the start or beyond the end.
+        A corrupt segment met here raises RaftLogError and fail-stops the log
+        (`failed` is set; the next open cuts the log there and catches up)."""
+        try:
+            return self._read_range(offset, max_records)
+        except RaftLogError:
+            self.failed.set()
+            raise
+
+    def _read_range(self, offset: int, max_records: int) -> list[bytes]:
         _, log = self._parts()
         start, end = log.log_start_offset, self.commit_offset()
         if not start <= offset <= end:

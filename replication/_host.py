@@ -485,8 +485,10 @@ class RaftHost:
 
     async def run(self) -> None:
         """Drive every group until `close()` (or cancellation)."""
-        if self._running or self._stopped:
-            raise HostError("the host is already running or stopped")
+        if self._running:
+            raise HostError("the host is already running")
+        if self._stopped:
+            return  # closed before it ever ran
         self._running = True
         loop = asyncio.get_running_loop()
         recv = asyncio.create_task(self._receive(), name=f"raft-recv-{self._id}")
@@ -790,6 +792,7 @@ class RaftHost:
             if rd.snapshot is not None:
                 g.log.apply_snapshot(rd.snapshot)
                 g.applied = max(g.applied, rd.snapshot.metadata.index)
+                _release_waiters(g)
             if rd.entries:
                 g.log.append(rd.entries)
                 synced.append(g)
@@ -859,11 +862,7 @@ class RaftHost:
                 g.on_apply(entries)
             except Exception:  # noqa: BLE001 - the application's bug must not stop the host
                 _log.exception("group %s: on_apply failed", g.id)
-        waiters = g.waiters
-        while waiters and waiters[0][0] <= last:
-            _, _, fut = heapq.heappop(waiters)
-            if not fut.done():
-                fut.set_result(last)
+        _release_waiters(g)
         return conf_changed
 
     def _leader_changed(self, g: _Group, leader: NodeId) -> None:
@@ -895,6 +894,15 @@ class RaftHost:
                     cb(leader, node.term)
                 except Exception:  # noqa: BLE001 - the application's bug must not stop the host
                     _log.exception("group %s: leader callback failed", g.id)
+
+
+def _release_waiters(g: _Group) -> None:
+    waiters = g.waiters
+    applied = g.applied
+    while waiters and waiters[0][0] <= applied:
+        _, _, fut = heapq.heappop(waiters)
+        if not fut.done():
+            fut.set_result(applied)
 
 
 def _decode_header(buf: bytes) -> list[Any]:

@@ -71,6 +71,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "sent_commit",
         "snapshot_wait",
         "state",
     )
@@ -83,6 +84,8 @@ class Progress:
         self.snapshot_wait = 0
         self.recent_active = False
         self.probe_sent = False
+        # The commit index this member will know once what we sent arrives.
+        self.sent_commit = 0
         self.inflights = inflights
         self.is_learner = is_learner
 

@@ -66,6 +66,7 @@ from ._raftlog import RaftLog
 from ._storage import Storage
 from ._types import (
     CAMPAIGN_TRANSFER,
+    LOST_ENTRIES,
     NONE,
     ConfChange,
     ConfChangeType,
@@ -294,6 +295,7 @@ class RaftNode:
             pr.match = 0
             pr.next = last + 1
             pr.recent_active = False
+            pr.sent_commit = 0
             if nid == self._id:
                 pr.match = self._log.stable_last_index()
         self._pending_conf_index = 0
@@ -453,6 +455,14 @@ class RaftNode:
         self._election_elapsed += 1
         if self._promotable() and self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
+            if self._vote_blocked():
+                # We may not campaign; instead tell the voters we lost entries, so an
+                # idle (even quiesced) leader lowers our match and catches us up.
+                targets = [self._lead] if self._lead else sorted(self._conf.all_voters())
+                for nid in targets:
+                    if nid != self._id:
+                        self._send_lost(nid)
+                return
             self._campaign(transfer=False)
 
     def _tick_heartbeat(self) -> None:
@@ -614,6 +624,11 @@ class RaftNode:
         if last_new is not None:
             self._send(Message(_APPEND_RESP, m.frm, self._id, self._term, index=last_new))
             return
+        if self._vote_blocked():
+            # We lost entries we may have acknowledged: the leader's match for us is
+            # too high and it would never probe below it. Say so.
+            self._send_lost(m.frm)
+            return
         # Reject with a hint: the last index where our log may match the leader's,
         # assuming the leader's log has m.log_term at m.index.
         hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
@@ -630,10 +645,31 @@ class RaftNode:
             )
         )
 
+    def _send_lost(self, to: NodeId) -> None:
+        """Reject with LOST_ENTRIES: our log now ends at last_index, whatever we
+        acknowledged before (see set_vote_blocked_until)."""
+        last = self._log.last_index()
+        self._send(
+            Message(
+                _APPEND_RESP,
+                to,
+                self._id,
+                self._term,
+                index=last,
+                reject=True,
+                reject_hint=last,
+                context=LOST_ENTRIES,
+            )
+        )
+
     def _handle_heartbeat(self, m: Message) -> None:
         if m.commit > self._log.committed:
             self._log.commit_to(m.commit)
         self._send(Message(_HEARTBEAT_RESP, m.frm, self._id, self._term, context=m.context))
+        if self._vote_blocked() and m.commit > self._log.last_index():
+            # The leader believes we hold entries we lost; an idle leader would never
+            # send an append to find out.
+            self._send_lost(m.frm)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -663,6 +699,15 @@ class RaftNode:
             return
         pr.recent_active = True
         log = self._log
+        if m.reject and m.context == LOST_ENTRIES:
+            # The follower lost entries (a corrupt segment cut from its log): lower
+            # its match (commit never moves back) and probe from its last index.
+            if pr.match > m.reject_hint:
+                pr.match = m.reject_hint
+            pr.become_probe()
+            pr.next = min(pr.next, m.reject_hint + 1)
+            self._send_append(m.frm)
+            return
         if m.reject:
             hint = m.reject_hint
             if m.log_term > 0:
@@ -692,6 +737,10 @@ class RaftNode:
                 self._send_append(m.frm, send_if_empty=False)
             if self._leave_index and m.frm in self._conf.voters:
                 self._send_to_leaving()
+            if pr.sent_commit < log.committed and pr.sent_commit < pr.match:
+                # It holds entries it does not know are committed and nothing else
+                # will tell it soon (e.g. its window is full): bump its commit index.
+                self._send_commit(m.frm, pr)
         # Fill the window when more entries wait.
         while pr.state == _REPLICATE and pr.next <= log.last_index():
             if not self._send_append(m.frm, send_if_empty=False):
@@ -756,6 +805,9 @@ class RaftNode:
             )
         )
         pr.sent_entries(prev + n, n, size)
+        known = min(log.committed, prev + n)
+        if known > pr.sent_commit:
+            pr.sent_commit = known
         return True
 
     # A voter that the pending leave entry removes (outgoing half only, not being
@@ -798,6 +850,27 @@ class RaftNode:
         self._msgs.append(Message(_SNAPSHOT, to, self._id, self._term, snapshot=snap))
         return True
 
+    def _send_commit(self, to: NodeId, pr: Progress) -> None:
+        """An empty APPEND after the follower's acknowledged match: it carries our commit
+        index without touching the in-flight window."""
+        try:
+            match_term = self._log.term(pr.match)
+        except (CompactedError, UnavailableError):
+            return
+        commit = self._log.committed
+        self._msgs.append(
+            Message(
+                _APPEND,
+                to,
+                self._id,
+                self._term,
+                log_term=match_term,
+                index=pr.match,
+                commit=commit,
+            )
+        )
+        pr.sent_commit = min(commit, pr.match)
+
     def _bcast_append(self) -> None:
         me = self._id
         last = self._log.last_index()
@@ -813,16 +886,12 @@ class RaftNode:
         commit = self._log.committed
         for nid, pr in self._prs.items():
             if nid != me:
+                known = min(pr.match, commit)
                 self._msgs.append(
-                    Message(
-                        _HEARTBEAT,
-                        nid,
-                        me,
-                        self._term,
-                        commit=min(pr.match, commit),
-                        context=context,
-                    )
+                    Message(_HEARTBEAT, nid, me, self._term, commit=known, context=context)
                 )
+                if known > pr.sent_commit:
+                    pr.sent_commit = known
 
     def _append_entries(self, ents: list[Entry]) -> None:
         self._log.append(ents)

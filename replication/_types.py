@@ -148,7 +148,9 @@ class Message:
       leader's commit index.
     - APPEND_RESP: ``index`` is the last index now known to match the leader's log
       (prev index + len(entries)); on ``reject``, ``index`` is the rejected prev index and
-      ``reject_hint``/``log_term`` give the follower's guess of the last matching entry.
+      ``reject_hint``/``log_term`` give the follower's guess of the last matching entry;
+      a ``context`` of ``LOST_ENTRIES`` says the follower lost entries and its log now
+      ends at ``reject_hint`` (the leader lowers its match).
     - VOTE/PRE_VOTE: ``index``/``log_term`` describe the candidate's last entry; a
       ``context`` of ``CAMPAIGN_TRANSFER`` marks an election started by a leadership
       transfer (it bypasses the leader lease).
@@ -171,6 +173,9 @@ class Message:
 
 
 CAMPAIGN_TRANSFER = b"transfer"
+# APPEND_RESP rejection context from a follower that lost entries it may have
+# acknowledged (its votes are blocked until it caught up): the leader lowers its match.
+LOST_ENTRIES = b"lost"
 
 
 @dataclass(frozen=True, slots=True)

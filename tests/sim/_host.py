@@ -189,6 +189,12 @@ class Host:
         assert node is not None
         assert self.pending is None
         rd = node.ready()
+        hs_new = rd.hard_state
+        vote_changed = hs_new is not None and (
+            (hs_new.term, hs_new.vote) != (self.durable_term, self.durable_vote)
+        )
+        if (vote_changed or rd.entries) and not rd.must_sync:
+            raise HostError(f"node {self.id}: Ready with new entries or term/vote lacks must_sync")
         if rd.hard_state is not None:
             hs = rd.hard_state
             self._hard_state = hs

@@ -101,6 +101,7 @@ class _Faults:
     crash: float
     partition: float
     churn: float  # how often the leader itself is crashed or cut off
+    membership: float  # how often configuration changes are proposed
 
 
 class Simulation:
@@ -117,6 +118,7 @@ class Simulation:
             crash=rng.choice((0.0, 0.3, 1.0)),
             partition=rng.choice((0.0, 0.2, 0.6)),
             churn=rng.choice((0.0, 0.0, 0.5, 2.0)),
+            membership=rng.choice((1.0, 1.0, 5.0)),
         )
         self.pre_vote = rng.random() < 0.8
         self.check_quorum = rng.random() < 0.8
@@ -430,7 +432,7 @@ class Simulation:
                 events.append((4.0, functools.partial(self._ready, h)))
         events.append((3.0, self._tick))
         events.append((1.5, self._propose))
-        events.append((0.15, self._conf_change))
+        events.append((0.15 * self.faults.membership, self._conf_change))
         events.append((0.03, self._transfer))
         events.append((0.2, self._read))
         events.append((0.1, self._compact))
@@ -466,7 +468,7 @@ class Simulation:
                 self._restart(h)
         # Nodes outside the newest configuration are shut down, as an operator would,
         # unless pre-vote and check-quorum are both on (they must not disrupt then); one
-        # that a pending change adds back is started again once the leader has it.
+        # that a pending change adds back is started again once any node applies it.
         stopped: set[int] = set()
         if not (self.pre_vote and self.check_quorum):
             needed: set[int] = set()  # a member in some node's view
@@ -483,9 +485,9 @@ class Simulation:
         for rnd in range(self.cfg.liveness_rounds):
             self.now = -rnd  # liveness rounds show as negative steps in the trace
             self.result.liveness_ticks = rnd
-            lead = self.leader()
-            if lead is not None and lead.node is not None:
-                for i in sorted(stopped & _members(lead.node.conf_state)):
+            for h in self.live():
+                assert h.node is not None
+                for i in sorted(stopped & _members(h.node.conf_state)):
                     stopped.discard(i)
                     self._restart(self.hosts[i])
             for h in self.live():
@@ -525,6 +527,7 @@ class Simulation:
                 self.hosts[i].node is not None and self.hosts[i].applied_index >= index
                 for i in members
             ):
+                self._check_pending_committed(node.term)
                 return
         lead = self.leader()
         raise LivenessError(
@@ -532,6 +535,17 @@ class Simulation:
             f"{lead.id if lead else None}, probe {probe}, "
             + ", ".join(f"n{h.id}:{_fmt_node(h)}" for h in self.hosts.values())
         )
+
+    def _check_pending_committed(self, term: int) -> None:
+        """Every proposal the current leader accepted in its term has committed where
+        it was placed (earlier leaders' proposals may legitimately be lost)."""
+        canon = self.checker.canon
+        for data, (index, t) in self.checker.proposals.items():
+            if t == term and (len(canon) < index or canon[index - 1][2] != data):
+                raise LivenessError(
+                    f"proposal {data!r} accepted at index {index} in the leader's term {t} "
+                    "is not committed"
+                )
 
     def _quiesce(self) -> None:
         for _ in range(200):

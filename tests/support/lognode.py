@@ -59,6 +59,10 @@ Operations (arguments -> results; all ints are plain msgpack ints):
   by installing it). Reads below the new start then raise ``OffsetOutOfRange``.
 - ``shutdown`` -> (nothing); the node replies, closes its log and exits with status 0.
 
+Fail-stop: when the replication loop dies, or a read meets a corrupt segment (the reply
+is then an ``Error`` naming the file), the node closes and exits with status 1. Start
+it again: the log is cut at the corrupt segment and caught up from the leader.
+
 `LogNodeClient` speaks this protocol (one REQ socket per call, so a timed-out call
 never wedges the next one); `LogNode` starts and ends a node process by PID.
 """
@@ -394,6 +398,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 break
             reply = await server.handle(recv.result())
             await sock.send(msgpack.packb(reply, use_bin_type=True))
+            if dlog.failed.is_set():
+                break
     finally:
         failed.cancel()
         sock.close(linger=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from replication import (
     DistributedLog,
     DistributedLogConfig,
     NotLeaderError,
+    RaftLogError,
     Server,
 )
-from storage import OffsetOutOfRange
+from storage import LogConfig, OffsetOutOfRange
 
 ANY = "tcp://127.0.0.1:0"
 
@@ -95,3 +97,31 @@ def test_blocking_form(tmp_path: Path) -> None:
 def test_wait_for_leader_timeout(tmp_path: Path) -> None:
     with BlockingDistributedLog(tmp_path, config(5)) as dlog, pytest.raises(TimeoutError):
         dlog.wait_for_leader(0.2)
+
+
+async def test_corrupt_segment_met_by_a_read_fail_stops_and_is_cut_on_reopen(
+    tmp_path: Path,
+) -> None:
+    small = dataclasses.replace(
+        config(1, bootstrap=True),
+        log_config=LogConfig(segment_bytes=1024, index_interval_bytes=128),
+    )
+    async with DistributedLog(tmp_path, small) as dlog:
+        await dlog.wait_for_leader(5)
+        for i in range(40):
+            await dlog.append(b"record %d" % i)
+        last = dlog.raft_log.last_index()
+    first_segment = sorted((tmp_path / "group" / "log").glob("*.log"))[0]
+    raw = bytearray(first_segment.read_bytes())
+    raw[200] ^= 0x01  # inside the segment, where open does not verify
+    first_segment.write_bytes(bytes(raw))
+    async with DistributedLog(tmp_path, small) as dlog:
+        with pytest.raises(RaftLogError):
+            await dlog.read(0)
+        assert dlog.failed.is_set()
+    async with DistributedLog(tmp_path, small) as dlog:
+        assert dlog.raft_log.last_index() == 0
+        assert dlog.raft_log.recovering_until == last
+        # Alone, it may not elect itself with a log it knows is short.
+        with pytest.raises(TimeoutError):
+            await dlog.wait_for_leader(0.5)

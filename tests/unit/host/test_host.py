@@ -60,9 +60,11 @@ class Node:
         self.host = RaftHost(self.id, self.transport, self.config)
         self.task = asyncio.create_task(self.host.run())
 
-    def add_group(self, gid: int, voters: tuple[int, ...] = IDS) -> GroupHandle:
+    def add_group(
+        self, gid: int, voters: tuple[int, ...] = IDS, log_config: LogConfig | None = None
+    ) -> GroupHandle:
         assert self.host is not None
-        log = RaftLog.open(self.root / f"g{gid}", LogConfig(), records=True)
+        log = RaftLog.open(self.root / f"g{gid}", log_config or LogConfig(), records=True)
         log.bootstrap(ConfState(voters=frozenset(voters)))
         self.logs[gid] = log
         rc = RaftConfig(id=self.id, election_tick=self.config.election_tick)
@@ -84,7 +86,7 @@ class Node:
 
 @asynccontextmanager
 async def cluster(
-    tmp_path: Path, groups: int = 1, **config: int | bool
+    tmp_path: Path, groups: int = 1, log_config: LogConfig | None = None, **config: int | bool
 ) -> AsyncIterator[dict[int, Node]]:
     cfg = HostConfig(**{"tick_ms": 20, "quiesce_after_ticks": 10, **config})  # type: ignore[arg-type]
     nodes = {i: Node(i, tmp_path, cfg) for i in IDS}
@@ -96,7 +98,7 @@ async def cluster(
                 if m is not n:
                     n.transport.add_peer(m.id, m.transport.address)
             for gid in range(1, groups + 1):
-                n.add_group(gid)
+                n.add_group(gid, log_config=log_config)
         yield nodes
     finally:
         for n in nodes.values():
@@ -348,3 +350,43 @@ async def test_read_index_transfer_and_leader_callbacks(tmp_path: Path) -> None:
         assert seen[0][0] == leader.id
         terms = [t for _, t in seen]
         assert terms == sorted(terms)
+
+
+async def test_follower_that_cut_a_corrupt_segment_catches_up_from_an_idle_leader(
+    tmp_path: Path,
+) -> None:
+    small = LogConfig(segment_bytes=2048, index_interval_bytes=256)
+    async with cluster(tmp_path, log_config=small) as nodes:
+        leader = await elect(nodes)
+        last = 0
+        for i in range(60):
+            last = await leader.groups[1].propose(batch(b"record %d" % i))
+        victim = next(n for n in nodes.values() if n is not leader)
+        await asyncio.wait_for(victim.groups[1].wait_committed(last), 5)
+        await until(
+            lambda: all(
+                n.host is not None and n.host.active_group_count() == 0 for n in nodes.values()
+            ),
+            10,
+            "quiescence",
+        )
+        await victim.stop()
+        segments = sorted((victim.root / "g1" / "log").glob("*.log"))
+        assert len(segments) > 2
+        raw = bytearray(segments[0].read_bytes())
+        raw[-3] ^= 0x01  # the tail of a sealed segment: found on open
+        segments[0].write_bytes(bytes(raw))
+        victim.transport = PeerTransport(victim.id, "tcp://127.0.0.1:0")
+        await victim.start()
+        for n in nodes.values():
+            if n is not victim:
+                victim.transport.add_peer(n.id, n.transport.address)
+                n.transport.add_peer(victim.id, victim.transport.address)
+        g = victim.add_group(1, log_config=small)
+        assert g.last_index < last
+        assert victim.logs[1].recovering_until >= last
+        # No new proposals: the idle, quiesced leader must still bring it back.
+        await until(lambda: g.last_index >= last and g.commit_index >= last, 15, "catch-up")
+        want = leader.logs[1].entries(1, last + 1, 1 << 30)
+        assert victim.logs[1].entries(1, last + 1, 1 << 30) == want
+        assert victim.logs[1].recovering_until == 0

@@ -49,6 +49,7 @@ class Cluster:
         heartbeat_tick: int = 1,
         max_size_per_msg: int = 1 << 20,
         max_inflight_msgs: int = 256,
+        max_inflight_bytes: int = 32 << 20,
         seed: int = 0,
         logs: dict[int, Sequence[int]] | None = None,
         terms: dict[int, int] | None = None,
@@ -64,6 +65,7 @@ class Cluster:
             "heartbeat_tick": heartbeat_tick,
             "max_size_per_msg": max_size_per_msg,
             "max_inflight_msgs": max_inflight_msgs,
+            "max_inflight_bytes": max_inflight_bytes,
         }
         self.election_tick = election_tick
         self.registry = SnapshotRegistry()

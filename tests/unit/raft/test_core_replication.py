@@ -260,3 +260,17 @@ def test_figure_8_leader_does_not_commit_old_term_entries_by_counting() -> None:
     net.stabilize()
     assert leader.role.name == "LEADER"
     assert leader.commit == old_index + 2  # committed with the term's own entries
+
+
+@pytest.mark.parametrize("window", [{"max_inflight_bytes": 250}, {"max_inflight_msgs": 1}])
+def test_followers_learn_the_commit_index_without_waiting_for_a_heartbeat(
+    window: dict[str, int],
+) -> None:
+    net = Net(max_size_per_msg=100, **window)
+    net.elect(1)
+    net.stabilize()
+    for _ in range(6):
+        net[1].propose(b"x" * 100)
+    net.stabilize()  # no tick: no heartbeat
+    assert net[1].commit == net[1].last_index
+    assert [net[i].commit for i in (2, 3)] == [net[1].commit] * 2
