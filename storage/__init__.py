@@ -15,10 +15,11 @@ from storage._batch import (
     stamp_base_offset,
     verify_batch,
 )
-from storage._entry import EntryKind, LogEntry
+from storage._entry import EntryKind, LogEntry, RawChunk, iter_raw_entries
 from storage._errors import (
     ConfigError,
     CorruptBatchError,
+    CorruptChunkError,
     CorruptSegmentError,
     IndexOutOfRange,
     InvalidAppendError,
@@ -36,6 +37,7 @@ __all__ = [
     "BatchHeader",
     "ConfigError",
     "CorruptBatchError",
+    "CorruptChunkError",
     "CorruptSegmentError",
     "EntryKind",
     "IndexOutOfRange",
@@ -45,6 +47,7 @@ __all__ = [
     "LogEntry",
     "NewRecord",
     "OffsetOutOfRange",
+    "RawChunk",
     "Record",
     "SegmentedLog",
     "StorageError",
@@ -55,6 +58,7 @@ __all__ = [
     "decode_records",
     "encode_batch",
     "iter_batches",
+    "iter_raw_entries",
     "read_file_if_exists",
     "stamp_base_offset",
     "verify_batch",

@@ -32,29 +32,42 @@ Sparse index ``<first index, 20 digits>.index`` (derived data, never fsynced)::
 
 The first record always points at the first entry (position 32). A record is added when
 at least ``index_interval_bytes`` were written since the previous one.
+
+Raw chunk (`SegmentedLog.read_raw`, decoded by `iter_raw_entries`): whole consecutive
+entries exactly as stored above, back to back, with nothing added. The log reads it
+without checking any entry; the reader checks every entry's CRC32C, and that indexes go
+up by one and base offsets continue (base + record_count of one entry is the next
+entry's base offset).
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import crc32c
 
+from storage._errors import CorruptChunkError
+
 __all__ = [
     "ENTRY_HEADER",
+    "ENTRY_TAIL",
     "INDEX_RECORD",
     "SEGMENT_HEADER",
     "EntryKind",
     "LogEntry",
+    "RawChunk",
     "decode_segment_header",
     "encode_segment_header",
     "entry_crc",
+    "iter_raw_entries",
     "make_entry",
 ]
 
 ENTRY_HEADER = struct.Struct(">IIqqBqiq")  # 45 bytes
+ENTRY_TAIL = struct.Struct(">qqBqiq")  # the header after its CRC field: bytes [8, 45)
 SEGMENT_HEADER = struct.Struct(">4sHHqqII")  # 32 bytes
 INDEX_RECORD = struct.Struct(">qqq")  # 24 bytes
 SEGMENT_MAGIC = b"ZSLG"
@@ -121,6 +134,69 @@ def make_entry(
     _set_count(entry, record_count)
     _set_payload(entry, payload)
     return entry
+
+
+@dataclass(frozen=True, slots=True)
+class RawChunk:
+    """Whole consecutive entries [first_index, last_index] as stored, in one buffer.
+
+    ``data`` holds entry headers and payloads back to back (layout at the top of this
+    module); the log did not verify them, `iter_raw_entries` does. ``base_offset`` is
+    the first entry's base offset and ``next_offset`` the offset after the last entry.
+    An empty chunk has last_index = first_index - 1 and base_offset = next_offset.
+    """
+
+    data: memoryview
+    first_index: int
+    last_index: int
+    base_offset: int
+    next_offset: int
+
+    @property
+    def entry_count(self) -> int:
+        return self.last_index - self.first_index + 1
+
+
+_unpack_entry = ENTRY_HEADER.unpack_from
+_HDR = ENTRY_HEADER.size
+
+
+def iter_raw_entries(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, memoryview]]:
+    """Verify and walk a raw chunk: yields (base_offset, payload) for each data entry.
+
+    Every entry's CRC32C is checked, and its length, kind and record count; indexes must
+    go up by one, terms must not decrease and base offsets must continue from entry to
+    entry. Config and no-op entries are checked and skipped. Payloads are memoryview
+    slices of ``buf`` (no copies). Raises `CorruptChunkError`, and nothing else, at the
+    first entry that fails; the entries yielded before it passed every check.
+    """
+    view = memoryview(buf).cast("B")
+    end = len(view)
+    pos = 0
+    expect_index = expect_offset = -1
+    last_term = 0
+    crc = crc32c.crc32c
+    while pos < end:
+        if pos + _HDR > end:
+            raise CorruptChunkError(f"entry header cut short at byte {pos}")
+        size, want, term, index, kind, base, count, _ = _unpack_entry(view, pos)
+        if size < _HDR or pos + size > end:
+            raise CorruptChunkError(f"entry length {size} at byte {pos} overruns the chunk")
+        if crc(view[pos + 8 : pos + size]) != want:
+            raise CorruptChunkError(f"entry CRC32C mismatch at byte {pos}")
+        if kind >= KIND_COUNT or ((count < 1) if kind == 0 else (count != 0)):
+            raise CorruptChunkError(f"entry kind {kind} with record count {count} at byte {pos}")
+        if pos and (index != expect_index or base != expect_offset or term < last_term):
+            raise CorruptChunkError(
+                f"entry at byte {pos} (index {index}, offset {base}, term {term}) does not "
+                f"follow index {expect_index - 1}, offset {expect_offset}, term {last_term}"
+            )
+        if kind == 0:
+            yield base, view[pos + _HDR : pos + size]
+        expect_index = index + 1
+        expect_offset = base + count
+        last_term = term
+        pos += size
 
 
 def entry_crc(header: memoryview, payload: bytes | memoryview) -> int:

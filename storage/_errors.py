@@ -1,7 +1,7 @@
 """The storage package's exceptions: one root, split by who is at fault.
 
-- Data on disk or on the wire is damaged: `CorruptSegmentError`, `CorruptBatchError`.
-  Retrying does not help; a replica repairs itself from the leader.
+- Data on disk or on the wire is damaged: `CorruptSegmentError`, `CorruptBatchError`,
+  `CorruptChunkError`. Retrying does not help; a replica repairs itself from the leader.
 - The caller asked for something the log does not hold: `OffsetOutOfRange`,
   `IndexOutOfRange`. Retriable after the caller refreshes its view of the log.
 - The caller broke the log's contract: `InvalidAppendError`, `TruncateBelowFloorError`,
@@ -16,6 +16,7 @@ from pathlib import Path
 __all__ = [
     "ConfigError",
     "CorruptBatchError",
+    "CorruptChunkError",
     "CorruptSegmentError",
     "IndexOutOfRange",
     "InvalidAppendError",
@@ -46,6 +47,15 @@ class CorruptSegmentError(StorageError):
 
 class CorruptBatchError(StorageError):
     """A record batch fails its length, magic, structure or CRC32C check."""
+
+
+class CorruptChunkError(StorageError):
+    """Entries of a raw chunk (`SegmentedLog.read_raw`) fail a check in the reader.
+
+    Raised by `iter_raw_entries`, which has no file to name: the chunk was read without
+    per-entry checks, so the reader verifies it, and a reader that sees this error
+    refetches (from another replica, if the leader's copy stays damaged).
+    """
 
 
 class OffsetOutOfRange(StorageError):

@@ -40,7 +40,14 @@ from typing import Self
 
 import crc32c
 
-from storage._entry import ENTRY_HEADER, SEGMENT_HEADER, EntryKind, LogEntry
+from storage._entry import (
+    ENTRY_HEADER,
+    ENTRY_TAIL,
+    SEGMENT_HEADER,
+    EntryKind,
+    LogEntry,
+    RawChunk,
+)
 from storage._errors import (
     ConfigError,
     CorruptSegmentError,
@@ -59,8 +66,8 @@ __all__ = ["LogConfig", "SegmentedLog"]
 
 _HDR = ENTRY_HEADER.size
 _SEG_HDR = SEGMENT_HEADER.size
-_pack_entry = ENTRY_HEADER.pack_into
-_pack_crc = struct.Struct(">I").pack_into
+_pack_prefix = struct.Struct(">II").pack  # entry_bytes, crc: the header before its tail
+_pack_tail = ENTRY_TAIL.pack
 _crc = crc32c.crc32c
 _DATA = EntryKind.DATA
 _SEGMENT_FILE = re.compile(r"^(\d{20})\.log$")
@@ -257,16 +264,17 @@ class SegmentedLog:
         next_offset = active.next_offset
         last_term = active.last_term
         now = self._clock_ms()
-        headers = bytearray(n * _HDR)
-        view = memoryview(headers)
-        # The hot loop: validate, then build each header in place in one buffer. The
-        # iovec alternates header slices and the callers' payloads: nothing is copied.
+        # The hot loop: validate, then build each header as its own small bytes. The
+        # CRC32C covers the header after its CRC field, then the payload, so the tail
+        # (bytes [8, 45)) is packed first and the length and CRC are put in front of it.
+        # Measured on 64 x 1 KiB entries: 0.46 us per entry, against 0.63 for packing
+        # into one buffer, slicing it for the CRC and patching the CRC in. The iovec
+        # alternates headers and the callers' payloads: no payload is copied.
         iov: list[bytes | memoryview] = []
         sizes: list[int] = []
         bases: list[int] = []
         iov_append, size_append, base_append = iov.append, sizes.append, bases.append
-        pack, pack_crc, crc = _pack_entry, _pack_crc, _crc
-        pos = 0
+        pack_prefix, pack_tail, crc = _pack_prefix, _pack_tail, _crc
         for entry in entries:
             index = entry.index
             term = entry.term
@@ -288,18 +296,18 @@ class SegmentedLog:
             elif count != 0 or kind not in _NON_DATA:
                 raise InvalidAppendError(f"{kind!r} entry with record count {count}")
             size = _HDR + len(payload)
-            pack(headers, pos, size, 0, term, index, kind, next_offset, count, now)
-            pack_crc(headers, pos + 4, crc(payload, crc(view[pos + 8 : pos + _HDR])))
-            iov_append(view[pos : pos + _HDR])
+            tail = pack_tail(term, index, kind, next_offset, count, now)
+            iov_append(pack_prefix(size, crc(payload, crc(tail))) + tail)
             iov_append(payload)
             size_append(size)
             base_append(next_offset)
             next_offset += count
             last_term = term
             expect += 1
-            pos += _HDR
-        with _os_errors("cannot append to log"):
+        try:  # not `with _os_errors(...)`: a generator context manager costs ~0.7 us
             self._write(entries, iov, sizes, bases, now)
+        except OSError as exc:
+            raise StorageIOError(f"cannot append to log: {exc}") from exc
 
     def _write(
         self,
@@ -321,6 +329,10 @@ class SegmentedLog:
             start_pos = active.size
             end_pos = start_pos + sizes[i]
             j = i + 1
+            rest = sum(sizes[j:])
+            if end_pos + rest <= limit:  # the common case: the rest fits in this segment
+                end_pos += rest
+                j = n
             while j < n and end_pos + sizes[j] <= limit:
                 end_pos += sizes[j]
                 j += 1
@@ -390,8 +402,10 @@ class SegmentedLog:
             fd = self._segments[-1].fd
             if target <= self._synced_index:
                 return self._synced_index
-        with _os_errors("cannot sync log"):
+        try:
             os.fdatasync(fd)
+        except OSError as exc:
+            raise StorageIOError(f"cannot sync log: {exc}") from exc
         with self._lock:
             if target > self._synced_index:
                 self._synced_index = target
@@ -442,6 +456,41 @@ class SegmentedLog:
             return seg.read(start, end, max_bytes, self._slack, force)
         except IndexMismatch:
             raise CorruptSegmentError(seg.path, 0, "index disagrees after rebuild") from None
+
+    def read_raw(
+        self, start_index: int, max_bytes: int, *, max_index: int | None = None
+    ) -> RawChunk:
+        """Whole entries from ``start_index`` as stored on disk, in one buffer: a fetch.
+
+        One ``os.pread`` of one segment (a chunk stops at a segment's end) and no work
+        per entry: the entries are neither decoded nor verified here, the reader checks
+        them with `iter_raw_entries` (see docs/storage-format.md, "Integrity"). The chunk
+        holds whole entries within ``max_bytes``, at least one even if it alone exceeds
+        max_bytes, and none past ``max_index`` (the high watermark, when given). It is
+        empty when start_index is last_index + 1 or above max_index. Raises
+        `IndexOutOfRange` unless first_index <= start_index <= last_index + 1.
+        """
+        self._check_open()
+        first, last = self.first_index, self.last_index
+        if start_index < first or start_index > last + 1:
+            raise IndexOutOfRange(start_index, first, last)
+        end = last + 1 if max_index is None else min(last, max_index) + 1
+        seg = self._segments[bisect_right(self._firsts, start_index) - 1]
+        end = min(end, seg.last_index + 1)
+        try:
+            try:
+                return seg.read_raw(start_index, end, max_bytes, self._slack)
+            except IndexMismatch:
+                pass
+            if seg is self._segments[-1]:
+                raise CorruptSegmentError(seg.path, 0, "active segment changed under the log")
+            _rebuild_index(seg, self._config)
+            try:
+                return seg.read_raw(start_index, end, max_bytes, self._slack)
+            except IndexMismatch:
+                raise CorruptSegmentError(seg.path, 0, "index disagrees after rebuild") from None
+        except OSError as exc:
+            raise StorageIOError(f"cannot read log: {exc}") from exc
 
     def entry_for_offset(self, offset: int) -> LogEntry:
         """The data entry whose records include ``offset``."""

@@ -22,6 +22,7 @@ from storage._entry import (
     SEGMENT_HEADER,
     EntryKind,
     LogEntry,
+    RawChunk,
     decode_segment_header,
     encode_segment_header,
     make_entry,
@@ -357,6 +358,109 @@ class Segment:
         if expect < end and expect <= self.last_index:
             raise CorruptSegmentError(path, pos, f"entry {expect} missing")
         return out, used
+
+    def read_raw(self, start: int, end: int, max_bytes: int, slack: int) -> RawChunk:
+        """Whole entries [start, stop) of this segment as stored, stop <= end, in one buffer.
+
+        No entry is decoded or verified: the sparse index gives both ends, so the bytes
+        come from one ``os.pread``. The chunk ends at ``end`` if it fits within
+        ``max_bytes``, else at the last index record that fits (so a fetch that goes on
+        from there starts at an indexed entry and needs no header walk), else after the
+        whole entries that fit, and holds at least one entry when start < end. Only the
+        first entry's header is checked against the index (`IndexMismatch`).
+        """
+        if start >= end:
+            base = self.next_offset if start > self.last_index else self._locate(start, slack)[1]
+            return RawChunk(memoryview(b""), start, start - 1, base, base)
+        idx_index, idx_pos, idx_offset = self.idx_index, self.idx_pos, self.idx_offset
+        j = bisect_right(idx_index, start) - 1
+        if idx_index[j] == start:
+            spos, sbase = idx_pos[j], idx_offset[j]
+        else:
+            spos, sbase = self._locate(start, slack)
+        limit = spos + max(max_bytes, 0)
+        # Where `end` is, when it matters: the segment's end, an index record, or a walk.
+        epos = ebase = -1
+        if end > self.last_index:
+            epos, ebase = self.size, self.next_offset
+        else:
+            k = bisect_right(idx_index, end) - 1
+            if idx_index[k] == end:
+                epos, ebase = idx_pos[k], idx_offset[k]
+            elif idx_pos[k] < limit:
+                epos, ebase = self._locate(end, slack)
+        if 0 <= epos <= limit:
+            stop_pos, stop, stop_base = epos, end, ebase
+        else:
+            # `end` lies past the budget: stop at the last index record that fits.
+            m = bisect_right(idx_pos, limit) - 1
+            if idx_pos[m] <= spos:
+                return self._read_raw_walk(start, end, spos, sbase, limit)
+            stop_pos, stop, stop_base = idx_pos[m], idx_index[m], idx_offset[m]
+        chunk = os.pread(self.fd, stop_pos - spos, spos)
+        if len(chunk) != stop_pos - spos:
+            raise CorruptSegmentError(self.path, spos + len(chunk), "segment ends inside an entry")
+        size, _, _, index, _, base, _, _ = _unpack_entry(chunk, 0)
+        if index != start or base != sbase or size < _HDR:
+            raise IndexMismatch
+        return RawChunk(memoryview(chunk), start, stop - 1, sbase, stop_base)
+
+    def _read_raw_walk(self, start: int, end: int, spos: int, sbase: int, limit: int) -> RawChunk:
+        """`read_raw` when no index record falls inside the budget: walk the headers."""
+        want = min(max(limit - spos, _HDR), self.size - spos)
+        chunk = os.pread(self.fd, want, spos)
+        length = len(chunk)
+        off = 0
+        expect = start
+        base = sbase
+        while expect < end and off + _HDR <= length:
+            size, _, _, index, _, found, count, _ = _unpack_entry(chunk, off)
+            if index != expect or found != base or size < _HDR:
+                if off == 0:
+                    raise IndexMismatch
+                raise CorruptSegmentError(self.path, spos + off, f"expected entry {expect}")
+            if off + size > length:
+                if off == 0:  # a first entry bigger than the budget comes whole
+                    chunk = os.pread(self.fd, size, spos)
+                    if len(chunk) != size:
+                        raise CorruptSegmentError(self.path, spos, "segment ends inside an entry")
+                    off = size
+                    expect += 1
+                    base = found + count
+                break
+            off += size
+            expect += 1
+            base = found + count
+        if off == 0:
+            raise CorruptSegmentError(self.path, spos, "segment ends inside an entry header")
+        return RawChunk(memoryview(chunk)[:off], start, expect - 1, sbase, base)
+
+    def _locate(self, index: int, slack: int) -> tuple[int, int]:
+        """(file position, base offset) of entry ``index``, walking headers from the
+        index record before it. `IndexMismatch` if that record names another entry."""
+        j = bisect_right(self.idx_index, index) - 1
+        pos = self.idx_pos[j]
+        expect = self.idx_index[j]
+        first_base = self.idx_offset[j]
+        first = True
+        while pos + _HDR <= self.size:
+            chunk = os.pread(self.fd, min(slack, self.size - pos), pos)
+            off = 0
+            while off + _HDR <= len(chunk):
+                size, _, _, found, _, base, _, _ = _unpack_entry(chunk, off)
+                if found != expect or size < _HDR or (first and base != first_base):
+                    if first:
+                        raise IndexMismatch
+                    raise CorruptSegmentError(self.path, pos + off, f"expected entry {expect}")
+                first = False
+                if found == index:
+                    return pos + off, base
+                off += size
+                expect += 1
+            if off == 0:
+                raise CorruptSegmentError(self.path, pos, "entry header cut short")
+            pos += off
+        raise CorruptSegmentError(self.path, pos, f"entry {index} not found")
 
 
 def locate_entry(seg: Segment, index: int, slack: int) -> tuple[int, int]:

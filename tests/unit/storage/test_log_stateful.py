@@ -19,6 +19,7 @@ from storage import (
     OffsetOutOfRange,
     SegmentedLog,
     TruncateBelowFloorError,
+    iter_raw_entries,
 )
 from tests.unit.storage.helpers import as_tuples, payload_for
 
@@ -158,6 +159,29 @@ class LogModel(RuleBasedStateMachine):
         if end <= start:
             expected = []
         assert got == expected
+
+    @rule(data=st.data())
+    def fetch(self, data: st.DataObject) -> None:
+        start = data.draw(st.integers(self.first - 1, self.last + 2))
+        max_bytes = data.draw(st.integers(0, 2_000))
+        max_index = data.draw(st.none() | st.integers(self.first - 2, self.last + 1))
+        if not self.first <= start <= self.last + 1:
+            with pytest.raises(IndexOutOfRange):
+                self.log.read_raw(start, max_bytes, max_index=max_index)
+            return
+        chunk = self.log.read_raw(start, max_bytes, max_index=max_index)
+        top = self.last if max_index is None else min(self.last, max_index)
+        rows = self.rows[start - self.first : chunk.last_index - self.first + 1]
+        assert chunk.first_index == start
+        assert start - 1 <= chunk.last_index <= max(top, start - 1)
+        assert (chunk.last_index >= start) == (start <= top)  # at least one entry
+        assert [(r[3], r[5]) for r in rows if r[2] == 0] == [
+            (base, bytes(payload)) for base, payload in iter_raw_entries(chunk.data)
+        ]
+        assert len(chunk.data) == sum(HEADER_BYTES + len(r[5]) for r in rows)
+        assert len(chunk.data) <= max_bytes or len(rows) <= 1
+        if rows:
+            assert (chunk.base_offset, chunk.next_offset) == (rows[0][3], rows[-1][3] + rows[-1][4])
 
     @rule(data=st.data())
     def lookup_offset(self, data: st.DataObject) -> None:
