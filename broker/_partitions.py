@@ -168,10 +168,6 @@ class RaftReplica:
         return True
 
 
-# How a replica is made: (topic, assignment, fresh directory?) -> replica.
-ReplicaFactory = Callable[[TopicRecord, PartitionAssignment], RaftReplica]
-
-
 class PartitionManager:
     """Opens the replicas the controller places on this broker, closes (and deletes)
     the ones it no longer does, and finds them for the front end."""
@@ -270,10 +266,6 @@ class PartitionManager:
                 return 0
             await asyncio.sleep(0.05)
         return sum(1 for r in leading if r.is_leader and len(r.handle.conf_state.voters) > 1)
-
-    def apply_retention(self) -> int:
-        """Compact each partition's Raft log up to what retention allows (future)."""
-        return 0
 
     async def close(self) -> None:
         async with self._lock:

@@ -57,6 +57,7 @@ from clients import (
     NotLeaderError,
     UnavailableError,
     UnknownPartitionError,
+    UnknownServerError,
     UnknownTopicError,
     ZStreamError,
 )
@@ -522,7 +523,8 @@ class Broker:
             request.name, request.partitions, request.replication_factor, configs, live
         )
         result = await self.controller.propose(command)
-        assert isinstance(result, TopicRecord)
+        if not isinstance(result, TopicRecord):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"create_topic applied as {result!r}")
         if self.partitions is not None:
             await self.partitions.reconcile(self.controller.state)
         log.info(

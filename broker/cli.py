@@ -366,7 +366,7 @@ def _consume(args: argparse.Namespace) -> int:
             active = [p for p in partitions if args.follow or positions[p] < stop_at[p]]
             if not active:
                 break
-            wait_ms = 500 if args.follow and len(active) == 1 else 0 if len(active) > 1 else 500
+            wait_ms = 500 if len(active) == 1 else 0  # long-poll only when one partition is left
             for p in active:
                 request = FetchRequest(args.topic, p, positions[p], max_wait_ms=wait_ms)
                 reply = await cluster.call_leader(args.topic, p, request)

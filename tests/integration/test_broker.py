@@ -199,8 +199,12 @@ async def test_broker_restarted_with_same_id_rejoins_and_catches_up(
     await _create(three.bootstrap, "kept", 1, 3)
     await _produce(client, "kept", 0, b"before")
     leader = await _leader_of(client, "kept", 0)
-    follower = next(b for b in three.brokers if b.broker_id != leader)
-    assert follower.stop() == 0  # SIGTERM: a graceful exit
+    # Stop the partition's leader gracefully: it hands leadership to another replica
+    # before it exits, and snapshots the controller state.
+    follower = three.by_id(leader)
+    assert follower.stop() == 0  # SIGTERM
+    assert (follower.data_dir / "controller-state").exists()
+    assert await _leader_of(client, "kept", 0) != leader
     for i in range(30):
         await _produce(client, "kept", 0, f"while away {i}".encode())
     follower.start()
