@@ -365,3 +365,21 @@ async def test_push_stream_on_a_real_broker(lone_broker: BrokerProcess) -> None:
                 seen.extend(r.value for f in push.frames for r in storage.decode_records(f))
         assert seen == [b"first", b"second"]
         await conn.call(UnsubscribeRequest(reply.result["stream"]))
+
+
+async def test_fetch_of_batches_larger_than_the_byte_budget(lone_broker: BrokerProcess) -> None:
+    await _create(lone_broker.bootstrap, "big", 1, 1)
+    async with ClusterClient(lone_broker.bootstrap, timeout_s=5, retry_for_s=20) as client:
+        await client.refresh()
+        for i in range(3):
+            await _produce(client, "big", 0, *[f"{i}-{j}".encode() * 20 for j in range(1000)])
+        for max_bytes in (1024, 10 * 1024 * 1024):
+            offset, seen = 0, 0
+            while offset < 3000:
+                request = FetchRequest("big", 0, offset, max_bytes=max_bytes, max_wait_ms=0)
+                reply = await client.call_leader("big", 0, request)
+                assert reply.frames  # at least one batch, even past the budget
+                records = [r for f in reply.frames for r in storage.decode_records(f)]
+                seen += len(records)
+                offset = records[-1].offset + 1
+            assert seen == 3000
