@@ -188,6 +188,7 @@ class PartitionManager:
         self._by_group: dict[int, RaftReplica] = {}
         self._by_name: dict[tuple[str, int], RaftReplica] = {}
         self._lock = asyncio.Lock()
+        self._leadership_changed = asyncio.Event()
 
     def get(self, topic: str, partition: int) -> RaftReplica | None:
         return self._by_name.get((topic, partition))
@@ -207,9 +208,12 @@ class PartitionManager:
             raft_log.close()
             raise
         gid = part.group_id
-        handle.on_leader_change(
-            lambda leader, term: log.info("leader group=%d leader=%d term=%d", gid, leader, term)
-        )
+
+        def leader_changed(leader: int, term: int) -> None:
+            log.info("leader group=%d leader=%d term=%d", gid, leader, term)
+            self._leadership_changed.set()
+
+        handle.on_leader_change(leader_changed)
         if fresh and part.replicas[0] == self._broker_id:
             handle.campaign()  # the preferred leader: leaders spread as placed
         return RaftReplica(handle, raft_log)
@@ -252,20 +256,26 @@ class PartitionManager:
     async def transfer_leadership(self, live: set[int], timeout_s: float) -> int:
         """Hand every partition this broker leads to another live replica; wait (up to
         ``timeout_s``) until they have moved. Returns how many still lead here."""
-        leading = [r for r in self._by_group.values() if r.is_leader]
-        for replica in leading:
+        moving: list[RaftReplica] = []
+        for replica in self._by_group.values():
+            if not replica.is_leader:
+                continue
             others = sorted(replica.handle.conf_state.voters - {self._broker_id})
             target = next((b for b in others if b in live), None)
-            if target is not None:
-                with contextlib.suppress(replication.RaftError):
-                    replica.handle.transfer_leader(target)
+            if target is None:
+                continue  # no live replica to take it (the last broker of a cluster)
+            with contextlib.suppress(replication.RaftError):
+                replica.handle.transfer_leader(target)
+                moving.append(replica)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            still = [r for r in leading if r.is_leader and len(r.handle.conf_state.voters) > 1]
-            if not still:
-                return 0
-            await asyncio.sleep(0.05)
-        return sum(1 for r in leading if r.is_leader and len(r.handle.conf_state.voters) > 1)
+        while any(r.is_leader for r in moving):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._leadership_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leadership_changed.wait(), left)
+        return sum(1 for r in moving if r.is_leader)
 
     async def close(self) -> None:
         async with self._lock:
