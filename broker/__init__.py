@@ -3,3 +3,7 @@ etcd discovery, configuration and the ``zstream`` CLI.
 
 Nothing imports ``broker``.
 """
+
+from broker._config import BrokerConfig, ConfigError, PeerSpec, load_config
+
+__all__ = ["BrokerConfig", "ConfigError", "PeerSpec", "load_config"]

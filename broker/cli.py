@@ -1,16 +1,466 @@
-"""The ``zstream`` command line."""
+"""The ``zstream`` command line.
+
+User errors (an unknown topic, an unreachable broker, a bad flag) print one line
+on stderr and exit 1, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import storage
+from broker._config import BrokerConfig, ConfigError, load_config
+from clients import (
+    Acks,
+    ClusterClient,
+    ConnectionLostError,
+    CreateTopicRequest,
+    DeleteTopicRequest,
+    DescribeTopicRequest,
+    FetchRequest,
+    ListTopicsRequest,
+    MetadataRequest,
+    ProduceRequest,
+    ZStreamError,
+)
+
+__all__ = ["DEV_BOOTSTRAP", "build_parser", "main"]
+
+# Where `zstream dev` puts its brokers' client sockets (7101, 7102, ...), so that
+# client commands need no flag against a dev cluster.
+DEV_CLIENT_PORT = 7101
+DEV_PEER_PORT = 7201
+DEV_METRICS_PORT = 7301
+DEV_BOOTSTRAP = ",".join(f"127.0.0.1:{DEV_CLIENT_PORT + i}" for i in range(3))
+DEV_DEFAULT_BROKERS = 3
+# uvloop: a faster loop for the socket-heavy broker (ZSTREAM_EVENT_LOOP=asyncio to compare).
+DEFAULT_EVENT_LOOP = "uvloop"
+
+
+class UserError(Exception):
+    """Printed as one line; exit status 1."""
+
+
+# -- argument parsing -----------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
+
+
+def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT[,...]",
+        default=os.environ.get("ZSTREAM_BOOTSTRAP", DEV_BOOTSTRAP),
+        help="brokers to contact (default: $ZSTREAM_BOOTSTRAP, else where `zstream dev` "
+        f"listens: {DEV_BOOTSTRAP})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zstream", description="zstream event-streaming server")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("dev", help="run a local three-broker cluster with etcd (not built yet)")
+
+    b = sub.add_parser("broker", help="run one broker", description="Run one broker.")
+    b.add_argument("--config", type=Path, help="TOML config file (flags and ZSTREAM_* win)")
+    b.add_argument("--id", dest="broker_id", type=_positive_int, help="broker id (>= 1)")
+    b.add_argument("--data-dir", dest="data_dir", help="where logs and metadata live")
+    b.add_argument("--client-addr", dest="client_addr", help="HOST:PORT for clients")
+    b.add_argument("--peer-addr", dest="peer_addr", help="HOST:PORT for other brokers")
+    b.add_argument("--etcd", dest="etcd_endpoints", help="etcd HOST:PORT[,...] for discovery")
+    b.add_argument(
+        "--peers", help="static cluster: ID@CLIENT_HOST:PORT@PEER_HOST:PORT[,...] (no etcd)"
+    )
+    b.add_argument(
+        "--bootstrap-expect",
+        dest="bootstrap_expect",
+        type=_positive_int,
+        help="form the controller once N brokers are registered",
+    )
+    b.add_argument("--metrics-addr", dest="metrics_addr", help="HOST:PORT for Prometheus")
+    b.add_argument("--cluster-name", dest="cluster_name", help="etcd key namespace")
+    b.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
+    b.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+
+    d = sub.add_parser(
+        "dev",
+        help="run etcd and a local cluster in the foreground",
+        description="Start etcd and N brokers on local ports; Ctrl-C stops them all.",
+    )
+    d.add_argument("--data-dir", type=Path, default=Path("zstream-dev-data"))
+    d.add_argument("--brokers", type=_positive_int, default=DEV_DEFAULT_BROKERS)
+    d.add_argument(
+        "--port-base",
+        type=int,
+        default=DEV_CLIENT_PORT,
+        help=f"broker i listens for clients on BASE+i-1, peers on BASE+100+i-1, metrics on "
+        f"BASE+200+i-1 (default {DEV_CLIENT_PORT}); 0 picks free ports",
+    )
+
+    t = sub.add_parser("topic", help="create, list, describe or delete topics")
+    tsub = t.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
+    tc = tsub.add_parser("create", help="create a topic")
+    tc.add_argument("name")
+    tc.add_argument("--partitions", type=_positive_int, default=1)
+    tc.add_argument("--replication-factor", type=_positive_int, default=1)
+    tc.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="retention_bytes, retention_ms or segment_bytes (repeatable)",
+    )
+    _add_bootstrap(tc)
+    for action, what in (("list", "list topics"), ("describe", "describe a topic")):
+        p = tsub.add_parser(action, help=what)
+        if action == "describe":
+            p.add_argument("name")
+        _add_bootstrap(p)
+    td = tsub.add_parser("delete", help="delete a topic and its data")
+    td.add_argument("name")
+    _add_bootstrap(td)
+
+    p = sub.add_parser(
+        "produce", help="send one record per stdin line", description="Produce records."
+    )
+    p.add_argument("topic")
+    p.add_argument("--partition", type=int, help="only this partition (default: round robin)")
+    p.add_argument("--acks", choices=[a.value for a in Acks], default=Acks.ALL.value)
+    p.add_argument("--count", type=_positive_int, help="send N synthetic records instead")
+    p.add_argument("--size", type=_positive_int, default=100, help="synthetic record bytes")
+    p.add_argument("--batch", type=_positive_int, default=500, help="records per batch")
+    _add_bootstrap(p)
+
+    c = sub.add_parser("consume", help="print one record value per line")
+    c.add_argument("topic")
+    c.add_argument("--partition", type=int, help="only this partition")
+    c.add_argument("--from-beginning", action="store_true", help="start at the log start")
+    c.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    c.add_argument("--max", type=_positive_int, help="stop after N records")
+    _add_bootstrap(c)
+
+    s = sub.add_parser("status", help="brokers, controller and partitions")
+    _add_bootstrap(s)
     return parser
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from broker._metrics import configure_logging
+    from broker._server import Broker, install_signal_handlers
+
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "broker_id",
+            "data_dir",
+            "client_addr",
+            "peer_addr",
+            "etcd_endpoints",
+            "peers",
+            "bootstrap_expect",
+            "metrics_addr",
+            "cluster_name",
+            "fsync",
+            "log_level",
+        )
+    }
+    config: BrokerConfig = load_config(config_file=args.config, flags=flags)
+    configure_logging(config.log_level, config.broker_id)
+
+    async def serve() -> None:
+        broker = Broker(config)
+        install_signal_handlers(broker)
+        await broker.run()
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve())
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``ZSTREAM_EVENT_LOOP`` = uvloop or asyncio (default: `DEFAULT_EVENT_LOOP`)."""
+    if os.environ.get("ZSTREAM_EVENT_LOOP", DEFAULT_EVENT_LOOP) == "asyncio":
+        return None
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run(coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], bootstrap: str) -> int:
+    async def go() -> int:
+        try:
+            cluster = ClusterClient(bootstrap, timeout_s=5, retry_for_s=10)
+        except ValueError as exc:
+            raise UserError(f"bad --bootstrap {bootstrap!r}: {exc}") from exc
+        try:
+            return await coro_fn(cluster)
+        except ConnectionLostError as exc:
+            raise UserError(
+                f"cannot reach a broker at {bootstrap} (is `zstream dev` running?)"
+            ) from exc
+        finally:
+            await cluster.close()
+
+    return asyncio.run(go())
+
+
+def _parse_configs(items: Sequence[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise UserError(f"--config {item!r}: expected KEY=INTEGER")
+        out[key.strip()] = int(value)
+    return out
+
+
+def _print_topic(doc: dict[str, Any]) -> None:
+    configs = ", ".join(f"{k}={v}" for k, v in sorted(doc["configs"].items())) or "-"
+    print(
+        f"topic {doc['name']}: partitions={len(doc['partitions'])} "
+        f"replication_factor={doc['replication_factor']} configs={configs}"
+    )
+    print(f"  {'partition':>9}  {'leader':>6}  {'replicas':<10} {'hwm':>8}  {'log_start':>9}")
+    for p in doc["partitions"]:
+        replicas = ",".join(map(str, p["replicas"]))
+        hwm = "-" if p["hwm"] is None else p["hwm"]
+        start = "-" if p["log_start"] is None else p["log_start"]
+        leader = "-" if p["leader"] is None else p["leader"]
+        print(f"  {p['partition']:>9}  {leader:>6}  {replicas:<10} {hwm:>8}  {start:>9}")
+
+
+def _topic(args: argparse.Namespace) -> int:
+    async def go(cluster: ClusterClient) -> int:
+        action = args.topic_command
+        if action == "create":
+            request = CreateTopicRequest(
+                args.name, args.partitions, args.replication_factor, _parse_configs(args.config)
+            )
+            doc = (await cluster.call_controller(request)).result
+            print(
+                f"created topic {args.name} with {args.partitions} partition(s), "
+                f"replication factor {args.replication_factor}"
+            )
+            _print_topic(doc)
+        elif action == "list":
+            for name in (await cluster.call_any(ListTopicsRequest())).result["topics"]:
+                print(name)
+        elif action == "describe":
+            doc = (await cluster.call_any(DescribeTopicRequest(args.name))).result
+            reports = await _reports(cluster, await cluster.refresh())
+            _print_topic(_merge_leader_view(doc, reports))
+        else:
+            await cluster.call_controller(DeleteTopicRequest(args.name))
+            print(f"deleted topic {args.name}")
+        return 0
+
+    return _run(go, args.bootstrap)
+
+
+def _partitions_of(cluster: ClusterClient, topic: str, only: int | None) -> list[int]:
+    count = len(cluster.topic(topic)["partitions"])
+    if only is None:
+        return list(range(count))
+    if not 0 <= only < count:
+        raise UserError(f"topic {topic!r} has no partition {only} (it has {count})")
+    return [only]
+
+
+class _Progress:
+    def __init__(self, total: int, size: int) -> None:
+        self.total, self.size, self.done = total, size, 0
+        self.started = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        width = 30
+        filled = width * self.done // self.total
+        rate = self.done / elapsed
+        mb = rate * self.size / 1e6
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} records "
+            f"{rate:,.0f} rec/s {mb:,.1f} MB/s"
+        )
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _produce(args: argparse.Namespace) -> int:
+    async def go(cluster: ClusterClient) -> int:
+        await cluster.refresh([args.topic])
+        partitions = _partitions_of(cluster, args.topic, args.partition)
+        acks = Acks(args.acks)
+        turn = 0
+        sent = 0
+
+        async def send(values: list[bytes]) -> None:
+            nonlocal turn, sent
+            partition = partitions[turn % len(partitions)]
+            turn += 1
+            batch = storage.encode_batch([(None, v) for v in values])
+            request = ProduceRequest(args.topic, partition, acks)
+            await cluster.call_leader(args.topic, partition, request, [batch])
+            sent += len(values)
+
+        if args.count is not None:
+            progress = _Progress(args.count, args.size)
+            value = b"x" * args.size
+            left = args.count
+            while left:
+                n = min(args.batch, left)
+                await send([value] * n)
+                progress.advance(n)
+                left -= n
+        else:
+            interactive = sys.stdin.isatty()
+            pending: list[bytes] = []
+            while line := await asyncio.to_thread(sys.stdin.buffer.readline):
+                pending.append(line.rstrip(b"\r\n"))
+                if interactive or len(pending) >= args.batch:
+                    await send(pending)
+                    pending = []
+            if pending:
+                await send(pending)
+        print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
+        return 0
+
+    return _run(go, args.bootstrap)
+
+
+def _consume(args: argparse.Namespace) -> int:
+    async def go(cluster: ClusterClient) -> int:
+        await cluster.refresh([args.topic])
+        partitions = _partitions_of(cluster, args.topic, args.partition)
+        out = sys.stdout.buffer
+        printed = 0
+        positions: dict[int, int] = {}
+        stop_at: dict[int, int] = {}
+        for p in partitions:
+            probe = await cluster.call_leader(
+                args.topic, p, FetchRequest(args.topic, p, 0, max_bytes=1, max_wait_ms=0)
+            )
+            start, hwm = probe.result["log_start"], probe.result["hwm"]
+            positions[p] = start if args.from_beginning else hwm
+            stop_at[p] = hwm
+        while True:
+            active = [p for p in partitions if args.follow or positions[p] < stop_at[p]]
+            if not active:
+                break
+            wait_ms = 500 if len(active) == 1 else 0  # long-poll only when one partition is left
+            for p in active:
+                request = FetchRequest(args.topic, p, positions[p], max_wait_ms=wait_ms)
+                reply = await cluster.call_leader(args.topic, p, request)
+                for frame in reply.frames:
+                    for record in storage.decode_records(frame):
+                        if record.offset < positions[p]:
+                            continue
+                        out.write(record.value + b"\n")
+                        printed += 1
+                        positions[p] = record.offset + 1
+                        if args.max is not None and printed >= args.max:
+                            out.flush()
+                            return 0
+                out.flush()
+            if args.follow and len(active) > 1:
+                await asyncio.sleep(0.2)
+        return 0
+
+    return _run(go, args.bootstrap)
+
+
+async def _reports(cluster: ClusterClient, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metadata from every live broker: each reports the partitions it leads."""
+    reports = [meta]
+    for b in meta["brokers"]:
+        if b["alive"]:
+            try:
+                conn = cluster.connection(b["client_addr"])
+                reports.append((await conn.call(MetadataRequest(), timeout_s=2)).result)
+            except ZStreamError:
+                continue
+    return reports
+
+
+def _merge_leader_view(topic: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The topic with each partition's leader, hwm and log start as its leader says."""
+    parts = []
+    for p in topic["partitions"]:
+        merged = dict(p)
+        for report in reports:
+            for t in report["topics"]:
+                if t["name"] == topic["name"] and len(t["partitions"]) > p["partition"]:
+                    q = t["partitions"][p["partition"]]
+                    if q["hwm"] is not None:
+                        merged.update(leader=q["leader"], hwm=q["hwm"], log_start=q["log_start"])
+        parts.append(merged)
+    return {**topic, "partitions": parts}
+
+
+def _status(args: argparse.Namespace) -> int:
+    async def go(cluster: ClusterClient) -> int:
+        meta = await cluster.refresh()
+        print("brokers:")
+        for b in meta["brokers"]:
+            print(f"  {b['id']:>3}  {b['client_addr']:<24} {'alive' if b['alive'] else 'DOWN'}")
+        controller = meta.get("controller")
+        print(f"controller: {'broker ' + str(controller) if controller else 'none'}")
+        reports = await _reports(cluster, meta)
+        print("partitions:")
+        print(
+            f"  {'topic':<20} {'part':>4}  {'leader':>6}  {'replicas':<10} {'hwm':>8}  {'start':>8}"
+        )
+        for topic in meta["topics"]:
+            for p in _merge_leader_view(topic, reports)["partitions"]:
+                replicas = ",".join(map(str, p["replicas"]))
+                leader = "-" if p["leader"] is None else p["leader"]
+                hwm = "-" if p["hwm"] is None else p["hwm"]
+                start = "-" if p["log_start"] is None else p["log_start"]
+                print(
+                    f"  {topic['name']:<20} {p['partition']:>4}  {leader:>6}  "
+                    f"{replicas:<10} {hwm:>8}  {start:>8}"
+                )
+        if not meta["topics"]:
+            print("  (no topics)")
+        return 0
+
+    return _run(go, args.bootstrap)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from broker._dev import run_dev
+
+    code: int = run_dev(args.data_dir, args.brokers, args.port_base)
+    return code
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "broker": _broker,
+    "dev": _dev,
+    "topic": _topic,
+    "produce": _produce,
+    "consume": _consume,
+    "status": _status,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    print(
-        f"zstream {args.command}: the broker is not built yet; "
-        "the storage engine and Raft core come first (see README).",
-        file=sys.stderr,
-    )
-    return 0
+    try:
+        return _COMMANDS[args.command](args)
+    except (UserError, ConfigError, ZStreamError) as exc:
+        print(f"zstream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":

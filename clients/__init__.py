@@ -4,6 +4,9 @@ protocol shared with the broker.
 Depends on ``storage`` only (for the record-batch format).
 """
 
+from clients._admin import Admin
+from clients._cluster import ClusterClient
+from clients._connection import Connection
 from clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
@@ -45,6 +48,9 @@ from clients._protocol import (
 
 __all__ = [
     "Acks",
+    "Admin",
+    "ClusterClient",
+    "Connection",
     "ConnectionLostError",
     "CorruptBatchError",
     "CreateTopicRequest",

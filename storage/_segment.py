@@ -346,6 +346,8 @@ class Segment:
                         )
                     )
                     used += size
+                    if used >= max_bytes:  # budget spent (or one forced oversized entry)
+                        return out, used
                 off += size
                 expect += 1
                 if expect >= end:

@@ -1,7 +1,16 @@
 """Helpers for tests that run real processes: free ports, condition waits, and
 processes that are always torn down by PID."""
 
+from tests.support.broker import BrokerProcess, answers_metadata
 from tests.support.etcd import EtcdServer
 from tests.support.proc import ManagedProcess, free_port, wait_until, wait_until_async
 
-__all__ = ["EtcdServer", "ManagedProcess", "free_port", "wait_until", "wait_until_async"]
+__all__ = [
+    "BrokerProcess",
+    "EtcdServer",
+    "ManagedProcess",
+    "answers_metadata",
+    "free_port",
+    "wait_until",
+    "wait_until_async",
+]

@@ -1,0 +1,222 @@
+"""The broker's configuration: one validated, frozen object.
+
+Sources, later ones winning: built-in defaults, a TOML file (``--config``), then
+``ZSTREAM_<FIELD>`` environment variables (``ZSTREAM_BROKER_ID=2``), then CLI flags.
+Keys in the TOML file and the environment are the field names below; an unknown key
+is an error, so a misspelled option is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BrokerConfig", "ConfigError", "PeerSpec", "load_config", "normalize_addr"]
+
+_ENV_PREFIX = "ZSTREAM_"
+_ADDR = re.compile(r"(?:tcp://)?(?P<host>[A-Za-z0-9.\-]+|\*):(?P<port>\d{1,5})")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which field and why."""
+
+
+def normalize_addr(value: str, what: str) -> str:
+    """``host:port`` or ``tcp://host:port`` to ``tcp://host:port``."""
+    m = _ADDR.fullmatch(value.strip())
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise ConfigError(f"{what}: expected host:port, got {value!r}")
+    return f"tcp://{m['host']}:{int(m['port'])}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One member of a static cluster: ``ID@CLIENT_HOST:PORT@PEER_HOST:PORT``."""
+
+    broker_id: int
+    client_addr: str
+    peer_addr: str
+
+    @classmethod
+    def parse(cls, text: str) -> PeerSpec:
+        parts = text.strip().split("@")
+        if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) <= 0:
+            raise ConfigError(f"peers: expected ID@CLIENT_HOST:PORT@PEER_HOST:PORT, got {text!r}")
+        return cls(
+            int(parts[0]),
+            normalize_addr(parts[1], "peers client address"),
+            normalize_addr(parts[2], "peers peer address"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    broker_id: int
+    data_dir: Path
+    # Loopback by default: a dev broker should not listen on the network unasked.
+    client_addr: str = "tcp://127.0.0.1:7101"
+    peer_addr: str = "tcp://127.0.0.1:7201"
+    # Discovery: etcd endpoints, or a static peer list, or neither (embedded single node).
+    etcd_endpoints: tuple[str, ...] = ()
+    peers: tuple[PeerSpec, ...] = ()
+    # Namespaces the etcd keys, so several clusters can share one etcd.
+    cluster_name: str = "zstream"
+    # 1: a lone broker forms its controller at once (the embedded default).
+    bootstrap_expect: int = 1
+    # None: no metrics endpoint. host:port otherwise.
+    metrics_addr: str | None = None
+    # 8 MiB: room for a 1 MiB default batch many times over, small enough that one
+    # hostile client cannot make the broker buffer much (ZMQ_MAXMSGSIZE).
+    max_message_bytes: int = 8 * 1024 * 1024
+    # 1024 requests per client in flight: a pipelining producer stays busy, a
+    # runaway one is THROTTLED before it takes the broker's memory.
+    max_in_flight_per_client: int = 1024
+    # 128 MiB segments, storage's own default (see storage.LogConfig).
+    segment_bytes: int = 128 * 1024 * 1024
+    # Durability first: nothing is acknowledged before it is fsynced.
+    fsync: bool = True
+    # 1 s: idle push streams learn within a second or two that the broker is alive.
+    stream_heartbeat_ms: int = 1000
+    # 50 ms ticks, election after 10: sub-second failover (host-contract.md).
+    tick_ms: int = 50
+    # 30 s: longer than any election, short enough that a stuck shutdown ends.
+    shutdown_timeout_ms: int = 30_000
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if type(self.broker_id) is not int or self.broker_id <= 0:
+            raise ConfigError(f"broker_id must be a positive integer, got {self.broker_id!r}")
+        for name in ("client_addr", "peer_addr"):
+            object.__setattr__(self, name, normalize_addr(getattr(self, name), name))
+        if self.metrics_addr is not None:
+            normalize_addr(self.metrics_addr, "metrics_addr")
+        if self.etcd_endpoints and self.peers:
+            raise ConfigError("give either etcd_endpoints or peers, not both")
+        for endpoint in self.etcd_endpoints:
+            normalize_addr(endpoint, "etcd_endpoints")
+        if self.peers and self.broker_id not in {p.broker_id for p in self.peers}:
+            raise ConfigError(f"peers must include this broker (id {self.broker_id})")
+        if len({p.broker_id for p in self.peers}) != len(self.peers):
+            raise ConfigError("peers: duplicate broker id")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.cluster_name):
+            raise ConfigError(f"cluster_name {self.cluster_name!r}: use 1-64 of [A-Za-z0-9_-]")
+        _at_least("bootstrap_expect", self.bootstrap_expect, 1)
+        _at_least("max_message_bytes", self.max_message_bytes, 64 * 1024)
+        _at_least("max_in_flight_per_client", self.max_in_flight_per_client, 1)
+        _at_least("segment_bytes", self.segment_bytes, 64 * 1024)
+        _at_least("stream_heartbeat_ms", self.stream_heartbeat_ms, 10)
+        _at_least("tick_ms", self.tick_ms, 1)
+        _at_least("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
+
+    @property
+    def discovery(self) -> str:
+        """``etcd``, ``static`` or ``embedded``."""
+        return "etcd" if self.etcd_endpoints else "static" if self.peers else "embedded"
+
+
+def _at_least(name: str, value: object, minimum: int) -> None:
+    if type(value) is not int or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(BrokerConfig)}
+
+
+def _split_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [v for v in (p.strip() for p in value.split(",")) if v]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"expected a comma-separated string or a list of strings, got {value!r}")
+
+
+def _coerce(name: str, value: object) -> object:
+    """Turn a TOML value or an environment string into the field's type."""
+    if name in ("broker_id", "bootstrap_expect") or name.endswith(("_bytes", "_ms", "_client")):
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if type(value) is not int:
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if name == "fsync":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"fsync must be a boolean, got {value!r}")
+    if name == "data_dir":
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"data_dir must be a path, got {value!r}")
+        return Path(value)
+    if name == "etcd_endpoints":
+        return tuple(_split_list(value))
+    if name == "peers":
+        return tuple(PeerSpec.parse(p) for p in _split_list(value))
+    if name == "metrics_addr" and value in ("", None):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _layer(source: str, values: Mapping[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        out[key] = _coerce(key, value)
+    return out
+
+
+def load_config(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, object] | None = None,
+) -> BrokerConfig:
+    """Defaults < TOML file < ``ZSTREAM_*`` environment < flags (None flags are unset)."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as f:
+                doc = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+        merged.update(_layer(str(config_file), doc))
+    env = os.environ if environ is None else environ
+    # ZSTREAM_BOOTSTRAP belongs to the client commands, not to the broker.
+    env_values = {
+        k[len(_ENV_PREFIX) :].lower(): v
+        for k, v in env.items()
+        if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in _FIELDS
+    }
+    merged.update(_layer("environment", env_values))
+    merged.update(_layer("flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    for required in ("broker_id", "data_dir"):
+        if required not in merged:
+            raise ConfigError(f"{required} is required (flag, ZSTREAM_{required.upper()} or file)")
+    try:
+        return BrokerConfig(**merged)
+    except TypeError as exc:  # pragma: no cover - _layer checks the names
+        raise ConfigError(str(exc)) from exc

@@ -1,0 +1,486 @@
+"""The client front end: one ZeroMQ ROUTER socket, every client request.
+
+Theory of operation
+-------------------
+The receive loop waits for the socket to become readable, then drains it until
+EAGAIN before yielding, so that a burst of requests costs one wake-up. Each
+message is ``[identity, envelope, *batch frames]`` (ROUTER prepends the identity).
+
+For each message, in order:
+
+1. size: more than ``max_message_bytes`` in total -> MESSAGE_TOO_LARGE. (ZeroMQ's
+   own ZMQ_MAXMSGSIZE is set a little higher, as a memory ceiling: a frame past it
+   makes ZeroMQ drop the connection, and no reply is possible.)
+2. decode (`clients._protocol.decode_request`) -> INVALID_REQUEST /
+   UNSUPPORTED_VERSION, under the correlation id when one can be read; a message
+   with no readable id is answered with id 0.
+3. in-flight limit per client identity -> THROTTLED.
+4. dispatch: quick operations are answered inline; produce, long-poll fetch and
+   topic operations run as tasks owned by the front end (cancelled on close).
+   Every handler's ZStreamError becomes its numbered error; anything else is a bug,
+   answered UNKNOWN_SERVER_ERROR and logged with its traceback. The broker goes on.
+
+Push streams (subscribe/credit/unsubscribe): each stream is a task owned by the
+front end. It sends committed batches from its offset while credit remains, and
+a heartbeat push (with the high watermark) when it has been idle for
+``heartbeat_ms``. A stream that fails (the broker lost leadership, the topic was
+deleted) sends a ``closed`` push carrying the error code and ends; the client
+resubscribes on the new leader from its last offset.
+
+The partitions and metadata sit behind :class:`Backend`, a narrow interface with
+a fake for tests and the real partition manager in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import zmq
+import zmq.asyncio
+
+import storage
+from clients import (
+    Acks,
+    CorruptBatchError,
+    CreateTopicRequest,
+    CreditRequest,
+    DeleteTopicRequest,
+    DescribeTopicRequest,
+    FetchRequest,
+    InitProducerRequest,
+    InvalidRequestError,
+    ListTopicsRequest,
+    MessageTooLargeError,
+    MetadataRequest,
+    OffsetOutOfRangeError,
+    ProduceRequest,
+    RequestTimedOutError,
+    SubscribeRequest,
+    ThrottledError,
+    UnknownServerError,
+    UnsubscribeRequest,
+    ZStreamError,
+)
+from clients._protocol import (
+    Buffer,
+    Request,
+    decode_request,
+    encode_error_reply,
+    encode_push,
+    encode_reply,
+    peek_correlation_id,
+)
+
+__all__ = ["Backend", "Frontend", "FrontendStats", "PartitionBackend"]
+
+log = logging.getLogger("zstream.frontend")
+
+# Answered from a task of their own: they wait on Raft or on new data.
+_SLOW_OPS = (
+    ProduceRequest,
+    FetchRequest,
+    CreateTopicRequest,
+    DeleteTopicRequest,
+    InitProducerRequest,
+)
+
+# ZeroMQ's hard ceiling sits above the application's limit, so that a message a
+# little too large still gets a MESSAGE_TOO_LARGE reply instead of a dropped link.
+_ZMQ_CEILING_FACTOR = 2
+
+
+class PartitionBackend(Protocol):
+    """One partition, as the front end needs it. Offsets are record offsets."""
+
+    @property
+    def high_watermark(self) -> int:
+        """The next offset after the last committed record."""
+        ...
+
+    @property
+    def log_start_offset(self) -> int: ...
+
+    @property
+    def log_end_offset(self) -> int:
+        """The next offset after the last record written here (committed or not)."""
+        ...
+
+    def check_leader(self) -> None:
+        """Raise NotLeaderError (with a leader hint) unless this broker leads."""
+        ...
+
+    async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
+        """Append one verified batch; return its base offset once ``acks`` holds."""
+        ...
+
+    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
+        """Committed batches from the one holding ``offset``, at least one if any,
+        stopping before ``max_bytes``; raises OffsetOutOfRangeError."""
+        ...
+
+    async def wait_beyond(self, offset: int, timeout_s: float) -> bool:
+        """Wait until the high watermark passes ``offset``; False on timeout."""
+        ...
+
+
+class Backend(Protocol):
+    """The broker as the front end sees it."""
+
+    def partition(self, topic: str, partition: int) -> PartitionBackend:
+        """Raise UnknownTopicError, UnknownPartitionError or NotLeaderError."""
+        ...
+
+    def metadata(self, topics: Sequence[str] | None) -> dict[str, Any]: ...
+
+    def list_topics(self) -> list[str]: ...
+
+    def describe_topic(self, name: str) -> dict[str, Any]: ...
+
+    async def create_topic(self, request: CreateTopicRequest) -> dict[str, Any]: ...
+
+    async def delete_topic(self, name: str) -> None: ...
+
+    async def init_producer(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class FrontendStats:
+    """Counters the metrics endpoint reads."""
+
+    requests: dict[str, int] = dataclasses.field(default_factory=dict)
+    errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    latency_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def count(self, op: str, error: ZStreamError | None, started: float, now: float) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
+        self.latency_s[op] = self.latency_s.get(op, 0.0) + (now - started)
+        if error is not None:
+            name = error.code.name
+            self.errors[name] = self.errors.get(name, 0) + 1
+
+
+@dataclasses.dataclass
+class _Stream:
+    id: int
+    identity: bytes
+    topic: str
+    partition: int
+    offset: int
+    credit_bytes: int
+    credit: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
+class Frontend:
+    """Serves clients on ``bind_addr`` until `close`. Owns every task it starts."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        bind_addr: str,
+        *,
+        max_message_bytes: int = 8 * 1024 * 1024,
+        max_in_flight_per_client: int = 1024,
+        heartbeat_ms: int = 1000,
+        context: zmq.asyncio.Context | None = None,
+        on_request: Callable[[str, float, ZStreamError | None], None] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._max_bytes = max_message_bytes
+        self._max_in_flight = max_in_flight_per_client
+        self._heartbeat_s = heartbeat_ms / 1000
+        self._own_ctx = context is None
+        self._ctx = context or zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes * _ZMQ_CEILING_FACTOR)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.bind(bind_addr)
+        self.addr: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._in_flight: dict[bytes, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: dict[int, _Stream] = {}
+        self._next_stream = 1
+        self._on_request = on_request
+        self.stats = FrontendStats()
+        self._closed = False
+
+    # -- the receive loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled (then `close` to release the socket)."""
+        while True:
+            await self._sock.poll()  # POLLIN, no timeout
+            while True:  # drain until EAGAIN, then yield once
+                try:
+                    msg = await self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
+                    await self._handle_message(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug in a handler must not stop the broker
+                    log.exception("frontend: internal error while handling a message")
+            await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sock.close(linger=0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    async def _handle_message(self, msg: Sequence[zmq.Frame]) -> None:
+        started = time.monotonic()
+        if len(msg) < 2:
+            return  # no envelope: nothing can be answered (ROUTER always adds identity)
+        identity = msg[0].bytes
+        frames: list[Buffer] = [f.buffer for f in msg[1:]]
+        size = sum(len(f) for f in frames)
+        self.stats.bytes_in += size
+        if size > self._max_bytes:
+            corr = peek_correlation_id(frames[:1]) or 0
+            too_large = MessageTooLargeError(
+                f"message of {size} bytes exceeds max_message_bytes {self._max_bytes}"
+            )
+            await self._send_error(identity, corr, too_large, "?", started)
+            return
+        try:
+            request = decode_request(frames)
+        except ZStreamError as exc:
+            await self._send_error(identity, peek_correlation_id(frames) or 0, exc, "?", started)
+            return
+        if self._in_flight.get(identity, 0) >= self._max_in_flight:
+            error = ThrottledError(f"more than {self._max_in_flight} requests in flight")
+            await self._send_error(identity, request.corr_id, error, request.op, started)
+            return
+        self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
+        if isinstance(request.args, _SLOW_OPS):
+            task = asyncio.create_task(self._serve(identity, request, started))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            await self._serve(identity, request, started)
+
+    async def _serve(self, identity: bytes, request: Request, started: float) -> None:
+        try:
+            result, frames = await self._dispatch(identity, request)
+        except ZStreamError as exc:
+            await self._send_error(identity, request.corr_id, exc, request.op, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("frontend: internal error in %s", request.op)
+            error = UnknownServerError(f"internal error in {request.op}: {type(exc).__name__}")
+            await self._send_error(identity, request.corr_id, error, request.op, started)
+        else:
+            await self._send(identity, encode_reply(request.corr_id, result, frames))
+            self._record(request.op, started, None)
+        finally:
+            self._release(identity)
+
+    def _release(self, identity: bytes) -> None:
+        left = self._in_flight.get(identity, 1) - 1
+        if left <= 0:
+            self._in_flight.pop(identity, None)
+        else:
+            self._in_flight[identity] = left
+
+    def _record(self, op: str, started: float, error: ZStreamError | None) -> None:
+        now = time.monotonic()
+        self.stats.count(op, error, started, now)
+        if self._on_request is not None:
+            self._on_request(op, now - started, error)
+
+    async def _send(self, identity: bytes, frames: Sequence[Buffer]) -> None:
+        self.stats.bytes_out += sum(len(f) for f in frames)
+        # ROUTER never blocks: a message for a vanished or slow client is dropped.
+        await self._sock.send_multipart([identity, *frames], copy=False)
+
+    async def _send_error(
+        self, identity: bytes, corr: int, error: ZStreamError, op: str, started: float
+    ) -> None:
+        await self._send(identity, encode_error_reply(corr, error))
+        self._record(op, started, error)
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def _dispatch(
+        self, identity: bytes, request: Request
+    ) -> tuple[dict[str, Any], Sequence[Buffer]]:
+        args = request.args
+        backend = self._backend
+        match args:
+            case ProduceRequest():
+                return await self._produce(args, request.frames[0]), ()
+            case FetchRequest():
+                return await self._fetch(args)
+            case MetadataRequest():
+                return backend.metadata(args.topics), ()
+            case ListTopicsRequest():
+                return {"topics": backend.list_topics()}, ()
+            case DescribeTopicRequest():
+                return backend.describe_topic(args.name), ()
+            case CreateTopicRequest():
+                return await backend.create_topic(args), ()
+            case DeleteTopicRequest():
+                await backend.delete_topic(args.name)
+                return {}, ()
+            case InitProducerRequest():
+                return await backend.init_producer(), ()
+            case SubscribeRequest():
+                return self._subscribe(identity, args), ()
+            case CreditRequest():
+                stream = self._own_stream(identity, args.stream)
+                stream.credit_bytes += args.credit_bytes
+                stream.credit.set()
+                return {"credit_bytes": stream.credit_bytes}, ()
+            case UnsubscribeRequest():
+                stream = self._own_stream(identity, args.stream)
+                await self._end_stream(stream)
+                return {}, ()
+        raise InvalidRequestError(f"unsupported operation {request.op}")  # pragma: no cover
+
+    async def _produce(self, args: ProduceRequest, batch: Buffer) -> dict[str, Any]:
+        partition = self._backend.partition(args.topic, args.partition)
+        partition.check_leader()
+        try:
+            storage.verify_batch(batch)
+        except storage.CorruptBatchError as exc:
+            raise CorruptBatchError(str(exc)) from exc
+        try:
+            base = await asyncio.wait_for(
+                partition.produce(batch, args.acks, args.timeout_ms / 1000), args.timeout_ms / 1000
+            )
+        except TimeoutError as exc:
+            raise RequestTimedOutError(
+                f"produce not acknowledged within {args.timeout_ms} ms; it may still commit"
+            ) from exc
+        return {"base_offset": base}
+
+    async def _fetch(self, args: FetchRequest) -> tuple[dict[str, Any], Sequence[Buffer]]:
+        partition = self._backend.partition(args.topic, args.partition)
+        partition.check_leader()
+        hwm = partition.high_watermark
+        if args.offset < partition.log_start_offset or args.offset > max(
+            hwm, partition.log_end_offset
+        ):
+            raise OffsetOutOfRangeError(
+                f"offset {args.offset} is outside [{partition.log_start_offset}, {hwm}]",
+                start=partition.log_start_offset,
+                end=hwm,
+            )
+        if args.offset >= hwm and args.max_wait_ms > 0:
+            await partition.wait_beyond(args.offset, args.max_wait_ms / 1000)
+            partition.check_leader()
+        hwm = partition.high_watermark
+        batches = partition.read(args.offset, args.max_bytes) if args.offset < hwm else []
+        result = {"hwm": hwm, "log_start": partition.log_start_offset}
+        return result, batches
+
+    # -- push streams ----------------------------------------------------------------------
+
+    def _subscribe(self, identity: bytes, args: SubscribeRequest) -> dict[str, Any]:
+        partition = self._backend.partition(args.topic, args.partition)
+        partition.check_leader()
+        if not partition.log_start_offset <= args.offset <= partition.high_watermark:
+            raise OffsetOutOfRangeError(
+                f"offset {args.offset} is outside "
+                f"[{partition.log_start_offset}, {partition.high_watermark}]",
+                start=partition.log_start_offset,
+                end=partition.high_watermark,
+            )
+        owned = sum(1 for s in self._streams.values() if s.identity == identity)
+        if owned >= self._max_in_flight:
+            raise ThrottledError(f"more than {self._max_in_flight} streams for this client")
+        sid = self._next_stream
+        self._next_stream += 1
+        stream = _Stream(
+            sid,
+            identity,
+            args.topic,
+            args.partition,
+            args.offset,
+            args.credit_bytes,
+            asyncio.Event(),
+        )
+        stream.credit.set()
+        self._streams[sid] = stream
+        stream.task = asyncio.create_task(self._pump(stream))
+        self._tasks.add(stream.task)
+        stream.task.add_done_callback(self._tasks.discard)
+        return {"stream": sid}
+
+    def _own_stream(self, identity: bytes, sid: int) -> _Stream:
+        stream = self._streams.get(sid)
+        if stream is None or stream.identity != identity:
+            raise InvalidRequestError(f"no stream {sid} for this client")
+        return stream
+
+    async def _end_stream(self, stream: _Stream) -> None:
+        self._streams.pop(stream.id, None)
+        task = stream.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _pump(self, stream: _Stream) -> None:
+        """Push committed batches while credit lasts; heartbeat when idle."""
+        try:
+            while True:
+                partition = self._backend.partition(stream.topic, stream.partition)
+                partition.check_leader()
+                if stream.credit_bytes <= 0:
+                    stream.credit.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stream.credit.wait(), self._heartbeat_s)
+                    if stream.credit_bytes <= 0:
+                        await self._heartbeat(stream, partition)
+                    continue
+                if stream.offset >= partition.high_watermark:
+                    if not await partition.wait_beyond(stream.offset, self._heartbeat_s):
+                        await self._heartbeat(stream, partition)
+                    continue
+                batches = partition.read(stream.offset, stream.credit_bytes)
+                if not batches:
+                    continue
+                size = sum(len(b) for b in batches)
+                first = storage.decode_batch_header(batches[0]).base_offset
+                last = storage.decode_batch_header(batches[-1]).next_offset
+                stream.credit_bytes -= size
+                stream.offset = last
+                result = {"offset": first, "next_offset": last, "hwm": partition.high_watermark}
+                await self._send(stream.identity, encode_push(stream.id, "data", result, batches))
+        except asyncio.CancelledError:
+            raise
+        except ZStreamError as exc:
+            await self._close_stream(stream, exc)
+        except Exception as exc:
+            log.exception("frontend: internal error in stream %d", stream.id)
+            await self._close_stream(stream, UnknownServerError(f"stream failed: {exc!r}"))
+
+    async def _heartbeat(self, stream: _Stream, partition: PartitionBackend) -> None:
+        result = {"hwm": partition.high_watermark, "next_offset": stream.offset}
+        await self._send(stream.identity, encode_push(stream.id, "heartbeat", result))
+
+    async def _close_stream(self, stream: _Stream, error: ZStreamError) -> None:
+        self._streams.pop(stream.id, None)
+        result = {"err": int(error.code), "msg": error.message, **error.details}
+        result["next_offset"] = stream.offset
+        await self._send(stream.identity, encode_push(stream.id, "closed", result))

@@ -1,0 +1,285 @@
+"""Partition replicas on this broker, each one Raft group on the multi-Raft host,
+and the manager that opens and closes them as the controller's placement changes.
+
+A :class:`RaftReplica` implements the front end's ``PartitionBackend`` over a
+``replication.GroupHandle`` and its ``RaftLog`` (the partition log IS the Raft
+log). Produce proposes the batch and answers once it is committed (durable on a
+majority) and applied here. The high watermark is the record offset after the
+commit index; fetches and streams never read past it.
+
+``acks=leader`` is served as ``acks=all`` for now: the host resolves a proposal
+on commit only. That is stronger than asked, never weaker.
+
+Directory layout under the broker's data dir::
+
+    groups/0/                    the controller's RaftLog (records=False)
+    groups/<group id>/           one partition's RaftLog: log/ segments, raft-state
+    controller-state             the controller state machine's snapshot
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import replication
+import storage
+from broker._controller import ControllerState, PartitionAssignment, TopicRecord
+from clients import (
+    Acks,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    RequestTimedOutError,
+    UnavailableError,
+    UnknownServerError,
+    ZStreamError,
+)
+from clients._protocol import Buffer
+
+__all__ = ["PartitionManager", "RaftReplica", "log_config_for", "translate_raft_error"]
+
+log = logging.getLogger("zstream.partitions")
+
+
+def log_config_for(configs: Mapping[str, int], default_segment_bytes: int) -> storage.LogConfig:
+    return storage.LogConfig(
+        segment_bytes=configs.get("segment_bytes", default_segment_bytes),
+        retention_bytes=configs.get("retention_bytes"),
+        retention_ms=configs.get("retention_ms"),
+    )
+
+
+def translate_raft_error(exc: BaseException) -> ZStreamError:
+    """The client's view of a replication error."""
+    if isinstance(exc, replication.NotLeaderError):
+        return NotLeaderError("not the leader", leader=exc.leader_hint or None)
+    if isinstance(exc, replication.ProposalTimeoutError):
+        return RequestTimedOutError("not committed in time; it may still commit")
+    if isinstance(exc, replication.HostStoppedError):
+        return NotLeaderError("the partition is closing on this broker", leader=None)
+    if isinstance(exc, replication.ProposalDroppedError):
+        return UnavailableError("the leader refused the proposal for now (transferring?)")
+    if isinstance(exc, storage.CorruptBatchError):
+        return UnknownServerError(f"batch rejected by the log: {exc}")
+    return UnknownServerError(f"replication failed: {exc!r}")
+
+
+class RaftReplica:
+    """One partition replica: a Raft group on the host."""
+
+    def __init__(self, handle: replication.GroupHandle, raft_log: replication.RaftLog) -> None:
+        self.handle = handle
+        self.log = raft_log
+        self._hwm_cache = (-1, 0)  # (commit index, offset after it)
+        self.closed = False
+
+    @property
+    def is_leader(self) -> bool:
+        return not self.closed and self.handle.is_leader
+
+    @property
+    def leader(self) -> int | None:
+        return None if self.closed else self.handle.leader or None
+
+    # -- PartitionBackend ------------------------------------------------------------------
+
+    @property
+    def high_watermark(self) -> int:
+        commit = min(self.handle.commit_index, self.log.last_index())
+        if self._hwm_cache[0] != commit:
+            try:
+                self._hwm_cache = (commit, self.log.offset_after(commit))
+            except replication.RaftError:
+                return self._hwm_cache[1]
+        return self._hwm_cache[1]
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.log.log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.next_offset
+
+    def check_leader(self) -> None:
+        if self.closed:
+            raise NotLeaderError("the partition is closing on this broker", leader=None)
+        if not self.handle.is_leader:
+            raise NotLeaderError("not the leader", leader=self.handle.leader or None)
+
+    async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
+        self.check_leader()
+        count = storage.decode_batch_header(batch).record_count
+        try:
+            index = await self.handle.propose(bytes(batch))
+        except (replication.RaftError, storage.StorageError) as exc:
+            raise translate_raft_error(exc) from exc
+        try:
+            return self.log.offset_after(index) - count
+        except replication.RaftError as exc:  # compacted already: the offset is gone
+            raise translate_raft_error(exc) from exc
+
+    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
+        hwm = self.high_watermark
+        start = self.log.log_start_offset
+        if not start <= offset <= hwm:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside [{start}, {hwm}]", start=start, end=hwm
+            )
+        out: list[memoryview] = []
+        used = 0
+        while offset < hwm:
+            try:
+                base, batch = self.log.batch_at(offset)
+            except storage.OffsetOutOfRange as exc:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} is no longer here", start=self.log.log_start_offset, end=hwm
+                ) from exc
+            except replication.RaftError as exc:
+                raise translate_raft_error(exc) from exc
+            if out and used + len(batch) > max_bytes:
+                break
+            out.append(batch)
+            used += len(batch)
+            offset = storage.decode_batch_header(batch).next_offset
+            if base > offset:  # pragma: no cover - a log that goes backwards
+                raise UnknownServerError("log offsets are not increasing")
+        return out
+
+    async def wait_beyond(self, offset: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.high_watermark <= offset:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return False
+            try:
+                await asyncio.wait_for(
+                    self.handle.wait_committed(self.handle.commit_index + 1), left
+                )
+            except TimeoutError:
+                return False
+            except replication.RaftError:
+                return False
+        return True
+
+
+class PartitionManager:
+    """Opens the replicas the controller places on this broker, closes (and deletes)
+    the ones it no longer does, and finds them for the front end."""
+
+    def __init__(
+        self,
+        broker_id: int,
+        data_dir: Path,
+        host: replication.RaftHost,
+        raft_config: Callable[[], replication.RaftConfig],
+        default_segment_bytes: int,
+    ) -> None:
+        self._broker_id = broker_id
+        self._groups_dir = data_dir / "groups"
+        self._host = host
+        self._raft_config = raft_config
+        self._segment_bytes = default_segment_bytes
+        self._by_group: dict[int, RaftReplica] = {}
+        self._by_name: dict[tuple[str, int], RaftReplica] = {}
+        self._lock = asyncio.Lock()
+        self._leadership_changed = asyncio.Event()
+
+    def get(self, topic: str, partition: int) -> RaftReplica | None:
+        return self._by_name.get((topic, partition))
+
+    def replicas(self) -> dict[tuple[str, int], RaftReplica]:
+        return dict(self._by_name)
+
+    def _open(self, topic: TopicRecord, part: PartitionAssignment) -> RaftReplica:
+        directory = self._groups_dir / str(part.group_id)
+        config = log_config_for(topic.configs, self._segment_bytes)
+        raft_log = replication.RaftLog.open(directory, config, records=True)
+        fresh = raft_log.last_index() == 0 and raft_log.initial_state()[0].term == 0
+        raft_log.bootstrap(replication.ConfState(voters=frozenset(part.replicas)))
+        try:
+            handle = self._host.add_group(part.group_id, raft_log, self._raft_config())
+        except BaseException:
+            raft_log.close()
+            raise
+        gid = part.group_id
+
+        def leader_changed(leader: int, term: int) -> None:
+            log.info("leader group=%d leader=%d term=%d", gid, leader, term)
+            self._leadership_changed.set()
+
+        handle.on_leader_change(leader_changed)
+        if fresh and part.replicas[0] == self._broker_id:
+            handle.campaign()  # the preferred leader: leaders spread as placed
+        return RaftReplica(handle, raft_log)
+
+    async def reconcile(self, state: ControllerState) -> None:
+        """Make the open replicas match the placement in ``state``."""
+        async with self._lock:
+            wanted = {p.group_id: (t, p) for t, p in state.partitions_of(self._broker_id)}
+            for group_id in [g for g in self._by_group if g not in wanted]:
+                replica = self._by_group.pop(group_id)
+                self._by_name = {k: v for k, v in self._by_name.items() if v is not replica}
+                self._close(group_id, replica)
+                directory = self._groups_dir / str(group_id)
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                log.info("partition removed group=%d (topic deleted)", group_id)
+            for group_id, (topic, part) in sorted(wanted.items()):
+                if group_id in self._by_group:
+                    continue
+                try:
+                    replica = self._open(topic, part)
+                except (replication.RaftError, storage.StorageError):
+                    log.exception("partition open failed group=%d", group_id)
+                    continue
+                self._by_group[group_id] = replica
+                self._by_name[(topic.name, part.partition)] = replica
+                log.info(
+                    "partition opened topic=%s partition=%d group=%d replicas=%s",
+                    topic.name,
+                    part.partition,
+                    group_id,
+                    list(part.replicas),
+                )
+
+    def _close(self, group_id: int, replica: RaftReplica) -> None:
+        replica.closed = True
+        self._host.remove_group(group_id)
+        with contextlib.suppress(replication.RaftError, storage.StorageError):
+            replica.log.close()
+
+    async def transfer_leadership(self, live: set[int], timeout_s: float) -> int:
+        """Hand every partition this broker leads to another live replica; wait (up to
+        ``timeout_s``) until they have moved. Returns how many still lead here."""
+        moving: list[RaftReplica] = []
+        for replica in self._by_group.values():
+            if not replica.is_leader:
+                continue
+            others = sorted(replica.handle.conf_state.voters - {self._broker_id})
+            target = next((b for b in others if b in live), None)
+            if target is None:
+                continue  # no live replica to take it (the last broker of a cluster)
+            with contextlib.suppress(replication.RaftError):
+                replica.handle.transfer_leader(target)
+                moving.append(replica)
+        deadline = time.monotonic() + timeout_s
+        while any(r.is_leader for r in moving):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._leadership_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leadership_changed.wait(), left)
+        return sum(1 for r in moving if r.is_leader)
+
+    async def close(self) -> None:
+        async with self._lock:
+            for group_id, replica in self._by_group.items():
+                self._close(group_id, replica)
+            self._by_group.clear()
+            self._by_name.clear()

@@ -1,0 +1,552 @@
+"""The broker process: discovery, the controller, partitions, the client front
+end, metrics, and graceful shutdown, on one uvloop event loop.
+
+Start-up: bind the peer transport; start discovery (etcd, static peers, or the
+embedded single node); on a fresh data dir wait until ``bootstrap_expect``
+brokers are known, then form the controller group (group 0) whose voters are the
+lowest ids among them, at most three (the others join it as learners); on a
+restart the group's membership comes from its own log. Open the partition groups
+the controller places here; serve clients.
+
+The controller leader registers every live broker in the controller state (with
+its addresses, so that peers are known even while etcd is away), and adds brokers
+beyond the voters as learners of group 0 so that every broker holds the metadata.
+
+On SIGTERM or SIGINT: stop taking requests, hand leadership of every group this
+broker leads to another live replica, close the groups, deregister, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import replication
+import storage
+from broker._config import BrokerConfig
+from broker._controller import (
+    CONTROLLER_GROUP_ID,
+    ControllerState,
+    TopicRecord,
+    allocate_producer_id_command,
+    create_topic_command,
+    delete_topic_command,
+    register_broker_command,
+    validate_topic_configs,
+)
+from broker._discovery import (
+    BrokerInfo,
+    EtcdRegistry,
+    Members,
+    StaticRegistry,
+    parse_endpoints,
+)
+from broker._frontend import Frontend
+from broker._metrics import BrokerMetrics
+from broker._partitions import PartitionManager, RaftReplica, translate_raft_error
+from clients import (
+    Acks,
+    CreateTopicRequest,
+    NotControllerError,
+    NotLeaderError,
+    UnavailableError,
+    UnknownPartitionError,
+    UnknownServerError,
+    UnknownTopicError,
+    ZStreamError,
+)
+from clients._protocol import Buffer
+
+__all__ = ["Broker", "Controller"]
+
+log = logging.getLogger("zstream.broker")
+
+# Voters of the controller group: three tolerate one failure, as KRaft's default.
+MAX_CONTROLLER_VOTERS = 3
+# Snapshot the controller state after this many applied commands.
+_SNAPSHOT_EVERY = 64
+_DUTY_INTERVAL_S = 1.0
+
+
+class Controller:
+    """Group 0: the controller state machine, replicated by Raft on the host.
+
+    Every broker applies every command (``on_apply``), so any broker can answer
+    metadata; only the group's leader accepts commands. The state is snapshotted
+    to ``controller-state`` every ``_SNAPSHOT_EVERY`` commands (and at shutdown);
+    a restart restores it and replays the log after it."""
+
+    def __init__(self, broker_id: int, data_dir: Path) -> None:
+        self._broker_id = broker_id
+        self._snapshot_path = data_dir / "controller-state"
+        self._dir = data_dir / "groups" / str(CONTROLLER_GROUP_ID)
+        raw = storage.read_file_if_exists(self._snapshot_path)
+        self.state = ControllerState() if raw is None else ControllerState.restore(raw)
+        self._snapshot_index = self.state.applied_index
+        self.log: replication.RaftLog | None = None
+        self.handle: replication.GroupHandle | None = None
+        self._results: dict[int, object] = {}
+        self.changed = asyncio.Event()
+
+    def is_fresh(self) -> bool:
+        """No controller log here yet (a new broker)."""
+        return not (self._dir / "raft-state").exists() and not (self._dir / "log").exists()
+
+    def start(
+        self,
+        host: replication.RaftHost,
+        raft_config: replication.RaftConfig,
+        voters: frozenset[int] | None,
+    ) -> None:
+        """Open group 0; ``voters`` bootstraps a fresh group (None: wait to be added)."""
+        fresh = self.is_fresh()
+        raft_log = replication.RaftLog.open(self._dir, storage.LogConfig(), records=False)
+        self.log = raft_log
+        self._replay(raft_log)
+        if fresh and voters is not None:
+            raft_log.bootstrap(replication.ConfState(voters=voters))
+        self.handle = host.add_group(
+            CONTROLLER_GROUP_ID, raft_log, raft_config, on_apply=self._on_apply
+        )
+        self.handle.on_leader_change(
+            lambda leader, term: log.info("controller leader=%d term=%d", leader, term)
+        )
+        if fresh and voters is not None and min(voters) == self._broker_id:
+            self.handle.campaign()
+        self.changed.set()
+
+    def _replay(self, raft_log: replication.RaftLog) -> None:
+        """Apply what the log says was applied but the snapshot does not hold."""
+        lo, hi = self.state.applied_index + 1, raft_log.applied_index + 1
+        lo = max(lo, raft_log.first_index())
+        while lo < hi:
+            entries = raft_log.entries(lo, hi, 4 * 1024 * 1024)
+            self._apply(entries)
+            lo = entries[-1].index + 1
+
+    def _apply(self, entries: Sequence[replication.Entry]) -> None:
+        for e in entries:
+            if e.type == replication.EntryType.NORMAL and e.data:
+                self._results[e.index] = self.state.apply(e.index, e.data)
+        self.changed.set()
+
+    def _on_apply(self, entries: list[replication.Entry]) -> None:
+        self._apply(entries)
+        if len(self._results) > 1024:  # nobody waits for old results
+            for index in sorted(self._results)[:-256]:
+                del self._results[index]
+
+    @property
+    def leader(self) -> int | None:
+        return (self.handle.leader or None) if self.handle is not None else None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.handle is not None and self.handle.is_leader
+
+    async def propose(self, command: bytes) -> object:
+        """Commit a command through group 0; its result, or its error raised."""
+        if self.handle is None:
+            raise UnavailableError("the controller is starting")
+        if not self.handle.is_leader:
+            raise NotControllerError("not the controller", leader=self.leader)
+        try:
+            index = await self.handle.propose(command)
+        except replication.RaftError as exc:
+            if isinstance(exc, replication.NotLeaderError):
+                raise NotControllerError("not the controller", leader=self.leader) from exc
+            raise translate_raft_error(exc) from exc
+        result = self._results.pop(index, None)
+        if isinstance(result, ZStreamError):
+            raise result
+        return result
+
+    async def save_snapshot(self, force: bool = False) -> None:
+        if not force and self.state.applied_index - self._snapshot_index < _SNAPSHOT_EVERY:
+            return
+        if self.state.applied_index == self._snapshot_index:
+            return
+        data = self.state.snapshot()
+        index = self.state.applied_index
+        await asyncio.to_thread(storage.atomic_write, self._snapshot_path, data)
+        self._snapshot_index = index
+
+    def close(self) -> None:
+        if self.log is not None:
+            with contextlib.suppress(replication.RaftError, storage.StorageError):
+                self.log.close()
+            self.log = None
+
+
+class _Partition:
+    """Wraps a replica to time commits for the metrics (the front end's view)."""
+
+    def __init__(self, replica: RaftReplica, metrics: BrokerMetrics) -> None:
+        self._replica = replica
+        self._metrics = metrics
+
+    @property
+    def high_watermark(self) -> int:
+        return self._replica.high_watermark
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._replica.log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._replica.log_end_offset
+
+    def check_leader(self) -> None:
+        self._replica.check_leader()
+
+    async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
+        started = time.monotonic()
+        base = await self._replica.produce(batch, acks, timeout_s)
+        self._metrics.commit_latency.observe(time.monotonic() - started)
+        return base
+
+    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
+        return self._replica.read(offset, max_bytes)
+
+    async def wait_beyond(self, offset: int, timeout_s: float) -> bool:
+        return await self._replica.wait_beyond(offset, timeout_s)
+
+
+class Broker:
+    """One broker. ``await run()`` serves until `request_stop` (or cancellation)."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.me = BrokerInfo(config.broker_id, config.client_addr, config.peer_addr)
+        self._stop = asyncio.Event()
+        self.registry: EtcdRegistry | StaticRegistry = self._make_registry()
+        self.controller = Controller(config.broker_id, config.data_dir)
+        self.metrics = BrokerMetrics(self._gauges)
+        self.transport: replication.PeerTransport | None = None
+        self.host: replication.RaftHost | None = None
+        self.partitions: PartitionManager | None = None
+        self.frontend: Frontend | None = None
+        self.metrics_port: int | None = None
+        self._membership_changed = asyncio.Event()
+
+    def _make_registry(self) -> EtcdRegistry | StaticRegistry:
+        cfg = self.config
+        if cfg.discovery == "etcd":
+            endpoints = parse_endpoints(",".join(cfg.etcd_endpoints))
+            return EtcdRegistry(endpoints, cfg.cluster_name, self.me)
+        if cfg.discovery == "static":
+            peers = [BrokerInfo(p.broker_id, p.client_addr, p.peer_addr) for p in cfg.peers]
+            return StaticRegistry(peers)
+        return StaticRegistry([self.me])
+
+    def _raft_config(self) -> replication.RaftConfig:
+        return replication.RaftConfig(id=self.config.broker_id)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        tasks: list[asyncio.Task[Any]] = []
+        transport = replication.PeerTransport(cfg.broker_id, cfg.peer_addr)
+        await transport.start()
+        self.transport = transport
+        host = replication.RaftHost(
+            cfg.broker_id, transport, replication.HostConfig(tick_ms=cfg.tick_ms, fsync=cfg.fsync)
+        )
+        self.host = host
+        host.on_peer_address(self._learn_peer)
+        self.partitions = PartitionManager(
+            cfg.broker_id, cfg.data_dir, host, self._raft_config, cfg.segment_bytes
+        )
+        self.registry.add_listener(self._on_members)
+        try:
+            tasks.append(asyncio.create_task(self.registry.run(), name="registry"))
+            tasks.append(asyncio.create_task(host.run(), name="raft-host"))
+            for b in self.controller.state.brokers.values():
+                self._add_peer(b.id, b.peer_addr)
+            voters: frozenset[int] | None = None
+            if self.controller.is_fresh():
+                # A static peer list names the whole cluster: all of it is expected.
+                expect = max(cfg.bootstrap_expect, len(cfg.peers))
+                members = await self._until_stopped(
+                    self.registry.wait_for(lambda m: len(m) >= expect)
+                )
+                if members is None:
+                    return
+                chosen = sorted(members)[: min(MAX_CONTROLLER_VOTERS, expect)]
+                voters = frozenset(chosen) if cfg.broker_id in chosen else None
+                log.info("controller forming voters=%s", sorted(chosen))
+            self.controller.start(host, self._raft_config(), voters)
+            self.frontend = Frontend(
+                self,
+                cfg.client_addr,
+                max_message_bytes=cfg.max_message_bytes,
+                max_in_flight_per_client=cfg.max_in_flight_per_client,
+                heartbeat_ms=cfg.stream_heartbeat_ms,
+                on_request=self.metrics.on_request,
+            )
+            if cfg.metrics_addr is not None:
+                mhost, _, mport = cfg.metrics_addr.removeprefix("tcp://").rpartition(":")
+                self.metrics_port = self.metrics.serve(mhost, int(mport))
+            tasks.append(asyncio.create_task(self.frontend.run(), name="frontend"))
+            tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+            tasks.append(asyncio.create_task(self._controller_duties(), name="duties"))
+            log.info(
+                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
+                cfg.broker_id,
+                self.frontend.addr,
+                transport.address,
+                cfg.discovery,
+                self.metrics_port,
+            )
+            stop = asyncio.create_task(self._stop.wait(), name="stop")
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            for task in done:
+                error = None if task is stop or task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            await self._shutdown(tasks)
+
+    async def _until_stopped(self, awaitable: Any) -> Members | None:
+        wait = asyncio.ensure_future(awaitable)
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([wait, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (wait, stop):
+                t.cancel()
+            await asyncio.gather(wait, stop, return_exceptions=True)
+        if wait.cancelled() or wait.exception() is not None:
+            return None
+        result: Members = wait.result()
+        return result
+
+    def _add_peer(self, broker_id: int, peer_addr: str) -> None:
+        if self.transport is None or broker_id == self.config.broker_id:
+            return
+        with contextlib.suppress(replication.TransportError, ValueError):
+            self.transport.add_peer(broker_id, peer_addr)
+
+    def _learn_peer(self, broker_id: int, peer_addr: str) -> None:
+        self._add_peer(broker_id, peer_addr)
+
+    def _on_members(self, members: Members) -> None:
+        for b in members.values():
+            self._add_peer(b.id, b.peer_addr)
+        self._membership_changed.set()
+
+    async def _reconcile_loop(self) -> None:
+        assert self.partitions is not None
+        while True:
+            await self.controller.changed.wait()
+            self.controller.changed.clear()
+            for b in self.controller.state.brokers.values():
+                if b.id not in self.registry.members:
+                    self._add_peer(b.id, b.peer_addr)
+            await self.partitions.reconcile(self.controller.state)
+            await self.controller.save_snapshot()
+
+    async def _controller_duties(self) -> None:
+        """As the controller leader: register live brokers, add learners to group 0."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._membership_changed.wait(), _DUTY_INTERVAL_S)
+            self._membership_changed.clear()
+            if not self.controller.is_leader:
+                continue
+            try:
+                await self._register_members()
+            except (ZStreamError, replication.RaftError) as exc:
+                log.info("controller duty deferred: %s", exc)
+
+    async def _register_members(self) -> None:
+        state = self.controller.state
+        handle = self.controller.handle
+        assert handle is not None
+        for b in sorted(self.registry.members.values(), key=lambda b: b.id):
+            known = state.brokers.get(b.id)
+            if known is None or (known.client_addr, known.peer_addr) != (
+                b.client_addr,
+                b.peer_addr,
+            ):
+                await self.controller.propose(
+                    register_broker_command(b.id, b.client_addr, b.peer_addr)
+                )
+                log.info("controller registered broker id=%d", b.id)
+            conf = handle.conf_state
+            if b.id not in conf.voters | conf.learners and not conf.voters_outgoing:
+                change = replication.ConfChange(
+                    ((replication.ConfChangeType.ADD_LEARNER, b.id),), b.peer_addr.encode()
+                )
+                await handle.propose_conf_change(change)
+                log.info("controller added broker id=%d as a learner of group 0", b.id)
+
+    async def _shutdown(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
+        log.info("broker stopping id=%d", self.config.broker_id)
+        serving = [t for t in tasks if t.get_name() in ("frontend", "duties", "reconcile")]
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
+        if self.frontend is not None:
+            await self.frontend.close()
+        if self.partitions is not None and self.host is not None:
+            live = set(self.registry.members) - {self.config.broker_id}
+            handle = self.controller.handle
+            if handle is not None and handle.is_leader:
+                others = sorted(handle.conf_state.voters & live)
+                if others:
+                    with contextlib.suppress(replication.RaftError):
+                        handle.transfer_leader(others[0])
+            left = await self.partitions.transfer_leadership(live, 5.0)
+            if left:
+                log.warning("shutdown: %d partition(s) still led here", left)
+        if self.host is not None:
+            await self.host.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.partitions is not None:
+            await self.partitions.close()
+        with contextlib.suppress(OSError, storage.StorageError):
+            await self.controller.save_snapshot(force=True)
+        self.controller.close()
+        if self.transport is not None:
+            await self.transport.close()
+        if isinstance(self.registry, EtcdRegistry):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.registry.deregister(), 3)
+        self.metrics.close()
+        log.info("broker stopped id=%d", self.config.broker_id)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _gauges(self) -> dict[str, float]:
+        stats = self.frontend.stats if self.frontend is not None else None
+        replicas = self.partitions.replicas() if self.partitions is not None else {}
+        live = set(self.registry.members)
+        leading = [r for r in replicas.values() if r.is_leader]
+        under = sum(1 for r in leading if not r.handle.conf_state.voters <= live)
+        return {
+            "bytes_in_total": float(stats.bytes_in if stats else 0),
+            "bytes_out_total": float(stats.bytes_out if stats else 0),
+            "leader_partitions": float(len(leading)),
+            "hosted_partitions": float(len(replicas)),
+            "under_replicated_partitions": float(under),
+            "controller_leader": float(1 if self.controller.is_leader else 0),
+        }
+
+    # -- the front end's Backend -----------------------------------------------------------
+
+    def partition(self, topic: str, partition: int) -> _Partition:
+        record = self.controller.state.topics.get(topic)
+        if record is None:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        if not 0 <= partition < len(record.partitions):
+            raise UnknownPartitionError(f"topic {topic!r} has no partition {partition}")
+        replica = self.partitions.get(topic, partition) if self.partitions else None
+        if replica is None:
+            leader = record.partitions[partition].replicas[0]
+            hint = None if leader == self.config.broker_id else leader
+            raise NotLeaderError(f"{topic}/{partition} is not hosted here", leader=hint)
+        return _Partition(replica, self.metrics)
+
+    def _topic_doc(self, topic: TopicRecord) -> dict[str, Any]:
+        parts = []
+        live = set(self.registry.members)
+        for p in topic.partitions:
+            replica = self.partitions.get(topic.name, p.partition) if self.partitions else None
+            leader = replica.leader if replica is not None else p.replicas[0]
+            leads_here = replica is not None and replica.is_leader
+            parts.append(
+                {
+                    "partition": p.partition,
+                    "leader": leader,
+                    "replicas": list(p.replicas),
+                    "live_replicas": [b for b in p.replicas if b in live],
+                    "hwm": replica.high_watermark if leads_here and replica else None,
+                    # This broker's own copy: how far its log reaches (a follower's lag).
+                    "local_end": replica.log_end_offset if replica is not None else None,
+                    "log_start": replica.log_start_offset if leads_here and replica else None,
+                }
+            )
+        return {
+            "name": topic.name,
+            "replication_factor": topic.replication_factor,
+            "configs": dict(topic.configs),
+            "partitions": parts,
+        }
+
+    def metadata(self, topics: Sequence[str] | None) -> dict[str, Any]:
+        state = self.controller.state
+        live = self.registry.members
+        known = {b.id: b.client_addr for b in state.brokers.values()}
+        for b in live.values():
+            known.setdefault(b.id, b.client_addr)
+        brokers = [
+            {"id": bid, "client_addr": addr, "alive": bid in live}
+            for bid, addr in sorted(known.items())
+        ]
+        names = sorted(state.topics) if topics is None else [t for t in topics if t in state.topics]
+        return {
+            "brokers": brokers,
+            "controller": self.controller.leader,
+            "controller_group": CONTROLLER_GROUP_ID,
+            "topics": [self._topic_doc(state.topics[n]) for n in names],
+        }
+
+    def list_topics(self) -> list[str]:
+        return sorted(self.controller.state.topics)
+
+    def describe_topic(self, name: str) -> dict[str, Any]:
+        topic = self.controller.state.topics.get(name)
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        return self._topic_doc(topic)
+
+    async def create_topic(self, request: CreateTopicRequest) -> dict[str, Any]:
+        configs = validate_topic_configs(request.configs)
+        live = sorted(self.registry.members)
+        command = create_topic_command(
+            request.name, request.partitions, request.replication_factor, configs, live
+        )
+        result = await self.controller.propose(command)
+        if not isinstance(result, TopicRecord):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"create_topic applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info(
+            "topic created name=%s partitions=%d replication_factor=%d",
+            request.name,
+            request.partitions,
+            request.replication_factor,
+        )
+        return self._topic_doc(result)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.controller.propose(delete_topic_command(name))
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info("topic deleted name=%s", name)
+
+    async def init_producer(self) -> dict[str, Any]:
+        pid = await self.controller.propose(allocate_producer_id_command())
+        return {"producer_id": pid, "epoch": 0}
+
+
+def install_signal_handlers(broker: Broker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, broker.request_stop)

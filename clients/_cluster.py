@@ -1,0 +1,185 @@
+"""Reaching a cluster from a bootstrap list: metadata, one connection per broker,
+and retries that follow NOT_LEADER / NOT_CONTROLLER hints.
+
+Metadata (the ``metadata`` reply's result, see docs/protocol.md)::
+
+    {"brokers": [{"id", "client_addr", "alive"}], "controller": id | None,
+     "topics": [{"name", "replication_factor", "configs",
+                 "partitions": [{"partition", "leader", "replicas", "hwm", "log_start"}]}]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq.asyncio
+
+from clients._connection import Connection, normalize_address
+from clients._errors import (
+    ConnectionLostError,
+    NotControllerError,
+    NotLeaderError,
+    RequestTimedOutError,
+    UnavailableError,
+    UnknownTopicError,
+    ZStreamError,
+)
+from clients._protocol import Buffer, MetadataRequest, Reply, RequestArgs
+
+__all__ = ["ClusterClient", "parse_bootstrap"]
+
+
+def parse_bootstrap(spec: str | Sequence[str]) -> list[str]:
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    addrs = [normalize_address(p) for p in parts if p.strip()]
+    if not addrs:
+        raise ValueError("empty bootstrap list")
+    return addrs
+
+
+class ClusterClient:
+    """Owns one :class:`Connection` per broker address; `close` ends them all."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        timeout_s: float = 10.0,
+        retry_for_s: float = 15.0,
+    ) -> None:
+        self._bootstrap = parse_bootstrap(bootstrap)
+        self._timeout_s = timeout_s
+        self._retry_for_s = retry_for_s
+        self._ctx = zmq.asyncio.Context()
+        self._conns: dict[str, Connection] = {}
+        self.metadata: dict[str, Any] = {}
+
+    def connection(self, addr: str) -> Connection:
+        addr = normalize_address(addr)
+        conn = self._conns.get(addr)
+        if conn is None:
+            conn = Connection(addr, timeout_s=self._timeout_s, context=self._ctx)
+            self._conns[addr] = conn
+        return conn
+
+    def broker_addr(self, broker_id: int | None) -> str | None:
+        for b in self.metadata.get("brokers", []):
+            if b.get("id") == broker_id:
+                addr: str = b["client_addr"]
+                return addr
+        return None
+
+    def _known_addrs(self) -> list[str]:
+        known = [b["client_addr"] for b in self.metadata.get("brokers", []) if b.get("alive", True)]
+        return list(dict.fromkeys([*known, *self._bootstrap]))
+
+    async def call_any(
+        self, args: RequestArgs, frames: Sequence[Buffer] = (), *, timeout_s: float | None = None
+    ) -> Reply:
+        """Send to the first broker that answers."""
+        last: ZStreamError | None = None
+        for addr in self._known_addrs():
+            try:
+                return await self.connection(addr).call(args, frames, timeout_s=timeout_s)
+            except (ConnectionLostError, RequestTimedOutError) as exc:
+                last = exc
+        raise ConnectionLostError(
+            f"no broker reachable at {', '.join(self._known_addrs())}"
+        ) from last
+
+    async def refresh(self, topics: Sequence[str] | None = None) -> dict[str, Any]:
+        reply = await self.call_any(MetadataRequest(list(topics) if topics else None))
+        self.metadata = reply.result
+        return self.metadata
+
+    def topic(self, name: str) -> dict[str, Any]:
+        for t in self.metadata.get("topics", []):
+            if t["name"] == name:
+                return dict(t)
+        raise UnknownTopicError(f"unknown topic {name!r}")
+
+    async def call_controller(self, args: RequestArgs, *, timeout_s: float | None = None) -> Reply:
+        """Topic operations: follow NOT_CONTROLLER hints until the controller answers."""
+        return await self._with_hints(args, (), lambda: self.metadata.get("controller"), timeout_s)
+
+    async def call_leader(
+        self,
+        topic: str,
+        partition: int,
+        args: RequestArgs,
+        frames: Sequence[Buffer] = (),
+        *,
+        timeout_s: float | None = None,
+    ) -> Reply:
+        """A partition request, sent to its leader; NOT_LEADER hints are followed."""
+
+        def leader() -> int | None:
+            for p in self.topic(topic)["partitions"]:
+                if p["partition"] == partition:
+                    hint: int | None = p.get("leader")
+                    return hint
+            return None
+
+        return await self._with_hints(args, frames, leader, timeout_s)
+
+    async def _with_hints(
+        self,
+        args: RequestArgs,
+        frames: Sequence[Buffer],
+        target: Any,
+        timeout_s: float | None,
+    ) -> Reply:
+        deadline = time.monotonic() + self._retry_for_s
+        hint: int | None = None
+        delay = 0.05
+        while True:
+            if not self.metadata:
+                await self.refresh()
+            broker = hint if hint is not None else target()
+            addr = self.broker_addr(broker)
+            try:
+                return await self._call_at(addr, args, frames, timeout_s)
+            except (
+                NotLeaderError,
+                NotControllerError,
+                UnavailableError,
+                ConnectionLostError,
+                RequestTimedOutError,
+            ) as e:
+                # A timeout may mean the broker died: look again where the leader is.
+                # (For a produce the batch may still commit: a retry is at least once.)
+                if time.monotonic() >= deadline:
+                    raise
+                details_hint = e.details.get("leader")
+                hint = details_hint if isinstance(details_hint, int) and details_hint > 0 else None
+                if hint is None or isinstance(e, ConnectionLostError | RequestTimedOutError):
+                    hint = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    try:
+                        await self.refresh()
+                    except (ConnectionLostError, RequestTimedOutError):
+                        if time.monotonic() >= deadline:
+                            raise
+
+    async def _call_at(
+        self, addr: str | None, args: RequestArgs, frames: Sequence[Buffer], timeout_s: float | None
+    ) -> Reply:
+        if addr is None:
+            raise UnavailableError("no leader known yet")
+        return await self.connection(addr).call(args, frames, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            await conn.close()
+        self._ctx.term()
+
+    async def __aenter__(self) -> ClusterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

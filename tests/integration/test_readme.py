@@ -1,0 +1,77 @@
+"""The README's quick start, tried as a new user would: `zstream dev` in one
+terminal (as `make run` starts it, on free ports here), and every command of the
+second-terminal block run exactly as the README writes it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ManagedProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "<!-- quickstart-client:"
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(MARKER) :]
+    block = re.search(r"```sh\n(.*?)```", after, re.S)
+    assert block is not None, "no sh block after the quick-start marker"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
+    commands = readme_commands()
+    assert any("produce" in c for c in commands)
+    assert any("consume" in c for c in commands)
+    dev = ManagedProcess(
+        "dev",
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "dev",
+            "--port-base=0",
+            f"--data-dir={tmp_path / 'dev'}",
+        ],
+        tmp_path,
+        cwd=ROOT,
+    )
+    dev.start()
+    try:
+        wait_until(
+            lambda: "ready" in dev.output() or not dev.running(), 60, "zstream dev to be ready"
+        )
+        assert dev.running(), dev.tail()
+        found = re.search(r"export ZSTREAM_BOOTSTRAP=(\S+)", dev.output())
+        assert found is not None, dev.output()
+        env = {**os.environ, "ZSTREAM_BOOTSTRAP": found.group(1)}
+        script = "set -euo pipefail\n" + "\n".join(f"echo '>>> {c}'\n{c}" for c in commands)
+        result = subprocess.run(
+            ["bash", "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        consumed = result.stdout.split(">>> zstream consume", 1)[1].splitlines()[1:3]
+        assert consumed == ["hello", "world"], result.stdout
+        assert "traceback" not in (result.stdout + result.stderr).lower()
+        dev.signal(signal.SIGINT)  # Ctrl-C
+        wait_until(lambda: not dev.running(), 40, "zstream dev to stop")
+        assert dev.returncode() == 0
+        assert "stopped" in dev.output()
+    finally:
+        dev.stop()

@@ -1,0 +1,108 @@
+"""Real broker processes on free loopback ports, for integration tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import zmq
+
+from clients import MetadataRequest, ZStreamError
+from clients._protocol import decode_reply, encode_request
+from tests.support.proc import ManagedProcess, free_port, wait_until
+
+
+def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
+    """One metadata request on a fresh DEALER: does the broker answer it?"""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(addr)
+    try:
+        sock.send_multipart(encode_request(1, MetadataRequest()))
+        if not sock.poll(timeout_ms):
+            return False
+        return decode_reply(sock.recv_multipart()).error == 0
+    except ZStreamError:
+        return False
+    finally:
+        sock.close()
+
+
+_handed_out: set[int] = set()
+
+
+def _unique_port() -> int:
+    """A free port not handed to another broker of this test run (the kernel may
+    offer a just-released port again)."""
+    while True:
+        port = free_port()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+class BrokerProcess:
+    """``zstream broker`` in a child process. `stop`/`kill` then `start` again
+    keeps its id, ports and data dir (a restart with the same id)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        broker_id: int,
+        *,
+        etcd: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.broker_id = broker_id
+        self.client_port = _unique_port()
+        self.peer_port = _unique_port()
+        self.metrics_port = _unique_port()
+        self.data_dir = workdir / f"broker-{broker_id}"
+        argv = [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "broker",
+            f"--id={broker_id}",
+            f"--data-dir={self.data_dir}",
+            f"--client-addr=127.0.0.1:{self.client_port}",
+            f"--peer-addr=127.0.0.1:{self.peer_port}",
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}",
+            "--log-level=DEBUG",
+        ]
+        if etcd is not None:
+            argv.append(f"--etcd={etcd}")
+        argv.extend(extra or [])
+        self.process = ManagedProcess(f"broker-{broker_id}", argv, workdir)
+
+    @property
+    def addr(self) -> str:
+        return f"tcp://127.0.0.1:{self.client_port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.process.start()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start without waiting (brokers of a new cluster wait for each other)."""
+        self.process.start()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        wait_until(
+            lambda: not self.process.running() or answers_metadata(self.addr),
+            timeout_s,
+            f"broker {self.broker_id} to serve on {self.addr}",
+        )
+        if not self.process.running():
+            raise RuntimeError(f"broker {self.broker_id} exited:\n{self.process.tail()}")
+
+    def stop(self) -> int | None:
+        return self.process.stop(grace_s=20)
+
+    def kill(self) -> None:
+        self.process.kill()

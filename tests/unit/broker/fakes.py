@@ -1,0 +1,132 @@
+"""An in-memory Backend for front-end tests: partitions are lists of batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import storage
+from clients import (
+    Acks,
+    CreateTopicRequest,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from clients._protocol import Buffer
+
+
+class FakePartition:
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, bytes]] = []  # (base offset, stamped batch)
+        self.next_offset = 0
+        self.committed = 0
+        self.leader: int | None = 1
+        self.me = 1
+        self.auto_commit = True
+        self.blocked: asyncio.Event | None = None  # produce waits on it when set
+        self._changed = asyncio.Condition()
+
+    @property
+    def high_watermark(self) -> int:
+        return self.committed
+
+    @property
+    def log_start_offset(self) -> int:
+        return 0
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.next_offset
+
+    def check_leader(self) -> None:
+        if self.leader != self.me:
+            raise NotLeaderError("not the leader", leader=self.leader)
+
+    async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
+        if self.blocked is not None:
+            await self.blocked.wait()
+        copy = bytearray(batch)
+        base = self.next_offset
+        storage.stamp_base_offset(copy, base)
+        self.batches.append((base, bytes(copy)))
+        self.next_offset += storage.decode_batch_header(copy).record_count
+        if self.auto_commit:
+            await self.commit()
+        return base
+
+    async def commit(self) -> None:
+        async with self._changed:
+            self.committed = self.next_offset
+            self._changed.notify_all()
+
+    def read(self, offset: int, max_bytes: int) -> list[memoryview]:
+        if not 0 <= offset <= self.committed:
+            raise OffsetOutOfRangeError("out of range", start=0, end=self.committed)
+        out: list[memoryview] = []
+        used = 0
+        for base, batch in self.batches:
+            header = storage.decode_batch_header(batch)
+            if header.next_offset <= offset or base >= self.committed:
+                continue
+            if out and used + len(batch) > max_bytes:
+                break
+            out.append(memoryview(batch))
+            used += len(batch)
+        return out
+
+    async def wait_beyond(self, offset: int, timeout_s: float) -> bool:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.committed > offset), timeout_s
+                )
+            except TimeoutError:
+                return False
+        return True
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.topics: dict[str, list[FakePartition]] = {}
+        self.fail_metadata = False
+        self.next_producer_id = 1
+
+    def partition(self, topic: str, partition: int) -> FakePartition:
+        parts = self.topics.get(topic)
+        if parts is None:
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        if partition >= len(parts):
+            raise UnknownPartitionError(f"{topic} has no partition {partition}")
+        return parts[partition]
+
+    def metadata(self, topics: Sequence[str] | None) -> dict[str, Any]:
+        if self.fail_metadata:
+            raise RuntimeError("a bug in the backend")
+        return {"brokers": [{"id": 1}], "topics": sorted(self.topics)}
+
+    def list_topics(self) -> list[str]:
+        return sorted(self.topics)
+
+    def describe_topic(self, name: str) -> dict[str, Any]:
+        if name not in self.topics:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        return {"name": name, "partitions": len(self.topics[name])}
+
+    async def create_topic(self, request: CreateTopicRequest) -> dict[str, Any]:
+        if request.name in self.topics:
+            raise TopicExistsError(f"topic {request.name!r} already exists")
+        self.topics[request.name] = [FakePartition() for _ in range(request.partitions)]
+        return {"name": request.name}
+
+    async def delete_topic(self, name: str) -> None:
+        if self.topics.pop(name, None) is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+
+    async def init_producer(self) -> dict[str, Any]:
+        pid = self.next_producer_id
+        self.next_producer_id += 1
+        return {"producer_id": pid, "epoch": 0}
