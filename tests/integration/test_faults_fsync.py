@@ -1,11 +1,13 @@
-"""Acknowledged means durable: a follower whose fsyncs hang must not help commit.
+"""Acknowledged means durable: a node whose fsyncs hang must not help commit.
 
 kill -9 cannot catch an acknowledgement sent before its fsync (the page cache survives
-the process), so this test stalls the disk instead: one follower runs with a small
-LD_PRELOAD shim whose fdatasync/fsync block while a gate file exists. With the other
-follower down, the leader can only commit through the stalled one, so while the gate
-is closed nothing new may commit, even once the stalled follower has written the
-entries; when the gate opens, everything commits and no acknowledged record is lost.
+the process), so this test stalls a disk instead: one node runs with a small LD_PRELOAD
+shim whose fdatasync/fsync block while a gate file exists. With one follower down, a
+quorum needs the stalled node, so while the gate is closed nothing new may commit, even
+once the entries are written everywhere they can be. When the gate opens, everything
+commits and no acknowledged record is lost. Two cases: the stalled node is the follower
+(it must not acknowledge before its fsync) or the leader (it may send before its own
+fsync, Ongaro 10.2.1, but must not count itself until it is done).
 
 Needs a C compiler (to build the shim); skipped with the reason otherwise.
 """
@@ -26,7 +28,7 @@ from tests.support.cluster import Cluster, ClusterNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# How long "nothing commits" is watched once the stalled follower holds the entries:
+# How long "nothing commits" is watched once the follower holds the entries:
 # several heartbeat rounds (50 ms) and pass cycles; a follower that acknowledged before
 # its fsync would let the leader commit within one round trip.
 STALL_WINDOW_S = 1.0
@@ -84,17 +86,26 @@ def gate(tmp_path: Path) -> Path:
     return tmp_path / "fsync-gate"
 
 
+@pytest.fixture(params=["follower", "leader"])
+def stalled_role(request: pytest.FixtureRequest) -> str:
+    role: str = request.param
+    return role
+
+
 @pytest.fixture
-def cluster(tmp_path: Path, shim: Path, gate: Path) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, shim: Path, gate: Path, stalled_role: str) -> Iterator[Cluster]:
+    # Node 1 bootstraps and leads; the gated disk is node 3's or node 1's.
     env = {"LD_PRELOAD": str(shim), "ZS_FSYNC_GATE": str(gate)}
-    with Cluster(tmp_path, 3, node_env={3: env}) as c:
+    with Cluster(tmp_path, 3, node_env={3 if stalled_role == "follower" else 1: env}) as c:
         c.start()
         yield c
 
 
-def test_a_follower_with_stalled_fsyncs_does_not_help_commit(cluster: Cluster, gate: Path) -> None:
-    # Node 1 leads (it bootstrapped); node 3 has the gated disk; node 2 goes down.
-    leader, stalled, down = cluster.node(1), cluster.node(3), cluster.node(2)
+def test_a_node_with_stalled_fsyncs_does_not_help_commit(
+    cluster: Cluster, gate: Path, stalled_role: str
+) -> None:
+    # Node 2 goes down; nodes 1 (leader) and 3 are the only quorum left.
+    leader, witness, down = cluster.node(1), cluster.node(3), cluster.node(2)
     assert cluster.wait_leader()[0] is leader
     history = [append(leader, b"before-%d" % i) for i in range(10)]
     down.kill()
@@ -112,19 +123,19 @@ def test_a_follower_with_stalled_fsyncs_does_not_help_commit(cluster: Cluster, g
         except TimeoutError:
             pass  # as it must: nothing can be acknowledged yet
         target = before["last_index"] + len(values)
-        # The stalled follower receives and writes them (its loop keeps answering)...
+        # The follower receives and writes them (its loop keeps answering)...
         wait_until(
-            lambda: (st := stalled.status()) is not None and st["last_index"] >= target,
+            lambda: (st := witness.status()) is not None and st["last_index"] >= target,
             10,
-            "the stalled follower to write the new entries",
+            "the follower to write the new entries",
         )
-        # ... but must not acknowledge them before they are durable.
+        # ... but they must not commit anywhere before a quorum made them durable.
         watch_until = time.monotonic() + STALL_WINDOW_S
         while time.monotonic() < watch_until:
-            st = leader.status()
-            assert st is not None
-            assert st["commit_index"] == before["commit_index"], (
-                "the leader committed entries no quorum has synced"
+            commits = [st["commit_index"] for n in (leader, witness) if (st := n.status())]
+            assert commits, "no node answers"
+            assert max(commits) == before["commit_index"], (
+                f"committed entries no quorum has synced ({stalled_role} stalled)"
             )
             time.sleep(0.05)
     finally:
