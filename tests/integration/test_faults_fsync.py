@@ -7,7 +7,9 @@ quorum needs the stalled node, so while the gate is closed nothing new may commi
 once the entries are written everywhere they can be. When the gate opens, everything
 commits and no acknowledged record is lost. Two cases: the stalled node is the follower
 (it must not acknowledge before its fsync) or the leader (it may send before its own
-fsync, Ongaro 10.2.1, but must not count itself until it is done).
+fsync, Ongaro 10.2.1, but must not count itself until it is done). And the same for
+votes: term and vote are durable before any vote leaves the node, so with the leader
+killed and the deciding voter's disk stalled, no leader appears.
 
 Needs a C compiler (to build the shim); skipped with the reason otherwise.
 """
@@ -163,3 +165,44 @@ def append(node: ClusterNode, value: bytes) -> Append:
     invoked = time.monotonic()
     offset = node.client.append(value)
     return Append(value, offset, invoked, time.monotonic())
+
+
+# An election needs 1-2 election timeouts (0.5-1 s each) once the leader is gone.
+ELECTION_WINDOW_S = 2.5
+
+
+@pytest.mark.parametrize("stalled_role", ["follower"])
+def test_no_vote_leaves_before_it_is_durable(cluster: Cluster, gate: Path) -> None:
+    """With the leader down, node 2 can only win with node 3's vote, and node 3 cannot
+    make its vote (or its own candidacy's term) durable: no leader may appear. Then
+    node 3 is killed with its vote never written, and the cluster recovers."""
+    leader, healthy, stalled = cluster.node(1), cluster.node(2), cluster.node(3)
+    assert cluster.wait_leader()[0] is leader
+    history = [append(leader, b"before-%d" % i) for i in range(10)]
+    cluster.wait_converged()
+    terms = {n.node_id: st["term"] for n in (healthy, stalled) if (st := n.status())}
+
+    gate.touch()
+    try:
+        leader.kill()
+        watch_until = time.monotonic() + ELECTION_WINDOW_S
+        while time.monotonic() < watch_until:
+            for node in (healthy, stalled):
+                st = node.status()
+                assert st is None or not st["is_leader"], (
+                    f"node {node.node_id} won an election whose deciding vote was not durable"
+                )
+            time.sleep(0.05)
+        stalled.kill()  # whatever it had not synced is gone
+    finally:
+        gate.unlink(missing_ok=True)
+
+    for node in (leader, stalled):
+        node.start()
+    new, status = cluster.wait_leader(timeout_s=15)
+    assert status["term"] > max(terms.values())
+    history.append(append(new, b"after"))
+    cluster.wait_converged(timeout_s=20)
+    logs = {f"n{n.node_id}": n.records() for n in cluster.nodes.values()}
+    report = check_queue(history, logs)
+    assert report.ok, report.summary()
