@@ -38,7 +38,11 @@ Safety rules worth naming:
 - ReadIndex requests are served only once the leader committed an entry of its term,
   and only after a quorum answered a heartbeat sent after the request arrived;
 - at most one configuration change is in flight: none is accepted while an earlier one
-  is not applied or while the configuration is joint (except the leave it proposes).
+  is not applied or while the configuration is joint (except the leave it proposes);
+- configurations take effect when applied. A leader being removed accepts no proposals,
+  and a voter being removed is sent only entries that a majority of the incoming voters
+  already hold durably (and nothing past the leave entry), so that once removed it can
+  always vote for some incoming voter (see docs/architecture.md).
 """
 
 from __future__ import annotations
