@@ -174,14 +174,16 @@ class EtcdRegistry(_MembershipMixin):
         attempt = 0
         while True:
             host, port = self._endpoints[attempt % len(self._endpoints)]
+            client = aetcd.Client(host, port, timeout=self._ttl_s)
             try:
-                async with aetcd.Client(host, port, timeout=self._ttl_s) as client:
-                    await self._session(client)
+                await self._session(client)
             except _ETCD_ERRORS as exc:
                 if self.connected:
                     log.warning("etcd lost endpoint=%s:%d error=%r", host, port, exc)
                 self.connected = False
                 self.registered.clear()
+            finally:
+                await _bounded(client.close())
             attempt += 1
             await asyncio.sleep(min(self._retry_max_s, 0.1 * 2 ** min(attempt, 5)))
 
@@ -198,6 +200,7 @@ class EtcdRegistry(_MembershipMixin):
         watch = await client.watch_prefix(
             self._prefix, start_revision=revision + 1 if revision else None
         )
+        _raise_if_cancel_was_swallowed()
         await _first_failure(self._keep_alive(lease), self._follow(watch, members))
 
     async def _keep_alive(self, lease: Any) -> None:
@@ -225,8 +228,7 @@ class EtcdRegistry(_MembershipMixin):
                         continue
                 await self._set_members(dict(members))
         finally:
-            with contextlib.suppress(*_ETCD_ERRORS):
-                await watch.cancel()
+            await _bounded(watch.cancel())
         raise aetcd.exceptions.ClientError("watch ended")
 
     def _id_from_key(self, key: bytes) -> int | None:
@@ -251,6 +253,23 @@ class EtcdRegistry(_MembershipMixin):
         with contextlib.suppress(*_ETCD_ERRORS):
             async with aetcd.Client(host, port, timeout=2) as client:
                 await client.delete(self.key)
+
+
+def _raise_if_cancel_was_swallowed() -> None:
+    """aetcd waits with ``asyncio.wait_for``, which on Python 3.11 can swallow a
+    cancellation that arrives as the awaited result does (fixed in 3.12). The
+    task still counts the request, so honour it here instead of running on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _bounded(cleanup: Coroutine[Any, Any, Any], timeout_s: float = 2.0) -> None:
+    """Await an aetcd clean-up step for at most ``timeout_s``. Cancelling a watch or
+    closing a channel can wait on a stream that never answers (seen when a
+    registry is cancelled right after an etcd outage); shutdown must not."""
+    with contextlib.suppress(*_ETCD_ERRORS):
+        await asyncio.wait_for(cleanup, timeout_s)
 
 
 async def _first_failure(*coros: Coroutine[Any, Any, None]) -> None:

@@ -27,8 +27,25 @@ async def _running(registry: EtcdRegistry) -> AsyncIterator[EtcdRegistry]:
         task.cancel()
         # Bounded, so that a registry that swallows cancellation fails here.
         done, _ = await asyncio.wait([task], timeout=10)
-        assert done, "registry did not stop within 10 s of cancellation"
+        if not done:
+            stack = "".join(f"\n  {where}" for where in _await_chain(task))
+            raise AssertionError(f"registry did not stop within 10 s of cancellation:{stack}")
         assert task.cancelled()
+
+
+def _await_chain(task: asyncio.Task[None]) -> list[str]:
+    """Where a stuck task waits: its coroutine and everything it awaits, innermost last."""
+    chain: list[str] = []
+    current: object = task.get_coro()
+    while current is not None and len(chain) < 40:
+        code = getattr(current, "cr_code", None) or getattr(current, "ag_code", None)
+        frame = getattr(current, "cr_frame", None) or getattr(current, "ag_frame", None)
+        if code is not None and frame is not None:
+            chain.append(f"{code.co_filename}:{frame.f_lineno} {code.co_name}")
+        else:
+            chain.append(repr(current)[:200])
+        current = getattr(current, "cr_await", None) or getattr(current, "ag_await", None)
+    return chain
 
 
 def _ids(n: int) -> set[int]:

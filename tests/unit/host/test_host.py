@@ -390,3 +390,41 @@ async def test_follower_that_cut_a_corrupt_segment_catches_up_from_an_idle_leade
         want = leader.logs[1].entries(1, last + 1, 1 << 30)
         assert victim.logs[1].entries(1, last + 1, 1 << 30) == want
         assert victim.logs[1].recovering_until == 0
+
+
+async def test_followers_acknowledge_only_after_their_fsync(tmp_path: Path) -> None:
+    import threading
+
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        followers = [n for n in nodes.values() if n is not leader]
+        for n in followers:
+            await until(lambda n=n: n.groups[1].leader == leader.id, 5, "followers know")
+        gates = []
+        for n in followers:
+            gate = threading.Event()
+            gates.append(gate)
+            log = n.logs[1]
+            real_sync = log.sync
+
+            def held_sync(
+                real_sync: Callable[[], int] = real_sync, gate: threading.Event = gate
+            ) -> int:
+                gate.wait(10)
+                return real_sync()
+
+            log.sync = held_sync  # type: ignore[method-assign]
+        index = leader.groups[1].last_index + 1
+        fut = leader.groups[1].propose(batch(b"held"))
+        await until(lambda: all(n.groups[1].last_index >= index for n in followers), 5, "written")
+        # Written but not synced on the followers: no acknowledgement, no commit.
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            for f in followers:
+                progress = leader.groups[1].progress()
+                assert progress[f.id][0] < index
+            assert not fut.done()
+            await asyncio.sleep(0.02)
+        for gate in gates:
+            gate.set()
+        assert await asyncio.wait_for(fut, 5) == index
