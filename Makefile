@@ -34,8 +34,12 @@ pytest: $(STAMP) system-deps
 
 test: lint typecheck pytest
 
+# Each benchmark prints its figure beside the limit it chases; BENCH_ARGS=--quick
+# gives the short runs. Results go to bench/results/ (git-ignored).
+BENCHES := storage_bench raft_core_bench zmq_baseline replication_bench failover_bench idle_bench
+
 bench: $(STAMP)
-	$(PY) bench/storage_bench.py
+	@for b in $(BENCHES); do echo "== bench/$$b.py $(BENCH_ARGS)"; $(PY) bench/$$b.py $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
