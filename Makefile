@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy $(PACKAGES)
+	$(VENV)/bin/mypy $(PACKAGES) tests/support
 
 pytest: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

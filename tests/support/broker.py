@@ -14,7 +14,7 @@ from tests.support.proc import ManagedProcess, free_port, wait_until
 
 def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
     """One metadata request on a fresh DEALER: does the broker answer it?"""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(addr)

@@ -23,10 +23,8 @@ control traffic.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -37,99 +35,33 @@ from typing import Any
 
 from storage import LogConfig, SegmentedLog
 from tests.support.checker import Append, LeaderClaim, Read, Watermark
-from tests.support.lognode import LogNodeClient, LogNodeError
+from tests.support.lognode import LogNode, LogNodeError
 from tests.support.netns import Network
-from tests.support.proc import ManagedProcess, free_port, wait_until
+from tests.support.proc import free_port, wait_until
 
 __all__ = ["AppendWorkload", "Cluster", "ClusterNode", "DiskEntry", "ReadMonitor"]
 
-_ROOT = Path(__file__).resolve().parents[2]
 _NETNS_PEER_PORT = 7100
 _READ_PAGE = 2000
 
 DiskEntry = tuple[int, int, int, bytes]  # (index, term, kind, payload)
 
 
-class ClusterNode:
-    """One lognode process, restartable on the same addresses and data directory."""
+class ClusterNode(LogNode):
+    """A `LogNode` that fault tests can also pause (SIGSTOP) and resume (SIGCONT)."""
 
-    def __init__(
-        self,
-        node_id: int,
-        data_dir: Path,
-        log_dir: Path,
-        bind_addr: str,
-        control_addr: str,
-        *,
-        bootstrap: bool = False,
-        extra_args: Iterable[str] = (),
-        exec_prefix: Iterable[str] = (),
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.node_id = node_id
-        self.data_dir = data_dir
-        self.bind_addr = bind_addr
-        self.control_addr = control_addr
-        argv = [
-            *exec_prefix,
-            sys.executable,
-            "-m",
-            "tests.support.lognode",
-            "--id",
-            str(node_id),
-            "--data-dir",
-            str(data_dir),
-            "--bind",
-            bind_addr,
-            "--control",
-            control_addr,
-            *(("--bootstrap",) if bootstrap else ()),
-            *extra_args,
-        ]
-        child_env = {**os.environ, **(env or {})}
-        child_env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_ROOT), child_env.get("PYTHONPATH")])
-        )
-        self.process = ManagedProcess(f"lognode-{node_id}", argv, log_dir, env=child_env, cwd=_ROOT)
-        self.client = LogNodeClient(control_addr)
-        self.paused = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process.running()
+    paused = False
 
     def start(self, ready_timeout_s: float = 20.0) -> None:
-        """Start the process and wait until its control socket answers ``status``."""
-        if not self.process.running():
-            # One that exited by itself (fail-stop) is reaped and its output file closed.
-            self.process.stop()
-        self.process.start()
+        super().start(ready_timeout_s)
         self.paused = False
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if not self.process.running():
-                raise RuntimeError(f"lognode {self.node_id} exited:\n{self.process.tail()}")
-            try:
-                self.client.status(timeout_s=0.5)
-                return
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"lognode {self.node_id} not ready:\n{self.process.tail()}"
-                    ) from None
 
     def stop(self) -> None:
-        """SIGTERM (SIGKILL after a grace period), by PID."""
-        self.process.stop()
+        super().stop()
         self.paused = False
 
     def kill(self) -> None:
-        """SIGKILL, by PID, and reap."""
-        self.process.kill()
+        super().kill()
         self.paused = False
 
     def pause(self) -> None:
@@ -219,9 +151,9 @@ class Cluster:
                 n,
                 root / f"data{n}",
                 root / "logs",
-                bind,
-                control,
                 bootstrap=n == 1,
+                bind_addr=bind,
+                control_addr=control,
                 extra_args=extra,
                 exec_prefix=prefix,
                 env=(node_env or {}).get(n),

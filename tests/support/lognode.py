@@ -78,7 +78,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,10 @@ class LogNodeClient:
 
 
 class LogNode:
-    """One lognode child process on free ports, always ended by PID."""
+    """One lognode child process, always ended by PID. Addresses default to free
+    ports on 127.0.0.1; ``exec_prefix`` (e.g. ``ip netns exec NS``) and ``env`` let
+    a fault test place it elsewhere. The addresses and data directory stay the
+    same across restarts."""
 
     def __init__(
         self,
@@ -169,14 +172,19 @@ class LogNode:
         log_dir: Path,
         *,
         bootstrap: bool = False,
-        extra_args: tuple[str, ...] = (),
+        extra_args: Iterable[str] = (),
+        bind_addr: str | None = None,
+        control_addr: str | None = None,
+        exec_prefix: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.data_dir = data_dir
-        self.bind_addr = f"tcp://127.0.0.1:{free_port()}"
-        self.control_addr = f"tcp://127.0.0.1:{free_port()}"
+        self.bind_addr = bind_addr or f"tcp://127.0.0.1:{free_port()}"
+        self.control_addr = control_addr or f"tcp://127.0.0.1:{free_port()}"
         self.bootstrap = bootstrap
         argv = [
+            *exec_prefix,
             sys.executable,
             "-m",
             "tests.support.lognode",
@@ -192,13 +200,26 @@ class LogNode:
             *extra_args,
         ]
         root = Path(__file__).resolve().parents[2]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        self.process = ManagedProcess(f"lognode-{node_id}", argv, log_dir, env=env, cwd=root)
+        child_env = {**os.environ, **(env or {})}
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(root), child_env.get("PYTHONPATH")])
+        )
+        self.process = ManagedProcess(f"lognode-{node_id}", argv, log_dir, env=child_env, cwd=root)
         self.client = LogNodeClient(self.control_addr)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.running()
 
     def start(self, ready_timeout_s: float = 20.0) -> None:
         """Start the process and wait until its control socket answers `status`."""
+        if not self.process.running():
+            # One that exited by itself (fail-stop) is reaped and its output file closed.
+            self.process.stop()
         self.process.start()
         deadline = time.monotonic() + ready_timeout_s
         while True:
@@ -214,9 +235,11 @@ class LogNode:
                     ) from None
 
     def stop(self) -> None:
+        """SIGTERM (SIGKILL after a grace period), by PID."""
         self.process.stop()
 
     def kill(self) -> None:
+        """SIGKILL, by PID, and reap."""
         self.process.kill()
 
 
