@@ -34,6 +34,7 @@ from typing import Literal, NamedTuple
 import storage
 from clients._cluster import ClusterClient
 from clients._errors import (
+    CorruptBatchError,
     OffsetOutOfRangeError,
     UnavailableError,
     UnknownPartitionError,
@@ -213,16 +214,22 @@ class Consumer:
 
     async def _seek_to(self, field: str, tps: Sequence[TopicPartition]) -> None:
         targets = [self._state(tp) for tp in tps] if tps else list(self._states.values())
-        await self.cluster.refresh(sorted({s.tp.topic for s in targets}))
         for state in targets:
-            self.seek(state.tp, self._log_bound(state.tp, field))
+            start, end = await self._bounds(state.tp)
+            self.seek(state.tp, start if field == "log_start" else end)
 
-    def _log_bound(self, tp: TopicPartition, field: str) -> int:
-        for p in self.cluster.topic(tp.topic)["partitions"]:
-            if p["partition"] == tp.partition:
-                value: int = p.get(field, 0)
-                return value
-        raise UnknownPartitionError(f"unknown partition {tp}")
+    async def _bounds(self, tp: TopicPartition) -> tuple[int, int]:
+        """(log start, high watermark), asked of the partition's leader (metadata
+        from another broker does not know them)."""
+        request = FetchRequest(*tp, 0, max_bytes=1, max_wait_ms=0)
+        try:
+            reply = await self.cluster.call_leader(*tp, request, timeout_s=self._timeout_s)
+        except OffsetOutOfRangeError as exc:
+            start, end = exc.details.get("start"), exc.details.get("end")
+            if isinstance(start, int) and isinstance(end, int):
+                return start, end
+            raise
+        return int(reply.result["log_start"]), int(reply.result["hwm"])
 
     def lag(self, tp: TopicPartition | tuple[str, int]) -> int:
         """Records committed on the partition and not yet delivered (as of the
@@ -299,16 +306,19 @@ class Consumer:
 
     async def _initial_offset(self, state: _PartitionState) -> None:
         if state.position is None:
-            await self.cluster.refresh([state.tp.topic])
-            field = "log_start" if self._reset == "earliest" else "hwm"
-            state.position = state.fetch_offset = self._log_bound(state.tp, field)
+            start, end = await self._bounds(state.tp)
+            state.position = state.fetch_offset = start if self._reset == "earliest" else end
 
     def _queue_records(self, state: _PartitionState, frames: Sequence[Buffer]) -> list[Record]:
         topic, partition = state.tp
         start = state.fetch_offset
         out: list[Record] = []
         for frame in frames:
-            for r in storage.decode_records(frame):
+            try:
+                decoded = storage.decode_records(frame)
+            except storage.CorruptBatchError as exc:
+                raise CorruptBatchError(f"{topic}/{partition}: {exc}") from exc
+            for r in decoded:
                 if r.offset >= start:
                     out.append(
                         Record(
