@@ -44,6 +44,7 @@ import crc32c
 import storage
 from clients._cluster import ClusterClient
 from clients._errors import (
+    InvalidRequestError,
     NotLeaderError,
     UnknownServerError,
     UnknownTopicError,
@@ -56,6 +57,7 @@ __all__ = ["BlockingProducer", "Producer", "RecordFuture", "RecordMetadata"]
 # Bytes a record adds to a batch beyond its key and value (msgpack framing, the
 # timestamp delta): an estimate for closing batches near batch_bytes.
 _RECORD_OVERHEAD = 8
+_BYTES = (bytes, bytearray, memoryview)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,16 +144,19 @@ class _PartitionSender:
             self._next_seq = 0
 
     def _encode(self, batch: _Batch) -> bytes:
-        if self._pid >= 0 and batch.sequence < 0:
-            batch.sequence = self._next_seq
-            self._next_seq = (self._next_seq + len(batch.records)) % (2**31)
-        return storage.encode_batch(
+        fresh = self._pid >= 0 and batch.sequence < 0
+        sequence = self._next_seq if fresh else batch.sequence
+        frame = storage.encode_batch(
             batch.records,
             producer_id=self._pid,
             producer_epoch=self._epoch,
-            base_sequence=batch.sequence,
+            base_sequence=sequence,
             timestamp_ms=batch.timestamp_ms,
         )
+        if fresh:  # numbered only once encoded: a batch that cannot be leaves no gap
+            batch.sequence = sequence
+            self._next_seq = (sequence + len(batch.records)) % (2**31)
+        return frame
 
     async def _run(self) -> None:
         config = self._producer.config
@@ -173,7 +178,11 @@ class _PartitionSender:
             in_flight: list[tuple[_Batch, asyncio.Task[int]]] = []
             while self.queue and len(in_flight) < config.max_in_flight:
                 batch = self.queue.popleft()
-                frame = self._encode(batch)
+                try:
+                    frame = self._encode(batch)
+                except ValueError as exc:  # a value that msgpack cannot take
+                    batch.future.set_exception(InvalidRequestError(str(exc)))
+                    continue
                 # Tasks start in creation order: the requests leave in sequence order.
                 in_flight.append((batch, asyncio.create_task(self._send(frame))))
             retry: list[_Batch] = []
@@ -347,9 +356,12 @@ class Producer:
         headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> RecordFuture:
-        """Queue one record; await the result for its :class:`RecordMetadata`."""
+        """Queue one record; await the result for its :class:`RecordMetadata`.
+        Raises TypeError at once for a value or key that is not bytes."""
         if self._closed:
             raise UnknownServerError("the producer is closed")
+        if not isinstance(value, _BYTES) or not (key is None or isinstance(key, _BYTES)):
+            raise TypeError("value and key must be bytes")
         part = self._choose(topic, key, partition)
         batch = self._batch_for(topic, part)
         if headers:
@@ -373,19 +385,23 @@ class Producer:
     ) -> list[Awaitable[int]]:
         """Queue many keyless values; returns one awaitable per batch touched, each
         giving that batch's base offset. Cheaper per record than `send`."""
+        if self._closed:
+            raise UnknownServerError("the producer is closed")
         futures: list[Awaitable[int]] = []
-        part = self._choose(topic, None, partition)
-        batch = self._batch_for(topic, part)
         limit = self.config.batch_bytes
+        batch: _Batch | None = None
+        part = 0
         for value in values:
+            if batch is None:
+                part = self._choose(topic, None, partition)
+                batch = self._batch_for(topic, part)
             batch.records.append((None, value))
             batch.size += len(value) + _RECORD_OVERHEAD
             if batch.size >= limit:
                 futures.append(batch.future)
                 self._close_batch(topic, part, batch)
-                part = self._choose(topic, None, partition)
-                batch = self._batch_for(topic, part)
-        if batch.records:
+                batch = None
+        if batch is not None:
             futures.append(batch.future)
         return futures
 

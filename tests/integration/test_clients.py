@@ -207,3 +207,17 @@ async def test_leader_answers_a_duplicate_with_its_offset_and_refuses_a_gap(
         assert await produce(plain) == 3
         assert await produce(plain) == 4
         assert await produce(batch(3, b"d")) == 5
+
+
+async def test_send_many_of_exactly_full_batches_and_bad_types(broker: BrokerProcess) -> None:
+    topic = await _topic(broker)
+    async with Producer(broker.bootstrap, batch_bytes=1000) as producer:
+        # 9 records of 100 B close a batch exactly: no empty batch may be left open
+        futures = producer.send_many(topic, [bytes(100)] * 9, partition=0)
+        assert await asyncio.gather(*futures) == [0]
+        with pytest.raises(TypeError):
+            producer.send(topic, "not bytes", partition=0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            producer.send(topic, b"v", key="not bytes", partition=0)  # type: ignore[arg-type]
+        good = await producer.send(topic, b"after", partition=0)
+        assert good.offset == 9
