@@ -418,6 +418,9 @@ class Consumer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Wake an iterator waiting for records: it sees the consumer closed and stops.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_Chunk(_PartitionState(TopicPartition("", 0)), -1, [], 0, 0))
         await self.cluster.close()
 
     async def __aenter__(self) -> Consumer:

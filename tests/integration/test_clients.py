@@ -221,3 +221,24 @@ async def test_send_many_of_exactly_full_batches_and_bad_types(broker: BrokerPro
             producer.send(topic, b"v", key="not bytes", partition=0)  # type: ignore[arg-type]
         good = await producer.send(topic, b"after", partition=0)
         assert good.offset == 9
+
+
+async def test_close_ends_an_iteration_waiting_for_records(broker: BrokerProcess) -> None:
+    topic = await _topic(broker)
+    consumer = Consumer(broker.bootstrap)
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0)])
+
+    async def drain() -> list[Record]:
+        return [record async for record in consumer]
+
+    task = asyncio.create_task(drain())
+    async with Producer(broker.bootstrap) as producer:
+        await producer.send(topic, b"only")
+
+    async def delivered() -> bool:
+        return consumer.position(TopicPartition(topic, 0)) == 1
+
+    await wait_until_async(delivered, 10, "the record to be delivered")
+    await consumer.close()
+    assert [r.value for r in await asyncio.wait_for(task, 5)] == [b"only"]
