@@ -436,14 +436,16 @@ class Frontend:
         self._streams.pop(stream.id, None)
         task = stream.task
         if task is not None and task is not asyncio.current_task():
+            # Not awaited: Python 3.11's wait_for can swallow a cancel that races with
+            # its inner future completing, and awaiting here would then block the
+            # receive loop forever. The pump also stops once its stream is gone; the
+            # task stays owned by the front end (cancelled again by `close`).
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _pump(self, stream: _Stream) -> None:
         """Push committed batches while credit lasts; heartbeat when idle."""
         try:
-            while True:
+            while self._streams.get(stream.id) is stream:
                 partition = self._backend.partition(stream.topic, stream.partition)
                 partition.check_leader()
                 if stream.credit_bytes <= 0:

@@ -30,6 +30,7 @@ from pathlib import Path
 import replication
 import storage
 from broker._controller import ControllerState, PartitionAssignment, TopicRecord
+from broker._idempotence import ProducerTable
 from clients import (
     Acks,
     NotLeaderError,
@@ -44,6 +45,10 @@ from clients._protocol import Buffer
 __all__ = ["PartitionManager", "RaftReplica", "log_config_for", "translate_raft_error"]
 
 log = logging.getLogger("zstream.partitions")
+
+# How far back from the log end the producer table is rebuilt: a producer silent for
+# longer than this many records is forgotten (its next batch starts a new sequence).
+TAIL_RECORDS = 50_000
 
 
 def log_config_for(configs: Mapping[str, int], default_segment_bytes: int) -> storage.LogConfig:
@@ -77,6 +82,37 @@ class RaftReplica:
         self.log = raft_log
         self._hwm_cache = (-1, 0)  # (commit index, offset after it)
         self.closed = False
+        # Idempotent producers: rebuilt from the log tail when stale (at open, after a
+        # leader change, after a proposal with an unknown outcome).
+        self._producers = ProducerTable()
+        self._producers_stale = True
+        self._in_flight: dict[tuple[int, int], asyncio.Future[int]] = {}
+
+    def leadership_changed(self) -> None:
+        self._producers_stale = True
+
+    def _rebuild_producers(self) -> None:
+        """Replay the batches of the last TAIL_RECORDS offsets into the table."""
+        table = self._producers
+        table.clear()
+        end = self.log.next_offset
+        offset = max(self.log.log_start_offset, end - TAIL_RECORDS)
+        while offset < end:
+            try:
+                base, batch = self.log.batch_at(offset)
+            except (storage.OffsetOutOfRange, replication.RaftError):
+                break
+            header = storage.decode_batch_header(batch)
+            if header.producer_id >= 0:
+                table.observe(
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                    header.record_count,
+                    base,
+                )
+            offset = base + header.record_count
+        self._producers_stale = False
 
     @property
     def is_leader(self) -> bool:
@@ -114,7 +150,48 @@ class RaftReplica:
 
     async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
         self.check_leader()
-        count = storage.decode_batch_header(batch).record_count
+        header = storage.decode_batch_header(batch)
+        count = header.record_count
+        pid = header.producer_id
+        if pid < 0:
+            return await self._append(batch, count)
+        if self._producers_stale:
+            self._rebuild_producers()
+        seq, epoch = header.base_sequence, header.producer_epoch
+        duplicate = self._producers.check(pid, epoch, seq, count)
+        if duplicate is not None:
+            return await self._original(pid, seq, duplicate.base_offset, count, timeout_s)
+        self._producers.observe(pid, epoch, seq, count, -1)
+        future = asyncio.get_running_loop().create_future()
+        self._in_flight[(pid, seq)] = future
+        try:
+            base = await self._append(batch, count)
+        except BaseException as exc:
+            # Unknown outcome (it may still commit): describe the log again next time.
+            self._producers_stale = True
+            future.set_exception(exc if isinstance(exc, ZStreamError) else NotLeaderError())
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        else:
+            self._producers.resolve(pid, seq, base)
+            future.set_result(base)
+            return base
+        finally:
+            if self._in_flight.get((pid, seq)) is future:
+                del self._in_flight[(pid, seq)]
+
+    async def _original(self, pid: int, seq: int, base: int, count: int, timeout_s: float) -> int:
+        """The offset of a batch the log already holds, once it is committed."""
+        if base < 0:
+            future = self._in_flight.get((pid, seq))
+            if future is None:  # pragma: no cover - resolved or failed in between
+                raise NotLeaderError("the original batch's outcome is unknown", leader=None)
+            return await asyncio.shield(future)
+        if not await self.wait_beyond(base + count - 1, timeout_s):
+            raise RequestTimedOutError("the original batch is not committed yet")
+        return base
+
+    async def _append(self, batch: Buffer, count: int) -> int:
         try:
             index = await self.handle.propose(bytes(batch))
         except (replication.RaftError, storage.StorageError) as exc:
@@ -208,15 +285,17 @@ class PartitionManager:
             raft_log.close()
             raise
         gid = part.group_id
+        replica = RaftReplica(handle, raft_log)
 
         def leader_changed(leader: int, term: int) -> None:
             log.info("leader group=%d leader=%d term=%d", gid, leader, term)
+            replica.leadership_changed()
             self._leadership_changed.set()
 
         handle.on_leader_change(leader_changed)
         if fresh and part.replicas[0] == self._broker_id:
             handle.campaign()  # the preferred leader: leaders spread as placed
-        return RaftReplica(handle, raft_log)
+        return replica
 
     async def reconcile(self, state: ControllerState) -> None:
         """Make the open replicas match the placement in ``state``."""

@@ -7,6 +7,7 @@ Depends on ``storage`` only (for the record-batch format).
 from clients._admin import Admin
 from clients._cluster import ClusterClient
 from clients._connection import Connection
+from clients._consumer import Consumer, Record, TopicPartition
 from clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
@@ -31,6 +32,7 @@ from clients._errors import (
     ZStreamError,
     error_for_code,
 )
+from clients._producer import BlockingProducer, Producer, RecordFuture, RecordMetadata
 from clients._protocol import (
     Acks,
     CreateTopicRequest,
@@ -49,9 +51,11 @@ from clients._protocol import (
 __all__ = [
     "Acks",
     "Admin",
+    "BlockingProducer",
     "ClusterClient",
     "Connection",
     "ConnectionLostError",
+    "Consumer",
     "CorruptBatchError",
     "CreateTopicRequest",
     "CreditRequest",
@@ -71,10 +75,15 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "ProduceRequest",
+    "Producer",
+    "Record",
+    "RecordFuture",
+    "RecordMetadata",
     "RequestTimedOutError",
     "SubscribeRequest",
     "ThrottledError",
     "TopicExistsError",
+    "TopicPartition",
     "UnavailableError",
     "UnknownGroupError",
     "UnknownPartitionError",

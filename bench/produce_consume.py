@@ -1,0 +1,222 @@
+"""Producer and consumer through real brokers: records/s, MB/s, end-to-end latency.
+
+Clusters (fresh per replication factor, on free loopback ports, fsync on):
+
+* RF 1: one broker;
+* RF 3: three brokers with a static peer list (no etcd).
+
+Workloads, for 100 B and 1 KiB records, one topic of ``--partitions`` partitions:
+
+* produce: one asyncio ``Producer`` (acks=all, idempotent) feeding ``send_many``
+  for ``--seconds``; records/s counts acknowledged records only;
+* consume: one stream ``Consumer`` reading everything back from offset 0;
+* latency (RF 3, 100 B): ``send`` at a fixed 1,000 records/s with ``linger_ms=0``;
+  a stream consumer in the same process stamps arrival; p50/p99/p999 of
+  (arrival - send time).
+
+    .venv/bin/python bench/produce_consume.py [--quick]
+
+Writes bench/results/produce_consume-<time>.json. Progress goes to stderr.
+Last line: ``e2e records_per_s=X nats_ratio=Y latency_p99_ms=Z`` for 100 B records at
+RF 3 with acks=all. nats_ratio needs the NATS run of bench/peers.py; this script alone
+prints ``nats_ratio=nan``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import print_table, write_results
+from clients import Admin, Consumer, Producer, TopicPartition
+from tests.support import BrokerProcess, wait_until_async
+
+
+def progress(label: str, done: float, total: float) -> None:
+    width = 30
+    filled = int(width * min(done / total, 1.0)) if total else width
+    sys.stderr.write(f"\r{label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:,.0f}")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def cluster(root: Path, rf: int) -> Iterator[str]:
+    brokers = [BrokerProcess(root, i, extra=["--log-level=WARNING"]) for i in range(1, rf + 1)]
+    if rf > 1:
+        peers = ",".join(
+            f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in brokers
+        )
+        for b in brokers:
+            b.process.argv.append(f"--peers={peers}")
+    try:
+        for b in brokers:
+            b.launch()
+        for b in brokers:
+            b.wait_ready(60)
+        yield ",".join(b.bootstrap for b in brokers)
+    finally:
+        for b in brokers:
+            b.stop()
+
+
+async def produce(bootstrap: str, topic: str, size: int, seconds: float) -> dict[str, Any]:
+    value = bytes(size)
+    chunk = max(1, (256 * 1024) // (size + 8))  # about one batch per send_many call
+    sent = 0
+    async with Producer(bootstrap, linger_ms=5, batch_bytes=256 * 1024) as producer:
+        partitions = await producer.partitions_for(topic)
+        pending: list[Any] = []
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            for p in range(partitions):
+                pending.extend(producer.send_many(topic, [value] * chunk, partition=p))
+                sent += chunk
+            # keep a bounded window: wait for the oldest batches
+            while len(pending) > partitions * 10:
+                await pending.pop(0)
+            progress(f"produce {size} B", time.perf_counter() - started, seconds)
+        await producer.flush()
+        for f in pending:
+            await f
+        elapsed = time.perf_counter() - started
+    progress(f"produce {size} B", seconds, seconds)
+    return {
+        "records": sent,
+        "seconds": elapsed,
+        "records_per_s": sent / elapsed,
+        "mb_per_s": sent * size / elapsed / 1e6,
+    }
+
+
+async def consume(bootstrap: str, topic: str, partitions: int, total: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    got = 0
+    async with Consumer(bootstrap) as consumer:
+        consumer.assign(TopicPartition(topic, p) for p in range(partitions))
+        async for _ in consumer:
+            got += 1
+            if got % 50_000 == 0:
+                progress("consume", got, total)
+            if got >= total:
+                break
+    elapsed = time.perf_counter() - started
+    progress("consume", total, total)
+    return {"records": got, "seconds": elapsed, "records_per_s": got / elapsed}
+
+
+async def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, Any]:
+    total = int(rate * seconds)
+    sent_at: dict[int, float] = {}
+    lat: list[float] = []
+    async with (
+        Producer(bootstrap, linger_ms=0) as producer,
+        Consumer(bootstrap, auto_offset_reset="latest") as consumer,
+    ):
+        consumer.assign([TopicPartition(topic, 0)])
+
+        async def positioned() -> bool:
+            return consumer.position(TopicPartition(topic, 0)) is not None
+
+        await wait_until_async(positioned, 10, "the consumer's start offset")
+
+        async def reader() -> None:
+            async for record in consumer:
+                lat.append(time.perf_counter() - sent_at[int.from_bytes(record.value[:8], "big")])
+                if len(lat) >= total:
+                    return
+
+        task = asyncio.create_task(reader())
+        try:
+            started = time.perf_counter()
+            for i in range(total):
+                target = started + i / rate
+                delay = target - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent_at[i] = time.perf_counter()
+                producer.send(topic, i.to_bytes(8, "big") + bytes(92), partition=0)
+                if i % rate == 0:
+                    progress("latency @1000/s", i, total)
+            await asyncio.wait_for(task, 30)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    progress("latency @1000/s", total, total)
+    lat.sort()
+    ms = [x * 1000 for x in lat]
+    return {
+        "records": len(ms),
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[int(len(ms) * 0.99) - 1],
+        "p999_ms": ms[int(len(ms) * 0.999) - 1],
+    }
+
+
+async def run_rf(bootstrap: str, rf: int, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with Admin(bootstrap) as admin:
+        for size in (100, 1024):
+            topic = f"bench-{size}"
+            await admin.create_topic(topic, partitions=args.partitions, replication_factor=rf)
+            await asyncio.sleep(0.5 if rf > 1 else 0.1)  # leaders elected
+            p = await produce(bootstrap, topic, size, args.seconds)
+            c = await consume(bootstrap, topic, args.partitions, p["records"])
+            out[f"produce_{size}"] = p
+            out[f"consume_{size}"] = c
+        if rf == 3:
+            await admin.create_topic("bench-latency", partitions=1, replication_factor=rf)
+            await asyncio.sleep(0.5)
+            out["latency"] = await latency(bootstrap, "bench-latency", 1000, args.latency_seconds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (< 90 s)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.latency_seconds = 3.0, 5.0
+    results: dict[str, Any] = {}
+    root = Path(tempfile.mkdtemp(prefix="zstream-bench-"))
+    try:
+        for rf in (1, 3):
+            with cluster(root / f"rf{rf}", rf) as bootstrap:
+                results[f"rf{rf}"] = asyncio.run(run_rf(bootstrap, rf, args))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows = []
+    for rf in (1, 3):
+        for size in (100, 1024):
+            p, c = results[f"rf{rf}"][f"produce_{size}"], results[f"rf{rf}"][f"consume_{size}"]
+            rows.append([rf, size, p["records_per_s"], p["mb_per_s"], c["records_per_s"]])
+    print_table(["rf", "bytes", "produce rec/s", "produce MB/s", "consume rec/s"], rows)
+    lat = results["rf3"]["latency"]
+    print_table(
+        ["latency @1000/s", "p50 ms", "p99 ms", "p999 ms"],
+        [["rf3 100 B", lat["p50_ms"], lat["p99_ms"], lat["p999_ms"]]],
+    )
+    path = write_results("produce_consume", results)
+    print(f"results: {path}")
+    x = results["rf3"]["produce_100"]["records_per_s"]
+    print(f"e2e records_per_s={x:.0f} nats_ratio=nan latency_p99_ms={lat['p99_ms']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""The consumer: assigned partitions read through push streams (default) or fetch.
+
+Theory of operation
+-------------------
+Each assigned partition has one reader task (owned by the consumer; cancelled by
+`pause`, `seek`, `assign` and `close`). It keeps ``fetch_offset``, the next offset it
+has not yet handed over, and puts chunks of decoded records (``offset >=
+fetch_offset`` only) into one queue that ``async for`` drains. Every chunk carries the
+partition's generation: `seek`, `pause` and re-assignment bump it, so chunks read
+before the change are dropped rather than delivered.
+
+Stream mode: the reader subscribes on the leader from ``fetch_offset`` with
+``credit_bytes``; the iterator grants credit again once the application has consumed
+half of it. When the stream closes (NOT_LEADER, the broker died, a silence longer
+than ``stream_silence_ms`` with no heartbeat) the reader refreshes the metadata and
+subscribes on the (new) leader from ``fetch_offset``: records already delivered are
+filtered out and none is skipped, so the application sees no gap and no duplicate.
+
+Fetch mode: the reader long-polls ``fetch`` from ``fetch_offset``; the queue's bound
+is the back-pressure.
+
+Offsets: ``position(tp)`` is the offset of the next record the application will
+get. Consumer groups and committed offsets are not implemented yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple
+
+import storage
+from clients._cluster import ClusterClient
+from clients._errors import (
+    CorruptBatchError,
+    OffsetOutOfRangeError,
+    UnavailableError,
+    UnknownPartitionError,
+    ZStreamError,
+    error_for_code,
+)
+from clients._protocol import (
+    Buffer,
+    CreditRequest,
+    FetchRequest,
+    Push,
+    SubscribeRequest,
+    UnsubscribeRequest,
+)
+
+__all__ = ["Consumer", "Record", "TopicPartition"]
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed record."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclasses.dataclass(slots=True)
+class _Chunk:
+    state: _PartitionState
+    generation: int
+    records: list[Record]
+    size: int
+    stream: int  # the push stream it came on (0 for fetch)
+
+
+@dataclasses.dataclass(slots=True)
+class _PartitionState:
+    tp: TopicPartition
+    position: int | None = None  # next offset for the application
+    fetch_offset: int = 0  # next offset the reader has not queued
+    hwm: int = 0
+    generation: int = 0
+    paused: bool = False
+    task: asyncio.Task[None] | None = None
+    stream: int = 0
+    stream_addr: str = ""
+    consumed: int = 0  # bytes of the current stream consumed since the last credit
+
+
+class Consumer:
+    """An asyncio consumer::
+
+    async with Consumer("127.0.0.1:7101") as consumer:
+        consumer.assign([TopicPartition("events", 0)])
+        async for record in consumer:
+            print(record.offset, record.value)
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        mode: Literal["stream", "fetch"] = "stream",
+        auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+        credit_bytes: int = 4 * 1024 * 1024,
+        fetch_max_bytes: int = 1024 * 1024,
+        fetch_max_wait_ms: int = 500,
+        stream_silence_ms: int = 5000,
+        request_timeout_ms: int = 5000,
+    ) -> None:
+        # credit 4 MiB: enough to keep a stream busy through one round trip at several
+        # hundred MB/s, small enough to bound the memory a slow application holds.
+        # stream_silence_ms 5 s: five broker heartbeats (1 s) missed means a dead leader.
+        if mode not in ("stream", "fetch") or auto_offset_reset not in ("earliest", "latest"):
+            raise ValueError("mode is 'stream' or 'fetch'; auto_offset_reset 'earliest'/'latest'")
+        self._mode = mode
+        self._reset = auto_offset_reset
+        self._credit = credit_bytes
+        self._fetch_max_bytes = fetch_max_bytes
+        self._fetch_wait_ms = fetch_max_wait_ms
+        self._silence_s = stream_silence_ms / 1000
+        self._timeout_s = request_timeout_ms / 1000
+        self.cluster = ClusterClient(bootstrap, timeout_s=self._timeout_s, retry_for_s=30)
+        self._states: dict[TopicPartition, _PartitionState] = {}
+        self._queue: asyncio.Queue[_Chunk] = asyncio.Queue(maxsize=64)
+        self._chunk: _Chunk | None = None
+        self._index = 0
+        self._closed = False
+        # Every reader task, including cancelled ones still unsubscribing: `close`
+        # waits for them all.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.cluster.refresh()
+
+    # -- assignment ---------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
+        """Read exactly these partitions (replacing any earlier assignment)."""
+        wanted = [TopicPartition(*tp) for tp in partitions]
+        for tp in list(self._states):
+            if tp not in wanted:
+                self._stop(self._states.pop(tp))
+        for tp in wanted:
+            if tp not in self._states:
+                state = self._states[tp] = _PartitionState(tp)
+                self._start(state)
+
+    async def subscribe(self, topics: Sequence[str]) -> None:
+        """Assign every partition of ``topics`` (no group: this consumer reads all)."""
+        await self.cluster.refresh(list(topics))
+        self.assign(
+            TopicPartition(t, p["partition"])
+            for t in topics
+            for p in self.cluster.topic(t)["partitions"]
+        )
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._states)
+
+    def _state(self, tp: TopicPartition | tuple[str, int]) -> _PartitionState:
+        state = self._states.get(TopicPartition(*tp))
+        if state is None:
+            raise UnknownPartitionError(f"{tp} is not assigned to this consumer")
+        return state
+
+    def _start(self, state: _PartitionState) -> None:
+        state.generation += 1
+        if state.position is not None:
+            state.fetch_offset = state.position
+        if state.paused or self._closed:
+            return
+        reader = self._stream if self._mode == "stream" else self._fetch
+        task = state.task = asyncio.create_task(reader(state, state.generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _stop(self, state: _PartitionState) -> None:
+        state.generation += 1
+        if state.task is not None:
+            state.task.cancel()
+            state.task = None
+
+    def _restart(self, state: _PartitionState) -> None:
+        self._stop(state)
+        self._start(state)
+
+    # -- offsets ------------------------------------------------------------------------
+
+    def position(self, tp: TopicPartition | tuple[str, int]) -> int | None:
+        """The offset of the next record this consumer will deliver for ``tp``
+        (None until the reader has found its starting offset)."""
+        return self._state(tp).position
+
+    def seek(self, tp: TopicPartition | tuple[str, int], offset: int) -> None:
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        state = self._state(tp)
+        state.position = offset
+        self._restart(state)
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        await self._seek_to("log_start", tps)
+
+    async def seek_to_end(self, *tps: TopicPartition) -> None:
+        await self._seek_to("hwm", tps)
+
+    async def _seek_to(self, field: str, tps: Sequence[TopicPartition]) -> None:
+        targets = [self._state(tp) for tp in tps] if tps else list(self._states.values())
+        for state in targets:
+            start, end = await self._bounds(state.tp)
+            self.seek(state.tp, start if field == "log_start" else end)
+
+    async def _bounds(self, tp: TopicPartition) -> tuple[int, int]:
+        """(log start, high watermark), asked of the partition's leader (metadata
+        from another broker does not know them)."""
+        request = FetchRequest(*tp, 0, max_bytes=1, max_wait_ms=0)
+        try:
+            reply = await self.cluster.call_leader(*tp, request, timeout_s=self._timeout_s)
+        except OffsetOutOfRangeError as exc:
+            start, end = exc.details.get("start"), exc.details.get("end")
+            if isinstance(start, int) and isinstance(end, int):
+                return start, end
+            raise
+        return int(reply.result["log_start"]), int(reply.result["hwm"])
+
+    def lag(self, tp: TopicPartition | tuple[str, int]) -> int:
+        """Records committed on the partition and not yet delivered (as of the
+        last high watermark the broker reported)."""
+        state = self._state(tp)
+        return max(0, state.hwm - (state.position or 0))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop reading ``tps``; records already queued for them are dropped and read
+        again after `resume`."""
+        for tp in tps:
+            state = self._state(tp)
+            if not state.paused:
+                state.paused = True
+                self._stop(state)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            state = self._state(tp)
+            if state.paused:
+                state.paused = False
+                self._start(state)
+
+    def paused(self) -> set[TopicPartition]:
+        return {tp for tp, s in self._states.items() if s.paused}
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Record:
+        while True:
+            chunk = self._chunk
+            if chunk is not None:
+                state = chunk.state
+                if chunk.generation == state.generation and self._index < len(chunk.records):
+                    record = chunk.records[self._index]
+                    self._index += 1
+                    state.position = record.offset + 1
+                    return record
+                self._chunk = None
+                await self._consumed(chunk)
+            if self._closed:
+                raise StopAsyncIteration
+            self._chunk = await self._queue.get()
+            self._index = 0
+
+    async def getone(self) -> Record:
+        return await self.__anext__()
+
+    async def _consumed(self, chunk: _Chunk) -> None:
+        """Grant stream credit back once half of it has been consumed."""
+        state = chunk.state
+        if not chunk.stream or chunk.stream != state.stream:
+            return
+        state.consumed += chunk.size
+        if state.consumed * 2 < self._credit:
+            return
+        grant, state.consumed = state.consumed, 0
+        with contextlib.suppress(ZStreamError):
+            conn = self.cluster.connection(state.stream_addr)
+            await conn.call(CreditRequest(chunk.stream, grant), timeout_s=self._timeout_s)
+
+    # -- readers ------------------------------------------------------------------------
+
+    async def _leader_addr(self, tp: TopicPartition) -> str:
+        for p in self.cluster.topic(tp.topic)["partitions"]:
+            if p["partition"] == tp.partition:
+                addr = self.cluster.broker_addr(p.get("leader"))
+                if addr is not None:
+                    return addr
+        raise UnavailableError(f"no leader known for {tp.topic}/{tp.partition}")
+
+    async def _initial_offset(self, state: _PartitionState) -> None:
+        if state.position is None:
+            start, end = await self._bounds(state.tp)
+            state.position = state.fetch_offset = start if self._reset == "earliest" else end
+
+    def _queue_records(self, state: _PartitionState, frames: Sequence[Buffer]) -> list[Record]:
+        topic, partition = state.tp
+        start = state.fetch_offset
+        out: list[Record] = []
+        for frame in frames:
+            try:
+                decoded = storage.decode_records(frame)
+            except storage.CorruptBatchError as exc:
+                raise CorruptBatchError(f"{topic}/{partition}: {exc}") from exc
+            for r in decoded:
+                if r.offset >= start:
+                    out.append(
+                        Record(
+                            topic, partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers
+                        )
+                    )
+        if out:
+            state.fetch_offset = out[-1].offset + 1
+        return out
+
+    async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
+        """After a failed read: back off, refresh metadata, fix an out-of-range offset."""
+        if isinstance(exc, OffsetOutOfRangeError):
+            start = exc.details.get("start")
+            if isinstance(start, int) and state.fetch_offset < start:
+                state.fetch_offset = start  # the records were deleted by retention
+                state.position = start
+                state.generation += 1
+        await asyncio.sleep(delay)
+        with contextlib.suppress(ZStreamError):
+            await self.cluster.refresh([state.tp.topic])
+        return min(delay * 2, 1.0)
+
+    async def _stream(self, state: _PartitionState, generation: int) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._initial_offset(state)
+                addr = await self._leader_addr(state.tp)
+                conn = self.cluster.connection(addr)
+                request = SubscribeRequest(*state.tp, state.fetch_offset, self._credit)
+                reply = await conn.call(request, timeout_s=self._timeout_s)
+                sid: int = reply.result["stream"]
+                state.stream, state.stream_addr, state.consumed = sid, addr, 0
+                pushes = conn.stream_queue(sid)
+                try:
+                    await self._pump(state, generation, pushes, sid)
+                finally:
+                    conn.forget_stream(sid)
+                    state.stream = 0
+                    if state.generation != generation:  # cancelled by seek/pause/close
+                        with contextlib.suppress(ZStreamError):
+                            await conn.call(UnsubscribeRequest(sid), timeout_s=1)
+            except (ZStreamError, TimeoutError) as exc:
+                error = exc if isinstance(exc, ZStreamError) else UnavailableError("silent stream")
+                delay = await self._recover(state, error, delay)
+
+    async def _pump(
+        self, state: _PartitionState, generation: int, pushes: asyncio.Queue[Push], sid: int
+    ) -> None:
+        while True:
+            push = await asyncio.wait_for(pushes.get(), self._silence_s)
+            result = push.result
+            hwm = result.get("hwm")
+            if isinstance(hwm, int):
+                state.hwm = hwm
+            if push.kind == "data":
+                records = self._queue_records(state, push.frames)
+                size = sum(len(f) for f in push.frames)
+                await self._queue.put(_Chunk(state, generation, records, size, sid))
+            elif push.kind == "closed":
+                code = result.get("err", 1)
+                details = {k: v for k, v in result.items() if k not in ("err", "msg")}
+                raise error_for_code(code if isinstance(code, int) else 1)(
+                    str(result.get("msg", "stream closed")), **details
+                )
+
+    async def _fetch(self, state: _PartitionState, generation: int) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._initial_offset(state)
+                addr = await self._leader_addr(state.tp)
+                request = FetchRequest(
+                    *state.tp, state.fetch_offset, self._fetch_max_bytes, self._fetch_wait_ms
+                )
+                timeout_s = self._timeout_s + self._fetch_wait_ms / 1000
+                reply = await self.cluster.connection(addr).call(request, timeout_s=timeout_s)
+                state.hwm = reply.result.get("hwm", state.hwm)
+                records = self._queue_records(state, reply.frames)
+                if records:
+                    size = sum(len(f) for f in reply.frames)
+                    await self._queue.put(_Chunk(state, generation, records, size, 0))
+                delay = 0.05
+            except ZStreamError as exc:
+                delay = await self._recover(state, exc, delay)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for state in self._states.values():
+            self._stop(state)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Wake an iterator waiting for records: it sees the consumer closed and stops.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_Chunk(_PartitionState(TopicPartition("", 0)), -1, [], 0, 0))
+        await self.cluster.close()
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
