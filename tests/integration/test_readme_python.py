@@ -1,5 +1,5 @@
 """The README's Python producer and consumer examples, run exactly as written
-against a real broker (ZSTREAM_BOOTSTRAP set as `make run` tells the user)."""
+against a real broker (ZSTREAM_BOOTSTRAP set as the README tells the user)."""
 
 from __future__ import annotations
 
