@@ -49,6 +49,8 @@ log = logging.getLogger("zstream.partitions")
 # How far back from the log end the producer table is rebuilt: a producer silent for
 # longer than this many records is forgotten (its next batch starts a new sequence).
 TAIL_RECORDS = 50_000
+# Bytes per read while replaying the log tail into the producer table (one pread each).
+_REBUILD_READ_BYTES = 1024 * 1024
 
 
 def log_config_for(configs: Mapping[str, int], default_segment_bytes: int) -> storage.LogConfig:
@@ -99,19 +101,20 @@ class RaftReplica:
         offset = max(self.log.log_start_offset, end - TAIL_RECORDS)
         while offset < end:
             try:
-                base, batch = self.log.batch_at(offset)
+                batches = self.log.read_batches(offset, _REBUILD_READ_BYTES)
             except (storage.OffsetOutOfRange, replication.RaftError):
                 break
-            header = storage.decode_batch_header(batch)
-            if header.producer_id >= 0:
-                table.observe(
-                    header.producer_id,
-                    header.producer_epoch,
-                    header.base_sequence,
-                    header.record_count,
-                    base,
-                )
-            offset = base + header.record_count
+            for base, batch in batches:
+                header = storage.decode_batch_header(batch)
+                if header.producer_id >= 0:
+                    table.observe(
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_sequence,
+                        header.record_count,
+                        base,
+                    )
+                offset = base + header.record_count
         self._producers_stale = False
 
     @property
@@ -208,25 +211,17 @@ class RaftReplica:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is outside [{start}, {hwm}]", start=start, end=hwm
             )
-        out: list[memoryview] = []
-        used = 0
-        while offset < hwm:
-            try:
-                base, batch = self.log.batch_at(offset)
-            except storage.OffsetOutOfRange as exc:
-                raise OffsetOutOfRangeError(
-                    f"offset {offset} is no longer here", start=self.log.log_start_offset, end=hwm
-                ) from exc
-            except replication.RaftError as exc:
-                raise translate_raft_error(exc) from exc
-            if out and used + len(batch) > max_bytes:
-                break
-            out.append(batch)
-            used += len(batch)
-            offset = storage.decode_batch_header(batch).next_offset
-            if base > offset:  # pragma: no cover - a log that goes backwards
-                raise UnknownServerError("log offsets are not increasing")
-        return out
+        if offset == hwm:
+            return []
+        try:
+            batches = self.log.read_batches(offset, max_bytes, max_index=self._hwm_cache[0])
+        except storage.OffsetOutOfRange as exc:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is no longer here", start=self.log.log_start_offset, end=hwm
+            ) from exc
+        except replication.RaftError as exc:
+            raise translate_raft_error(exc) from exc
+        return [batch for _, batch in batches]
 
     async def wait_beyond(self, offset: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
