@@ -688,6 +688,8 @@ class RaftHost:
         timeouts = g.timeouts
         while timeouts and timeouts[0][0] <= now:
             _, lo, hi = timeouts.popleft()
+            if not g.proposals:  # every proposal resolved already: nothing to walk
+                continue
             for index in range(lo, hi + 1):
                 p = g.proposals.pop(index, None)
                 if p is not None and not p[1].done():
@@ -829,7 +831,9 @@ class RaftHost:
                 # Storage forbids truncating or resetting a log while a sync runs.
                 await self._finish_inflight()
             if rd.snapshot is not None:
-                g.log.apply_snapshot(rd.snapshot)
+                # Several fsyncs (state, reset marker, new segment): off the loop, like
+                # every other durable write of the pass. No sync runs now (see above).
+                await loop.run_in_executor(self._pool, g.log.apply_snapshot, rd.snapshot)
                 g.applied = max(g.applied, rd.snapshot.metadata.index)
                 _release_waiters(g)
             if rd.entries:
