@@ -130,7 +130,9 @@ async def test_stream_consumer_follows_new_records_pause_resume_and_lag(
         consumer.pause(tp)
         assert consumer.paused() == {tp}
         assert consumer.position(tp) == 100
-        assert consumer.lag(tp) >= 0
+        # Never more than what was produced and not yet delivered (300 - 100); the
+        # exact figure depends on which high watermark the last push carried.
+        assert 0 <= consumer.lag(tp) <= 200
         consumer.resume(tp)
         rest = await _take(consumer, 200)
         assert [r.offset for r in rest] == list(range(100, 300))

@@ -93,11 +93,15 @@ class BrokerProcess:
         self.process.start()
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        wait_until(
-            lambda: not self.process.running() or answers_metadata(self.addr),
-            timeout_s,
-            f"broker {self.broker_id} to serve on {self.addr}",
-        )
+        try:
+            wait_until(
+                lambda: not self.process.running() or answers_metadata(self.addr),
+                timeout_s,
+                f"broker {self.broker_id} to serve on {self.addr}",
+            )
+        except TimeoutError:
+            self.process.stop()  # never leave a half-started child running
+            raise
         if not self.process.running():
             raise RuntimeError(f"broker {self.broker_id} exited:\n{self.process.tail()}")
 

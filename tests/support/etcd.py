@@ -68,11 +68,15 @@ class EtcdServer:
 
     def start(self, timeout_s: float = 20.0) -> None:
         self.process.start()
-        wait_until(
-            lambda: _accepts(self.host, self.client_port) or not self.process.running(),
-            timeout_s,
-            f"etcd on {self.endpoint}",
-        )
+        try:
+            wait_until(
+                lambda: _accepts(self.host, self.client_port) or not self.process.running(),
+                timeout_s,
+                f"etcd on {self.endpoint}",
+            )
+        except TimeoutError:
+            self.process.stop()  # never leave a half-started child running
+            raise
         if not self.process.running():
             raise RuntimeError(f"etcd exited early:\n{self.process.tail()}")
 

@@ -230,9 +230,9 @@ class LogNode:
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"lognode {self.node_id} not ready:\n{self.process.tail()}"
-                    ) from None
+                    tail = self.process.tail()
+                    self.process.stop()  # never leave a half-started child running
+                    raise TimeoutError(f"lognode {self.node_id} not ready:\n{tail}") from None
 
     def stop(self) -> None:
         """SIGTERM (SIGKILL after a grace period), by PID."""
