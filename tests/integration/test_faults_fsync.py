@@ -133,13 +133,16 @@ def test_a_node_with_stalled_fsyncs_does_not_help_commit(
         )
         # ... but they must not commit anywhere before a quorum made them durable.
         watch_until = time.monotonic() + STALL_WINDOW_S
+        answered = 0
         while time.monotonic() < watch_until:
             commits = [st["commit_index"] for n in (leader, witness) if (st := n.status())]
-            assert commits, "no node answers"
-            assert max(commits) == before["commit_index"], (
-                f"committed entries no quorum has synced ({stalled_role} stalled)"
-            )
+            if commits:  # a slow status reply on a loaded host is no finding; skip it
+                answered += 1
+                assert max(commits) == before["commit_index"], (
+                    f"committed entries no quorum has synced ({stalled_role} stalled)"
+                )
             time.sleep(0.05)
+        assert answered, "no node answered during the stall window: nothing was observed"
     finally:
         gate.unlink(missing_ok=True)
 

@@ -74,4 +74,6 @@ def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
         assert dev.returncode() == 0
         assert "stopped" in dev.output()
     finally:
-        dev.stop()
+        # zstream dev gives each child up to 30 s to stop; killing it sooner would
+        # orphan its brokers and etcd.
+        dev.stop(grace_s=90)

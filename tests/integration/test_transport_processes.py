@@ -89,7 +89,9 @@ async def test_killed_peer_process_is_reconnected_after_restart() -> None:
                 slowest = max(slowest, time.perf_counter() - start)
                 await asyncio.sleep(0.001)
             assert t.stats.dropped_msgs > dropped_before
-            assert slowest < 0.5  # generous: the machine is shared; a blocking send would hang
+            assert (
+                slowest < 5.0
+            )  # a blocking send would hang; one stall of a loaded CI host must not fail
 
         # Same node id, same address: a restart.
         with echo_node(2, addr, 1, t.address) as (_proc2, addr2):

@@ -29,19 +29,6 @@ def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
         sock.close()
 
 
-_handed_out: set[int] = set()
-
-
-def _unique_port() -> int:
-    """A free port not handed to another broker of this test run (the kernel may
-    offer a just-released port again)."""
-    while True:
-        port = free_port()
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
-
 class BrokerProcess:
     """``zstream broker`` in a child process. `stop`/`kill` then `start` again
     keeps its id, ports and data dir (a restart with the same id)."""
@@ -55,9 +42,9 @@ class BrokerProcess:
         extra: list[str] | None = None,
     ) -> None:
         self.broker_id = broker_id
-        self.client_port = _unique_port()
-        self.peer_port = _unique_port()
-        self.metrics_port = _unique_port()
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.metrics_port = free_port()
         self.data_dir = workdir / f"broker-{broker_id}"
         argv = [
             sys.executable,

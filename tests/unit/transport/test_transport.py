@@ -130,7 +130,9 @@ async def test_dead_peer_drops_without_blocking() -> None:
             return a.stats.dropped_msgs > 0
 
         await wait_for(flush_once, "a drop to the dead peer")
-        assert slowest < 0.5  # generous: the machine is shared; a blocking send would hang
+        assert (
+            slowest < 5.0
+        )  # a blocking send would hang; one stall of a loaded CI host must not fail
 
 
 async def test_unconnected_peer_drops_at_once() -> None:
@@ -175,7 +177,9 @@ async def test_flood_to_a_peer_that_does_not_read_drops_and_counts() -> None:
         after = a.stats
         assert after.dropped_msgs - before.dropped_msgs >= 10
         assert after.dropped_bytes - before.dropped_bytes >= 10 * (256 * 1024 + len(b"flood"))
-        assert slowest < 0.5  # generous: the machine is shared; a blocking send would hang
+        assert (
+            slowest < 5.0
+        )  # a blocking send would hang; one stall of a loaded CI host must not fail
         assert ticks > 10
 
 
