@@ -240,6 +240,21 @@ class RaftReplica:
         return True
 
 
+def _open_log(
+    directory: Path, config: storage.LogConfig, voters: replication.ConfState
+) -> tuple[replication.RaftLog, bool]:
+    """Open (recover) a partition's log and bootstrap its first configuration; says
+    whether the group is brand new."""
+    raft_log = replication.RaftLog.open(directory, config, records=True)
+    try:
+        fresh = raft_log.last_index() == 0 and raft_log.initial_state()[0].term == 0
+        raft_log.bootstrap(voters)
+    except BaseException:
+        raft_log.close()
+        raise
+    return raft_log, fresh
+
+
 class PartitionManager:
     """Opens the replicas the controller places on this broker, closes (and deletes)
     the ones it no longer does, and finds them for the front end."""
@@ -268,12 +283,13 @@ class PartitionManager:
     def replicas(self) -> dict[tuple[str, int], RaftReplica]:
         return dict(self._by_name)
 
-    def _open(self, topic: TopicRecord, part: PartitionAssignment) -> RaftReplica:
+    async def _open(self, topic: TopicRecord, part: PartitionAssignment) -> RaftReplica:
         directory = self._groups_dir / str(part.group_id)
         config = log_config_for(topic.configs, self._segment_bytes)
-        raft_log = replication.RaftLog.open(directory, config, records=True)
-        fresh = raft_log.last_index() == 0 and raft_log.initial_state()[0].term == 0
-        raft_log.bootstrap(replication.ConfState(voters=frozenset(part.replicas)))
+        voters = replication.ConfState(voters=frozenset(part.replicas))
+        # Recovery scans and fsyncs: in a thread, so serving goes on while a broker
+        # opens (or a new topic creates) many partitions.
+        raft_log, fresh = await asyncio.to_thread(_open_log, directory, config, voters)
         try:
             handle = self._host.add_group(part.group_id, raft_log, self._raft_config())
         except BaseException:
@@ -307,7 +323,7 @@ class PartitionManager:
                 if group_id in self._by_group:
                     continue
                 try:
-                    replica = self._open(topic, part)
+                    replica = await self._open(topic, part)
                 except (replication.RaftError, storage.StorageError):
                     log.exception("partition open failed group=%d", group_id)
                     continue
