@@ -101,6 +101,14 @@ class ClusterClient:
                 return dict(t)
         raise UnknownTopicError(f"unknown topic {name!r}")
 
+    def leader_of(self, topic: str, partition: int) -> int | None:
+        """The partition's leader as the last metadata said (None when unknown)."""
+        for p in self.topic(topic)["partitions"]:
+            if p["partition"] == partition:
+                leader: int | None = p.get("leader")
+                return leader
+        return None
+
     async def call_controller(self, args: RequestArgs, *, timeout_s: float | None = None) -> Reply:
         """Topic operations: follow NOT_CONTROLLER hints until the controller answers."""
         return await self._with_hints(args, (), lambda: self.metadata.get("controller"), timeout_s)
@@ -116,14 +124,9 @@ class ClusterClient:
     ) -> Reply:
         """A partition request, sent to its leader; NOT_LEADER hints are followed."""
 
-        def leader() -> int | None:
-            for p in self.topic(topic)["partitions"]:
-                if p["partition"] == partition:
-                    hint: int | None = p.get("leader")
-                    return hint
-            return None
-
-        return await self._with_hints(args, frames, leader, timeout_s)
+        return await self._with_hints(
+            args, frames, lambda: self.leader_of(topic, partition), timeout_s
+        )
 
     async def _with_hints(
         self,

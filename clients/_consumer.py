@@ -297,11 +297,9 @@ class Consumer:
     # -- readers ------------------------------------------------------------------------
 
     async def _leader_addr(self, tp: TopicPartition) -> str:
-        for p in self.cluster.topic(tp.topic)["partitions"]:
-            if p["partition"] == tp.partition:
-                addr = self.cluster.broker_addr(p.get("leader"))
-                if addr is not None:
-                    return addr
+        addr = self.cluster.broker_addr(self.cluster.leader_of(tp.topic, tp.partition))
+        if addr is not None:
+            return addr
         raise UnavailableError(f"no leader known for {tp.topic}/{tp.partition}")
 
     async def _initial_offset(self, state: _PartitionState) -> None:

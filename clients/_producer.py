@@ -227,7 +227,7 @@ class _PartitionSender:
         producer = self._producer
         config = producer.config
         cluster = producer.cluster
-        addr = cluster.broker_addr(producer.leader_of(self.topic, self.partition))
+        addr = cluster.broker_addr(cluster.leader_of(self.topic, self.partition))
         if addr is None:
             raise NotLeaderError("no leader known yet", leader=None)
         request = ProduceRequest(self.topic, self.partition, config.acks, config.request_timeout_ms)
@@ -310,13 +310,6 @@ class Producer:
         await self.cluster.refresh(topics)
         for topic in self.cluster.metadata.get("topics", []):
             self._partitions[topic["name"]] = len(topic["partitions"])
-
-    def leader_of(self, topic: str, partition: int) -> int | None:
-        for p in self.cluster.topic(topic)["partitions"]:
-            if p["partition"] == partition:
-                leader: int | None = p.get("leader")
-                return leader
-        return None
 
     async def partitions_for(self, topic: str) -> int:
         """How many partitions ``topic`` has (asks the cluster when unknown)."""
