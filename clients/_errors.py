@@ -25,6 +25,7 @@ __all__ = [
     "CorruptBatchError",
     "DuplicateSequenceError",
     "ErrorCode",
+    "FencedMemberError",
     "InvalidRequestError",
     "MessageTooLargeError",
     "NotAuthorizedError",
@@ -37,6 +38,7 @@ __all__ = [
     "TopicExistsError",
     "UnavailableError",
     "UnknownGroupError",
+    "UnknownMemberError",
     "UnknownPartitionError",
     "UnknownServerError",
     "UnknownTopicError",
@@ -69,6 +71,8 @@ class ErrorCode(IntEnum):
     NOT_CONTROLLER = 16
     UNAVAILABLE = 17
     UNKNOWN_GROUP = 18
+    UNKNOWN_MEMBER = 19
+    FENCED_MEMBER = 20
     # Never sent by a broker: raised by the client when the connection fails.
     CONNECTION_LOST = 100
 
@@ -184,6 +188,21 @@ class UnknownGroupError(ZStreamError):
     code = ErrorCode.UNKNOWN_GROUP
 
 
+class UnknownMemberError(ZStreamError):
+    """The group has no member with this id: it left, or missed its session
+    timeout and was removed. Its partitions may already be someone else's; the
+    consumer drops them and joins again."""
+
+    code = ErrorCode.UNKNOWN_MEMBER
+
+
+class FencedMemberError(ZStreamError):
+    """A member committed offsets for a partition it does not own (any more),
+    or a non-member committed into a group that has members."""
+
+    code = ErrorCode.FENCED_MEMBER
+
+
 class ConnectionLostError(ZStreamError):
     """The client could not reach the broker, or lost the connection mid-request."""
 
@@ -211,6 +230,8 @@ for _cls in (
     NotControllerError,
     UnavailableError,
     UnknownGroupError,
+    UnknownMemberError,
+    FencedMemberError,
     ConnectionLostError,
 ):
     _BY_CODE[int(_cls.code)] = _cls

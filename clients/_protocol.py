@@ -58,12 +58,17 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Acks",
     "Buffer",
+    "CommitOffsetsRequest",
     "CreateTopicRequest",
     "CreditRequest",
     "DeleteTopicRequest",
+    "DescribeGroupRequest",
     "DescribeTopicRequest",
+    "FetchOffsetsRequest",
     "FetchRequest",
+    "GroupHeartbeatRequest",
     "InitProducerRequest",
+    "ListGroupsRequest",
     "ListTopicsRequest",
     "MetadataRequest",
     "ProduceRequest",
@@ -82,6 +87,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "peek_correlation_id",
+    "validate_group_name",
     "validate_topic_name",
 ]
 
@@ -255,6 +261,161 @@ class InitProducerRequest:
     op: ClassVar[str] = "init_producer"
 
 
+# -- consumer groups (served by the controller leader; others answer NOT_CONTROLLER) --
+
+MAX_MEMBER_ID_CHARS = 64
+MIN_SESSION_TIMEOUT_MS = 500
+MAX_SESSION_TIMEOUT_MS = 30 * 60 * 1000
+
+
+def validate_group_name(name: str) -> str:
+    """Group names follow the topic name rules."""
+    try:
+        return validate_topic_name(name)
+    except InvalidRequestError:
+        raise InvalidRequestError(
+            f"invalid group name {name[:64]!r}: use 1-{MAX_TOPIC_NAME_CHARS} of [A-Za-z0-9._-]"
+        ) from None
+
+
+def _validate_member_id(member_id: str, *, allow_empty: bool) -> None:
+    if member_id == "" and allow_empty:
+        return
+    if not 0 < len(member_id) <= MAX_MEMBER_ID_CHARS or not _TOPIC_NAME.fullmatch(member_id):
+        raise InvalidRequestError(
+            f"invalid member id {member_id[:64]!r}: use 1-{MAX_MEMBER_ID_CHARS} of [A-Za-z0-9._-]"
+        )
+
+
+def _validate_partition_map(name: str, value: dict[str, list[int]]) -> None:
+    for topic, partitions in value.items():
+        validate_topic_name(topic)
+        for p in partitions:
+            _non_negative(f"{name}[{topic!r}] partition", p)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupHeartbeatRequest:
+    """Join, stay in, or leave a consumer group (KIP-848 style: the member sends
+    its state, the controller answers with the member's assignment).
+
+    The client picks ``member_id`` (a random token) and keeps it. The first
+    heartbeat of an id the group does not know must carry ``topics`` (it joins);
+    without ``topics`` an unknown id gets UNKNOWN_MEMBER (it was removed: the
+    client drops its partitions and joins again with ``topics``). ``topics`` on a
+    later heartbeat replaces the subscription. ``owned`` is every partition the
+    member is still consuming; a partition taken out of its assignment counts as
+    released only once a heartbeat omits it from ``owned``. ``leave`` removes the
+    member at once, freeing its partitions.
+
+    Reply ``res``::
+
+        {"member_id": str, "member_epoch": int, "heartbeat_interval_ms": int,
+         "assignment": {topic: [partition, ...]}}
+
+    ``assignment`` is what the member may consume now. An owned partition missing
+    from it must be released: stop reading it, commit, then heartbeat without
+    it. A partition the assignor moved to this member is only included once its
+    previous owner released it, so no partition is ever in two assignments.
+    ``member_epoch`` grows whenever this member's target assignment changes.
+    """
+
+    op: ClassVar[str] = "group_heartbeat"
+    group: str
+    member_id: str
+    topics: list[str] | None = None
+    owned: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    session_timeout_ms: int = 10_000
+    leave: bool = False
+
+    def __post_init__(self) -> None:
+        validate_group_name(self.group)
+        _validate_member_id(self.member_id, allow_empty=False)
+        for topic in self.topics or ():
+            validate_topic_name(topic)
+        _validate_partition_map("owned", self.owned)
+        if not MIN_SESSION_TIMEOUT_MS <= self.session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+            raise InvalidRequestError(
+                f"session_timeout_ms must be within {MIN_SESSION_TIMEOUT_MS}.."
+                f"{MAX_SESSION_TIMEOUT_MS}, got {self.session_timeout_ms}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommitOffsetsRequest:
+    """Commit ``offsets`` ({topic: [[partition, next_offset], ...]}) for a group,
+    replicated by the controller before the reply. A member (``member_id``) may
+    commit only partitions it owns or is assigned; with ``member_id`` empty the
+    commit is accepted only while the group has no members (a consumer that uses
+    ``assign`` and a group only to store its offsets). Otherwise FENCED_MEMBER or
+    UNKNOWN_MEMBER, and nothing is committed."""
+
+    op: ClassVar[str] = "commit_offsets"
+    group: str
+    offsets: dict[str, list[list[int]]]
+    member_id: str = ""
+
+    def __post_init__(self) -> None:
+        validate_group_name(self.group)
+        _validate_member_id(self.member_id, allow_empty=True)
+        for topic, pairs in self.offsets.items():
+            validate_topic_name(topic)
+            for pair in pairs:
+                if len(pair) != 2:
+                    raise InvalidRequestError(
+                        f"offsets[{topic!r}] entries must be [partition, offset] pairs"
+                    )
+                _non_negative("partition", pair[0])
+                _non_negative("offset", pair[1])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchOffsetsRequest:
+    """The group's committed offsets, for ``topics`` (all when None). Reply ``res``:
+    ``{"offsets": {topic: [[partition, next_offset], ...]}}``; a partition with no
+    commit is absent. An unknown group answers with no offsets, not an error."""
+
+    op: ClassVar[str] = "fetch_offsets"
+    group: str
+    topics: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        validate_group_name(self.group)
+        for topic in self.topics or ():
+            validate_topic_name(topic)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListGroupsRequest:
+    """Reply ``res``: ``{"groups": [name, ...]}``, sorted: every group with members
+    or committed offsets."""
+
+    op: ClassVar[str] = "list_groups"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DescribeGroupRequest:
+    """Reply ``res``::
+
+        {"group": str, "epoch": int,
+         "members": [{"member_id": str, "member_epoch": int, "topics": [str],
+                      "session_timeout_ms": int,
+                      "assignment": {topic: [p]},   # what it may consume now
+                      "target": {topic: [p]},       # where the assignor wants it
+                      "owned": {topic: [p]}}],      # what it last reported
+         "offsets": {topic: [[partition, next_offset], ...]}}
+
+    UNKNOWN_GROUP if the group has neither members nor offsets. Lag is not in the
+    reply: the controller does not know every partition's high watermark; the
+    Admin client adds it from the partition leaders."""
+
+    op: ClassVar[str] = "describe_group"
+    group: str
+
+    def __post_init__(self) -> None:
+        validate_group_name(self.group)
+
+
 RequestArgs: TypeAlias = (
     MetadataRequest
     | CreateTopicRequest
@@ -267,6 +428,11 @@ RequestArgs: TypeAlias = (
     | CreditRequest
     | UnsubscribeRequest
     | InitProducerRequest
+    | GroupHeartbeatRequest
+    | CommitOffsetsRequest
+    | FetchOffsetsRequest
+    | ListGroupsRequest
+    | DescribeGroupRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -283,6 +449,11 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         CreditRequest,
         UnsubscribeRequest,
         InitProducerRequest,
+        GroupHeartbeatRequest,
+        CommitOffsetsRequest,
+        FetchOffsetsRequest,
+        ListGroupsRequest,
+        DescribeGroupRequest,
     )
 }
 
