@@ -670,9 +670,14 @@ class RaftNode:
         if m.commit > self._log.committed:
             self._log.commit_to(m.commit)
         self._send(Message(_HEARTBEAT_RESP, m.frm, self._id, self._term, context=m.context))
-        if self._vote_blocked() and m.commit > self._log.last_index():
-            # The leader believes we hold entries we lost; an idle leader would never
-            # send an append to find out.
+        if m.commit > self._log.last_index():
+            # A heartbeat carries min(our match, its commit): the leader counts
+            # entries we acknowledged and no longer hold (a cut corrupt segment, or a
+            # disk that lost synced writes). Votes stay blocked until we hold them
+            # again (we may be part of the only majority that has them), and we say
+            # so: an idle leader would never send an append to find out, and a
+            # probing one ignores rejections below the match it knows.
+            self.set_vote_blocked_until(max(self._vote_blocked_until, m.commit))
             self._send_lost(m.frm)
 
     def _handle_snapshot(self, m: Message) -> None:

@@ -13,8 +13,9 @@ Three places for the bit:
   acts as its supervisor) cuts the log there.
 
 And a follower whose disk lost a synced, acknowledged tail (it ends mid-entry after a
-kill -9), which open takes for an ordinary torn write: strict xfail until
-FAULT_FINDINGS F5 is settled.
+kill -9), which open takes for an ordinary torn write: the leader's next heartbeat
+carries a commit above its log, so it blocks its vote and reports LOST_ENTRIES, and the
+leader refills it (FAULT_FINDINGS F5).
 """
 
 from __future__ import annotations
@@ -132,11 +133,6 @@ def test_follower_with_a_flipped_bit_in_a_sealed_segment_recovers_from_the_leade
     assert all(d == disks[leader.node_id] for d in disks.values())
 
 
-@pytest.mark.xfail(
-    reason="FAULT_FINDINGS F5: a follower that silently lost acknowledged entries (a torn "
-    "tail past what it had synced) is probed above its log forever",
-    strict=True,
-)
 def test_follower_that_lost_its_synced_tail_is_repaired_from_the_leader(tmp_path: Path) -> None:
     """The disk lost entries the follower had synced and acknowledged (a lying disk or
     write cache): its active segment ends mid-entry after a kill -9. Open cuts the torn

@@ -106,3 +106,27 @@ def test_a_blocked_follower_reports_lost_entries_to_heartbeats_and_timeouts() ->
     assert node.role == Role.FOLLOWER
     assert not [m for m in rd.messages if m.type in (MessageType.VOTE, MessageType.PRE_VOTE)]
     assert [m.to for m in rd.messages_after_append if m.context == LOST_ENTRIES]
+
+
+def test_a_heartbeat_above_the_log_means_lost_acknowledged_entries() -> None:
+    """No corruption was detected (a disk that lost synced writes, cut mid-entry like a
+    torn write), yet the leader's heartbeat commit, min(match, commit), is above our
+    log: we acknowledged entries we no longer hold. Block votes and say so."""
+    storage = MemoryStorage(conf_state=ConfState(voters=frozenset({1, 2, 3})))
+    node = RaftNode(RaftConfig(id=3, election_tick=5), storage)
+    assert node.vote_blocked_until == 0
+    node.step(Message(MessageType.HEARTBEAT, 3, 1, 1, commit=8))
+    rd = node.ready()
+    lost = [m for m in rd.messages_after_append if m.context == LOST_ENTRIES]
+    assert [(m.to, m.reject, m.reject_hint) for m in lost] == [(1, True, 0)]
+    assert node.vote_blocked_until == 8
+    node.advance(rd)
+    # A heartbeat within the log is the ordinary case: no report, no block.
+    healthy = RaftNode(
+        RaftConfig(id=3, election_tick=5),
+        MemoryStorage(conf_state=ConfState(voters=frozenset({1, 2, 3}))),
+    )
+    healthy.step(Message(MessageType.HEARTBEAT, 3, 1, 1, commit=0))
+    rd = healthy.ready()
+    assert not [m for m in rd.messages_after_append if m.context == LOST_ENTRIES]
+    assert healthy.vote_blocked_until == 0
