@@ -332,9 +332,12 @@ class Consumer:
         if isinstance(exc, OffsetOutOfRangeError):
             start = exc.details.get("start")
             if isinstance(start, int) and state.fetch_offset < start:
-                state.fetch_offset = start  # the records were deleted by retention
-                state.position = start
-                state.generation += 1
+                # The records were deleted by retention: go on from the log start. The
+                # reader and its generation stay (bumping it here dropped every later
+                # chunk); records already queued are still delivered first.
+                if state.position == state.fetch_offset:
+                    state.position = start
+                state.fetch_offset = start
         await asyncio.sleep(delay)
         with contextlib.suppress(ZStreamError):
             await self.cluster.refresh([state.tp.topic])
