@@ -343,6 +343,32 @@ class PartitionManager:
         with contextlib.suppress(replication.RaftError, storage.StorageError):
             replica.log.close()
 
+    async def enforce_retention(self, now_ms: int) -> int:
+        """Move the log start of every replica whose topic's retention_bytes or
+        retention_ms asks for it (whole segments, applied entries only). Each replica
+        does this on its own, as each Kafka replica deletes its own segments; a
+        follower that falls behind the leader's new start receives a snapshot.
+        Returns how many replicas moved their start."""
+        moved = 0
+        async with self._lock:
+            for group_id, replica in sorted(self._by_group.items()):
+                if replica.closed or not replica.log.retention_index(now_ms):
+                    continue
+                async with self._host.exclusive():  # no fsync thread while segments go
+                    cut = replica.log.retention_index(now_ms)
+                    if not cut:
+                        continue
+                    try:
+                        replica.log.compact(cut)
+                    except replication.RaftError:
+                        log.exception("retention failed group=%d", group_id)
+                        continue
+                moved += 1
+                log.info(
+                    "retention group=%d log start offset=%d", group_id, replica.log_start_offset
+                )
+        return moved
+
     async def transfer_leadership(self, live: set[int], timeout_s: float) -> int:
         """Hand every partition this broker leads to another live replica; wait (up to
         ``timeout_s``) until they have moved. Returns how many still lead here."""

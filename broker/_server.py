@@ -302,6 +302,7 @@ class Broker:
             tasks.append(asyncio.create_task(self.frontend.run(), name="frontend"))
             tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
             tasks.append(asyncio.create_task(self._controller_duties(), name="duties"))
+            tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
             log.info(
                 "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
                 cfg.broker_id,
@@ -358,6 +359,14 @@ class Broker:
                     self._add_peer(b.id, b.peer_addr)
             await self.partitions.reconcile(self.controller.state)
             await self.controller.save_snapshot()
+
+    async def _retention_loop(self) -> None:
+        """Enforce topic retention every ``retention_check_ms``."""
+        interval_s = self.config.retention_check_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.partitions is not None:
+                await self.partitions.enforce_retention(int(time.time() * 1000))
 
     async def _controller_duties(self) -> None:
         """As the controller leader: register live brokers, add learners to group 0."""

@@ -637,6 +637,14 @@ class RaftLog:
         self._run_starts, self._run_terms = [], []
         self._ofs, self._ofs_start = [], meta.index + 1
 
+    def retention_index(self, now_ms: int) -> int:
+        """Where the log's retention settings (storage.LogConfig retention_bytes and
+        retention_ms) would move its start now: the index to `compact` to, or 0.
+        Whole segments only, and never past the applied and synced entries."""
+        cut = self._log.retention_cut(now_ms)
+        cut = min(cut, self._state.applied, self._log.synced_index)
+        return cut if cut > self._state.snap_index else 0
+
     def compact(self, up_to_index: int, data: bytes | None = None) -> None:
         """Move the log start past ``up_to_index`` (which must be applied and synced):
         the snapshot becomes (up_to_index, its term, the conf state then). Whole

@@ -608,29 +608,43 @@ class SegmentedLog:
         unsynced entries. Returns the number of segments deleted.
         """
         self._check_open()
+        count = self._retention_victims(now_ms)
+        with _os_errors("cannot apply retention"):
+            for _ in range(count):
+                self._drop_oldest()
+        return count
+
+    def retention_cut(self, now_ms: int) -> int:
+        """The last index of the newest segment `apply_retention` would delete now, or
+        0 if none: for a caller that must record a new log start before deleting
+        (the Raft log compacts to it)."""
+        self._check_open()
+        count = self._retention_victims(now_ms)
+        return self._segments[count - 1].last_index if count else 0
+
+    def _retention_victims(self, now_ms: int) -> int:
+        """How many of the oldest segments retention wants gone (see apply_retention)."""
         cfg = self._config
         if cfg.retention_bytes is None and cfg.retention_ms is None:
             return 0
-        removed = 0
         segments = self._segments
-        with _os_errors("cannot apply retention"):
-            while len(segments) > 1:
-                oldest = segments[0]
-                if oldest.last_index > self._synced_index:
-                    break
-                by_bytes = (
-                    cfg.retention_bytes is not None
-                    and self.size_bytes - oldest.size >= cfg.retention_bytes
-                )
-                by_age = (
-                    cfg.retention_ms is not None
-                    and now_ms - oldest.last_append_ms > cfg.retention_ms
-                )
-                if not (by_bytes or by_age):
-                    break
-                self._drop_oldest()
-                removed += 1
-        return removed
+        remaining = self.size_bytes
+        count = 0
+        while count < len(segments) - 1:
+            oldest = segments[count]
+            if oldest.last_index > self._synced_index:
+                break
+            by_bytes = (
+                cfg.retention_bytes is not None and remaining - oldest.size >= cfg.retention_bytes
+            )
+            by_age = (
+                cfg.retention_ms is not None and now_ms - oldest.last_append_ms > cfg.retention_ms
+            )
+            if not (by_bytes or by_age):
+                break
+            remaining -= oldest.size
+            count += 1
+        return count
 
     def _drop_oldest(self) -> None:
         with self._lock:

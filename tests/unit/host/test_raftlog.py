@@ -159,6 +159,26 @@ def test_compaction_is_the_log_start_and_survives_reopen(tmp_path: Path) -> None
     log.close()
 
 
+def test_retention_index_follows_the_log_config_within_applied_entries(tmp_path: Path) -> None:
+    cfg = LogConfig(segment_bytes=600, index_interval_bytes=64, retention_bytes=1200)
+    log = RaftLog.open(tmp_path, cfg, records=True)
+    log.bootstrap(CS3)
+    log.append([normal(1, i, batch(b"r%d" % i)) for i in range(1, 41)])
+    log.sync()
+    log.set_commit(40)
+    assert log.retention_index(0) == 0, "nothing applied yet: nothing may go"
+    log.set_applied(5)
+    assert 0 < log.retention_index(0) <= 5
+    log.set_applied(40)
+    cut = log.retention_index(0)
+    assert cut > 5
+    log.compact(cut)
+    assert log.first_index() == cut + 1
+    assert log.retention_index(0) == 0, "the log is within its retention again"
+    assert [e.index for e in entries_of(log)] == list(range(cut + 1, 41))
+    log.close()
+
+
 def test_install_snapshot_restarts_the_log(tmp_path: Path) -> None:
     log = RaftLog.open(tmp_path, CFG, records=True)
     log.append([normal(1, i, batch(b"old")) for i in range(1, 4)])

@@ -120,8 +120,12 @@ class LogModel(RuleBasedStateMachine):
         self.now += advance_ms
         old = self.first
         synced_before = self.log.synced_index
+        cut = self.log.retention_cut(self.now)
+        assert cut <= synced_before
         removed = self.log.apply_retention(self.now)
         assert (removed > 0) == (self.log.first_index > old)
+        # The cut names exactly what apply_retention deletes.
+        assert self.log.first_index == (cut + 1 if cut else old)
         self._drop_below(self.log.first_index, synced_before)
 
     @rule()

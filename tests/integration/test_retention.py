@@ -1,0 +1,80 @@
+"""Topic retention on a real broker: retention_bytes moves the log start in whole
+segments, a consumer behind it skips to the new start, and the newest records stay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients import (
+    Admin,
+    Consumer,
+    FetchRequest,
+    OffsetOutOfRangeError,
+    Producer,
+    TopicPartition,
+)
+from tests.support import BrokerProcess, wait_until_async
+
+pytestmark = pytest.mark.integration
+
+SEGMENT_BYTES = 64 * 1024
+RETENTION_BYTES = 2 * SEGMENT_BYTES
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    config = tmp_path / "broker.toml"
+    config.write_text("retention_check_ms = 100\n")
+    node = BrokerProcess(tmp_path, 1, extra=["--log-level=WARNING", f"--config={config}"])
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+async def test_retention_bytes_moves_the_log_start_and_consumers_follow(
+    broker: BrokerProcess,
+) -> None:
+    topic, tp = "retained", TopicPartition("retained", 0)
+    async with Admin(broker.bootstrap) as admin:
+        await admin.create_topic(
+            topic,
+            partitions=1,
+            configs={"segment_bytes": SEGMENT_BYTES, "retention_bytes": RETENTION_BYTES},
+        )
+        async with Producer(broker.bootstrap, linger_ms=0) as producer:
+            # 1 KiB records in batches of 16 (16 KiB): about ten 64 KiB segments.
+            for i in range(0, 640, 16):
+                values = [b"%05d" % n + b"x" * 1019 for n in range(i, i + 16)]
+                for sent in producer.send_many(topic, values, partition=0):
+                    await sent
+
+        async def log_start() -> int:
+            doc = await admin.describe_topic(topic)
+            start: int = doc["partitions"][0]["log_start"]
+            return start
+
+        async def trimmed() -> bool:
+            return await log_start() > 0
+
+        await wait_until_async(trimmed, 20, "retention to move the log start")
+        start = await log_start()
+        # Whole segments went, and at least retention_bytes of the newest stayed.
+        assert 0 < start <= 640 - RETENTION_BYTES // 1024
+
+    for mode in ("fetch", "stream"):
+        async with Consumer(broker.bootstrap, mode=mode) as consumer:
+            with pytest.raises(OffsetOutOfRangeError) as info:
+                await consumer.cluster.call_leader(topic, 0, FetchRequest(topic, 0, 0))
+            assert info.value.details["start"] >= start
+            consumer.assign([tp])
+            consumer.seek(tp, 0)  # below the log start: the consumer skips to it
+            first = await asyncio.wait_for(consumer.getone(), 20)
+            assert first.offset >= start, mode
+            assert first.value.startswith(b"%05d" % first.offset)
+            assert (await asyncio.wait_for(consumer.getone(), 20)).offset == first.offset + 1
