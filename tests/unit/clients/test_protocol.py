@@ -12,13 +12,20 @@ from hypothesis import strategies as st
 
 from clients import (
     Acks,
+    CommitOffsetsRequest,
     CreateTopicRequest,
+    DescribeGroupRequest,
     ErrorCode,
+    FencedMemberError,
+    FetchOffsetsRequest,
     FetchRequest,
+    GroupHeartbeatRequest,
     InvalidRequestError,
+    ListGroupsRequest,
     NotLeaderError,
     OffsetOutOfRangeError,
     ProduceRequest,
+    UnknownMemberError,
     UnknownServerError,
     UnsupportedVersionError,
     ZStreamError,
@@ -190,7 +197,20 @@ _msgpack_values = st.recursive(
 _envelopes = st.fixed_dictionaries(
     {"v": st.sampled_from([1, 1, 1, 2, "1"]), "id": st.integers(-5, 2**64 - 1)},
     optional={
-        "op": st.sampled_from(["produce", "fetch", "create_topic", "subscribe", "credit", "x"])
+        "op": st.sampled_from(
+            [
+                "produce",
+                "fetch",
+                "create_topic",
+                "subscribe",
+                "credit",
+                "group_heartbeat",
+                "commit_offsets",
+                "fetch_offsets",
+                "describe_group",
+                "x",
+            ]
+        )
         | st.text(max_size=10),
         "args": st.dictionaries(
             st.sampled_from(
@@ -205,6 +225,13 @@ _envelopes = st.fixed_dictionaries(
                     "partitions",
                     "replication_factor",
                     "configs",
+                    "group",
+                    "member_id",
+                    "topics",
+                    "owned",
+                    "offsets",
+                    "session_timeout_ms",
+                    "leave",
                 ]
             ),
             _msgpack_values,
@@ -235,3 +262,64 @@ def test_fuzz_random_bytes(frames: list[bytes]) -> None:
 @given(_envelopes, st.lists(st.binary(max_size=16), max_size=3))
 def test_fuzz_structured_envelopes(envelope: dict[str, Any], body: list[bytes]) -> None:
     _each_decoder([msgpack.packb(envelope, use_bin_type=True), *body])
+
+
+# -- consumer groups ----------------------------------------------------------
+
+
+def test_group_requests_round_trip() -> None:
+    requests = [
+        GroupHeartbeatRequest("g", "m-1", ["a", "b"], {"a": [0, 2]}, 3000),
+        GroupHeartbeatRequest("g", "m-1", leave=True),
+        CommitOffsetsRequest("g", {"a": [[0, 10], [2, 7]]}, "m-1"),
+        CommitOffsetsRequest("g", {"a": [[1, 0]]}),
+        FetchOffsetsRequest("g", ["a"]),
+        FetchOffsetsRequest("g"),
+        ListGroupsRequest(),
+        DescribeGroupRequest("g"),
+    ]
+    for args in requests:
+        assert decode_request(encode_request(7, args)).args == args
+
+
+def _group_request(op: str, **args: Any) -> list[bytes]:
+    return [msgpack.packb({"v": 1, "id": 1, "op": op, "args": args})]
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "fragment"),
+    [
+        ("group_heartbeat", {"group": "g"}, "missing argument 'member_id'"),
+        ("group_heartbeat", {"group": "g", "member_id": ""}, "invalid member id"),
+        ("group_heartbeat", {"group": "g", "member_id": "x" * 65}, "invalid member id"),
+        ("group_heartbeat", {"group": "a/b", "member_id": "m"}, "invalid group name"),
+        (
+            "group_heartbeat",
+            {"group": "g", "member_id": "m", "session_timeout_ms": 10},
+            "session_timeout_ms must be within",
+        ),
+        (
+            "group_heartbeat",
+            {"group": "g", "member_id": "m", "owned": {"t": [-1]}},
+            "partition must be >= 0",
+        ),
+        ("group_heartbeat", {"group": "g", "member_id": "m", "leave": 1}, "must be a boolean"),
+        ("commit_offsets", {"group": "g", "offsets": {"t": [[0]]}}, "pairs"),
+        ("commit_offsets", {"group": "g", "offsets": {"t": [[0, -1]]}}, "offset must be >= 0"),
+        ("commit_offsets", {"group": "g", "offsets": {"t": [0, 1]}}, "must be a list"),
+        ("fetch_offsets", {"group": "g", "topics": ["a b"]}, "invalid topic name"),
+        ("describe_group", {}, "missing argument 'group'"),
+    ],
+)
+def test_bad_group_requests_name_their_fault(op: str, args: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        decode_request(_group_request(op, **args))
+
+
+def test_group_errors_have_their_own_codes() -> None:
+    reply = decode_reply(encode_error_reply(3, FencedMemberError("not yours", member_id="m")))
+    with pytest.raises(FencedMemberError, match="not yours"):
+        reply.raise_for_error()
+    assert error_for_code(int(ErrorCode.UNKNOWN_MEMBER)) is UnknownMemberError
+    assert not UnknownMemberError.retriable
+    assert not FencedMemberError.retriable
