@@ -41,7 +41,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import chart_next_to, print_table, progress, write_chart, write_results
+from bench._common import (
+    Panel,
+    chart_next_to,
+    print_table,
+    progress,
+    write_chart,
+    write_results,
+)
 from clients import Admin, Consumer, Producer, TopicPartition
 from tests.support import BrokerProcess, wait_until_async
 
@@ -179,24 +186,26 @@ async def run_rf(bootstrap: str, rf: int, args: argparse.Namespace) -> dict[str,
 
 
 def chart(path: Path, results: dict[str, Any]) -> Path:
-    cases = [(rf, size) for rf in (1, 3) for size in (100, 1024)]
+    """Throughput bars per (RF, size) case that ran; latency percentiles when RF 3 ran."""
+    factors = sorted(int(key[2:]) for key in results if key.startswith("rf"))
+    cases = [(rf, size) for rf in factors for size in (100, 1024)]
     labels = [f"RF {rf}, {'100 B' if size == 100 else '1 KiB'}" for rf, size in cases]
     produced = [results[f"rf{rf}"][f"produce_{size}"]["records_per_s"] for rf, size in cases]
     consumed = [results[f"rf{rf}"][f"consume_{size}"]["records_per_s"] for rf, size in cases]
-    lat = results["rf3"]["latency"]
-    return write_chart(
-        path,
-        "zstream produce/consume (acks=all, fsync on)",
-        [
-            ("throughput", "records/s", labels, {"produce": produced, "consume": consumed}),
+    panels: list[Panel] = [
+        ("throughput", "records/s", labels, {"produce": produced, "consume": consumed})
+    ]
+    if "latency" in results.get("rf3", {}):
+        lat = results["rf3"]["latency"]
+        panels.append(
             (
                 "end-to-end latency at 1,000 records/s",
                 "ms",
                 ["p50", "p99", "p999"],
                 {"RF 3, 100 B": [lat["p50_ms"], lat["p99_ms"], lat["p999_ms"]]},
-            ),
-        ],
-    )
+            )
+        )
+    return write_chart(path, "zstream produce/consume (acks=all, fsync on)", panels)
 
 
 def main() -> None:
