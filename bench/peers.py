@@ -21,8 +21,8 @@ Workloads, as in produce_consume.py, for 100 B and 1 KiB records:
   the same process - send time).
 
 nats-server 2.9 has no option to fsync before it acknowledges (``sync_interval``
-arrived in 2.10, and by default it fsyncs every two minutes), so NATS acknowledges
-writes that zstream would still be fsyncing: the comparison favours NATS.
+arrived in 2.10), so NATS acknowledges writes that zstream would still be fsyncing:
+the comparison favours NATS.
 
     make bench-deps                      # nats-server from Debian, when missing
     .venv/bin/python bench/peers.py [--quick]
