@@ -4,9 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zstream-installed
+# The bench extra (nats-py, matplotlib) on top of dev: only `make bench` needs it.
+BENCH_STAMP := $(VENV)/.zstream-bench-installed
 PACKAGES := storage replication clients broker
 
-.PHONY: run test lint typecheck pytest bench system-deps venv clean
+.PHONY: run test lint typecheck pytest bench bench-deps system-deps venv clean
 
 venv: $(STAMP)
 
@@ -16,8 +18,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
 system-deps:
 	@sh scripts/system-deps.sh
+
+# nats-server for bench/peers.py; kept out of system-deps so `make test` never waits on it.
+bench-deps:
+	@sh scripts/bench-deps.sh
 
 run: $(STAMP) system-deps
 	$(VENV)/bin/zstream dev
@@ -36,9 +46,9 @@ test: lint typecheck pytest
 
 # Each benchmark prints its figure beside the limit it chases; BENCH_ARGS=--quick
 # gives the short runs. Results go to bench/results/ (git-ignored).
-BENCHES := storage_bench raft_core_bench zmq_baseline replication_bench failover_bench idle_bench dlog_bench produce_consume
+BENCHES := storage_bench raft_core_bench zmq_baseline replication_bench failover_bench idle_bench dlog_bench produce_consume peers
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP) bench-deps
 	@for b in $(BENCHES); do echo "== bench/$$b.py $(BENCH_ARGS)"; $(PY) bench/$$b.py $(BENCH_ARGS) || exit 1; done
 
 clean:

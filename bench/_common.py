@@ -11,7 +11,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +349,78 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def progress(label: str, done: float, total: float) -> None:
+    """A one-line progress bar on stderr, redrawn in place; ends the line when done."""
+    width = 30
+    filled = int(width * min(done / total, 1.0)) if total else width
+    sys.stderr.write(f"\r{label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:,.0f}")
+    if done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+# A panel of a chart: its title, the y-axis label, the category labels on the x axis, and
+# one series of values per category for each legend entry (bars side by side).
+Panel = tuple[str, str, Sequence[str], dict[str, Sequence[float]]]
+
+
+def write_chart(path: Path, title: str, panels: Sequence[Panel], *, log_y: bool = False) -> Path:
+    """Grouped bar charts, one panel per entry of ``panels``, saved as a PNG at ``path``
+    (matplotlib's Agg backend: no display needed). Each bar carries its value; with
+    ``log_y`` the first panel (throughput, where series differ by orders of magnitude)
+    gets a log scale. Raises ImportError when matplotlib is missing (`make bench`
+    installs the ``bench`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for n, (ax, (panel_title, ylabel, categories, series)) in enumerate(
+        zip(axes[0], panels, strict=True)
+    ):
+        width = 0.8 / max(1, len(series))
+        for k, (name, values) in enumerate(series.items()):
+            xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(categories))]
+            bars = ax.bar(xs, values, width, label=name)
+            ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=7, padding=2)
+        ax.set_xticks(range(len(categories)), list(categories), fontsize=8)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        if log_y and n == 0:
+            ax.set_yscale("log")
+        ax.margins(y=0.15)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _short(value: float) -> str:
+    if value != value:  # NaN: a figure that was not measured
+        return "n/a"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def chart_next_to(results_path: Path, write: Callable[[Path], Path]) -> None:
+    """Write the PNG beside a results JSON (same name, .png) and say where; a missing
+    matplotlib only skips the chart, it does not lose the run's figures."""
+    try:
+        png = write(results_path.with_suffix(".png"))
+    except ImportError as exc:
+        print(f"chart skipped ({exc}; `make bench` installs the bench extra)")
+        return
+    print(f"chart: {png}")

@@ -16,10 +16,13 @@ Workloads, for 100 B and 1 KiB records, one topic of ``--partitions`` partitions
 
     .venv/bin/python bench/produce_consume.py [--quick]
 
-Writes bench/results/produce_consume-<time>.json. Progress goes to stderr.
+Writes bench/results/produce_consume-<time>.json and a PNG chart of the same name
+(throughput per case, latency percentiles). Progress goes to stderr.
 Last line: ``e2e records_per_s=X nats_ratio=Y latency_p99_ms=Z`` for 100 B records at
-RF 3 with acks=all. nats_ratio needs the NATS run of bench/peers.py; this script alone
-prints ``nats_ratio=nan``.
+RF 3 with acks=all. nats_ratio is always ``nan`` here: a ratio is only meaningful when
+both systems ran on the same machine in the same run, which bench/peers.py does (it
+runs these same functions against zstream, then NATS JetStream), so this script does
+not borrow a figure from an older peers result.
 """
 
 from __future__ import annotations
@@ -38,18 +41,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, write_results
+from bench._common import (
+    Panel,
+    chart_next_to,
+    print_table,
+    progress,
+    write_chart,
+    write_results,
+)
 from clients import Admin, Consumer, Producer, TopicPartition
 from tests.support import BrokerProcess, wait_until_async
-
-
-def progress(label: str, done: float, total: float) -> None:
-    width = 30
-    filled = int(width * min(done / total, 1.0)) if total else width
-    sys.stderr.write(f"\r{label:<28} [{'#' * filled}{'.' * (width - filled)}] {done:,.0f}")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 @contextmanager
@@ -184,6 +185,29 @@ async def run_rf(bootstrap: str, rf: int, args: argparse.Namespace) -> dict[str,
     return out
 
 
+def chart(path: Path, results: dict[str, Any]) -> Path:
+    """Throughput bars per (RF, size) case that ran; latency percentiles when RF 3 ran."""
+    factors = sorted(int(key[2:]) for key in results if key.startswith("rf"))
+    cases = [(rf, size) for rf in factors for size in (100, 1024)]
+    labels = [f"RF {rf}, {'100 B' if size == 100 else '1 KiB'}" for rf, size in cases]
+    produced = [results[f"rf{rf}"][f"produce_{size}"]["records_per_s"] for rf, size in cases]
+    consumed = [results[f"rf{rf}"][f"consume_{size}"]["records_per_s"] for rf, size in cases]
+    panels: list[Panel] = [
+        ("throughput", "records/s", labels, {"produce": produced, "consume": consumed})
+    ]
+    if "latency" in results.get("rf3", {}):
+        lat = results["rf3"]["latency"]
+        panels.append(
+            (
+                "end-to-end latency at 1,000 records/s",
+                "ms",
+                ["p50", "p99", "p999"],
+                {"RF 3, 100 B": [lat["p50_ms"], lat["p99_ms"], lat["p999_ms"]]},
+            )
+        )
+    return write_chart(path, "zstream produce/consume (acks=all, fsync on)", panels)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="short runs (< 90 s)")
@@ -214,6 +238,7 @@ def main() -> None:
     )
     path = write_results("produce_consume", results)
     print(f"results: {path}")
+    chart_next_to(path, lambda png: chart(png, results))
     x = results["rf3"]["produce_100"]["records_per_s"]
     print(f"e2e records_per_s={x:.0f} nats_ratio=nan latency_p99_ms={lat['p99_ms']:.2f}")
 
