@@ -21,6 +21,7 @@ from broker._controller import (
     heartbeat_interval_ms,
     register_broker_command,
 )
+from broker._groups import Sessions
 from clients import (
     FencedMemberError,
     InvalidRequestError,
@@ -413,3 +414,25 @@ def test_counts_stay_within_one_when_members_churn() -> None:
     every = Counter(tp for m in log.state.groups["g"].members.values() for tp in m.target)
     assert set(every.values()) == {1}
     assert len(every) == 13
+
+
+# -- session clocks (the controller leader's, not replicated) ---------------------------
+
+
+def test_sessions_expire_silent_members_and_restart_clocks_in_a_new_term() -> None:
+    sessions = Sessions()
+    members = [("g", "a", 1000), ("g", "b", 3000)]
+    assert sessions.expired(members, term=2, now=100.0) == []  # clocks start now
+    sessions.touch("g", "a", 100.9)
+    assert sessions.expired(members, term=2, now=101.5) == []
+    assert sessions.expired(members, term=2, now=102.0) == [("g", "a")]
+    assert sessions.expired(members, term=2, now=103.5) == [("g", "a"), ("g", "b")]
+    # A new term: nobody is blamed for the election's silence.
+    assert sessions.expired(members, term=3, now=110.0) == []
+    assert sessions.expired(members, term=3, now=110.9) == []
+    sessions.forget("g", "a")  # forgotten: its clock starts again when next seen
+    assert sessions.expired(members, term=3, now=111.5) == []
+    assert sessions.expired(members, term=3, now=112.6) == [("g", "a")]
+    sessions.reset()
+    assert sessions.expired(members[1:], term=3, now=200.0) == []
+    assert sessions.expired(members[1:], term=3, now=203.1) == [("g", "b")]
