@@ -154,18 +154,17 @@ def _move_one(new: dict[str, set[TopicPartition]], subs: Mapping[str, frozenset[
 class Sessions:
     """When the controller leader last heard from each member: in memory on the
     leader only, never replicated (a heartbeat that changes nothing costs no Raft
-    proposal). Time is an input (seconds, monotonic).
+    proposal). Time is an input (seconds, monotonic), and so is the Raft term.
 
-    A leader of a new term starts every member's clock afresh: it cannot know when
-    the old leader last heard from them, and must not expire a member for the
-    silence of an election."""
+    Each clock belongs to the term it was set in. A leader of a new term starts every
+    member's clock afresh: it cannot know when the previous leader last heard from a
+    member, and must not expire one for the silence of an election."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
-        self._term: int | None = None
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
 
-    def touch(self, group: str, member_id: str, now: float) -> None:
-        self._seen[(group, member_id)] = now
+    def touch(self, group: str, member_id: str, term: int, now: float) -> None:
+        self._seen[(group, member_id)] = (term, now)
 
     def forget(self, group: str, member_id: str) -> None:
         self._seen.pop((group, member_id), None)
@@ -173,24 +172,22 @@ class Sessions:
     def reset(self) -> None:
         """No longer the leader: forget everything."""
         self._seen.clear()
-        self._term = None
 
     def expired(
         self, members: Iterable[tuple[str, str, int]], term: int, now: float
     ) -> list[tuple[str, str]]:
         """The members (group, member_id, session_timeout_ms) silent for longer than
-        their session timeout. A member not seen yet (or in an earlier term) starts
-        its clock now; members no longer in the state are forgotten."""
-        if term != self._term:
-            self._term = term
-            self._seen.clear()
+        their session timeout. A member not seen yet in this term starts its clock
+        now; members no longer in the state are forgotten."""
         live: set[tuple[str, str]] = set()
         out: list[tuple[str, str]] = []
         for group, member_id, timeout_ms in members:
             key = (group, member_id)
             live.add(key)
-            seen = self._seen.setdefault(key, now)
-            if now - seen > timeout_ms / 1000:
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != term:
+                self._seen[key] = (term, now)
+            elif now - seen[1] > timeout_ms / 1000:
                 out.append(key)
         for key in [k for k in self._seen if k not in live]:
             del self._seen[key]
