@@ -1,22 +1,43 @@
-"""An in-memory Backend for front-end tests: partitions are lists of batches."""
+"""An in-memory Backend for front-end tests: partitions are lists of batches;
+consumer groups are served from a real (pure) ControllerState, applied inline."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import storage
+from broker._controller import (
+    ControllerState,
+    commit_offsets_command,
+    create_topic_command,
+    delete_topic_command,
+    group_join_or_update_command,
+    group_leave_command,
+    register_broker_command,
+)
+from broker._frontend import Frontend
 from clients import (
     Acks,
+    CommitOffsetsRequest,
     CreateTopicRequest,
+    FetchOffsetsRequest,
+    GroupHeartbeatRequest,
+    NotControllerError,
     NotLeaderError,
     OffsetOutOfRangeError,
     TopicExistsError,
+    UnknownMemberError,
     UnknownPartitionError,
     UnknownTopicError,
+    ZStreamError,
 )
 from clients._protocol import Buffer
+
+T = TypeVar("T")
 
 
 class FakePartition:
@@ -93,7 +114,26 @@ class FakeBackend:
     def __init__(self) -> None:
         self.topics: dict[str, list[FakePartition]] = {}
         self.fail_metadata = False
+        self.addr = ""  # the front end's address, for metadata
         self.next_producer_id = 1
+        self.controller = ControllerState()
+        self.controller_leader = 1  # group ops raise NotControllerError unless 1
+        self.proposals = 0  # group commands applied (the heartbeat fast path makes none)
+        self._index = 0
+        self._propose(register_broker_command(1, "tcp://fake:1", "tcp://fake:2"))
+
+    def _propose(self, command: bytes) -> object:
+        self._check_controller()
+        self._index += 1
+        self.proposals += 1
+        result = self.controller.apply(self._index, command)
+        if isinstance(result, ZStreamError):
+            raise result
+        return result
+
+    def _check_controller(self) -> None:
+        if self.controller_leader != 1:
+            raise NotControllerError("not the controller", leader=self.controller_leader)
 
     def partition(self, topic: str, partition: int) -> FakePartition:
         parts = self.topics.get(topic)
@@ -104,9 +144,32 @@ class FakeBackend:
         return parts[partition]
 
     def metadata(self, topics: Sequence[str] | None) -> dict[str, Any]:
+        """The real metadata's shape: one broker (id 1, at ``addr``) leads everything."""
         if self.fail_metadata:
             raise RuntimeError("a bug in the backend")
-        return {"brokers": [{"id": 1}], "topics": sorted(self.topics)}
+        names = sorted(self.topics) if topics is None else [t for t in topics if t in self.topics]
+        return {
+            "brokers": [{"id": 1, "client_addr": self.addr, "alive": True}],
+            "controller": self.controller_leader,
+            "topics": [
+                {
+                    "name": name,
+                    "replication_factor": 1,
+                    "configs": {},
+                    "partitions": [
+                        {
+                            "partition": i,
+                            "leader": p.leader,
+                            "replicas": [1],
+                            "hwm": p.high_watermark,
+                            "log_start": p.log_start_offset,
+                        }
+                        for i, p in enumerate(self.topics[name])
+                    ],
+                }
+                for name in names
+            ],
+        }
 
     def list_topics(self) -> list[str]:
         return sorted(self.topics)
@@ -120,13 +183,88 @@ class FakeBackend:
         if request.name in self.topics:
             raise TopicExistsError(f"topic {request.name!r} already exists")
         self.topics[request.name] = [FakePartition() for _ in range(request.partitions)]
+        self._propose(create_topic_command(request.name, request.partitions, 1, {}, [1]))
         return {"name": request.name}
 
     async def delete_topic(self, name: str) -> None:
         if self.topics.pop(name, None) is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
+        self._propose(delete_topic_command(name))
 
     async def init_producer(self) -> dict[str, Any]:
         pid = self.next_producer_id
         self.next_producer_id += 1
         return {"producer_id": pid, "epoch": 0}
+
+    async def group_heartbeat(self, request: GroupHeartbeatRequest) -> dict[str, Any]:
+        self._check_controller()
+        if request.leave:
+            with contextlib.suppress(UnknownMemberError):
+                self._propose(group_leave_command(request.group, request.member_id))
+            return {"member_id": request.member_id, "member_epoch": -1, "assignment": {}}
+        owned = [(t, p) for t, ps in request.owned.items() for p in ps]
+        args = (request.group, request.member_id, request.topics, request.session_timeout_ms)
+        if self.controller.heartbeat_changes_nothing(*args, owned):
+            return self.controller.heartbeat_reply(request.group, request.member_id)
+        result = self._propose(group_join_or_update_command(*args, owned))
+        assert isinstance(result, dict)
+        return result
+
+    async def commit_offsets(self, request: CommitOffsetsRequest) -> None:
+        rows = [(t, p, o) for t, pairs in request.offsets.items() for p, o in pairs]
+        self._propose(commit_offsets_command(request.group, request.member_id, rows))
+
+    async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]:
+        self._check_controller()
+        return self.controller.fetch_offsets(request.group, request.topics)
+
+    async def list_groups(self) -> list[str]:
+        self._check_controller()
+        return self.controller.list_groups()
+
+    async def describe_group(self, name: str) -> dict[str, Any]:
+        self._check_controller()
+        return self.controller.describe_group(name)
+
+
+class LiveFrontend:
+    """A front end over a FakeBackend, serving from its own thread and event loop
+    (for synchronous clients: raw sockets, the CLI)."""
+
+    def __init__(self, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+        self.addr = ""
+        self.backend = FakeBackend()
+        self._max_bytes = max_message_bytes
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()))
+
+    async def _main(self) -> None:
+        frontend = Frontend(self.backend, "tcp://127.0.0.1:*", max_message_bytes=self._max_bytes)
+        self.addr = self.backend.addr = frontend.addr
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        task = asyncio.create_task(frontend.run())
+        self._ready.set()
+        await self._stop.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await frontend.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the front end's loop (to set the backend up) and wait."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def __enter__(self) -> LiveFrontend:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        assert not self._thread.is_alive()
