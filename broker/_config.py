@@ -89,6 +89,9 @@ class BrokerConfig:
     # How often topic retention (retention_bytes / retention_ms) is enforced; Kafka's
     # log.retention.check.interval.ms is 5 minutes, 30 s keeps disks tighter.
     retention_check_ms: int = 30_000
+    # Compact the controller's Raft log (group 0) once this many entries sit below its
+    # latest saved state; consumer-group commits are controller entries.
+    controller_compact_after: int = 4096
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -116,6 +119,7 @@ class BrokerConfig:
         _at_least("tick_ms", self.tick_ms, 1)
         _at_least("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
         _at_least("retention_check_ms", self.retention_check_ms, 10)
+        _at_least("controller_compact_after", self.controller_compact_after, 64)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
 
@@ -143,7 +147,9 @@ def _split_list(value: object) -> list[str]:
 
 def _coerce(name: str, value: object) -> object:
     """Turn a TOML value or an environment string into the field's type."""
-    if name in ("broker_id", "bootstrap_expect") or name.endswith(("_bytes", "_ms", "_client")):
+    if name in ("broker_id", "bootstrap_expect", "controller_compact_after") or name.endswith(
+        ("_bytes", "_ms", "_client")
+    ):
         if isinstance(value, str):
             try:
                 return int(value.replace("_", ""))

@@ -81,6 +81,10 @@ log = logging.getLogger("zstream.broker")
 MAX_CONTROLLER_VOTERS = 3
 # Snapshot the controller state after this many applied commands.
 _SNAPSHOT_EVERY = 64
+# Compact the controller's Raft log to its latest snapshot once this many entries sit
+# below it (consumer commits make group 0 a busy log). A follower further behind than
+# the new log start receives the state as a Raft snapshot: a few KB to a few MB.
+_COMPACT_AFTER = 4096
 _DUTY_INTERVAL_S = 1.0
 # How often the controller leader looks for members past their session timeout: a
 # fifth of the shortest allowed session, so expiry is late by at most that. (Other
@@ -97,8 +101,12 @@ class Controller:
     to ``controller-state`` every ``_SNAPSHOT_EVERY`` commands (and at shutdown);
     a restart restores it and replays the log after it."""
 
-    def __init__(self, broker_id: int, data_dir: Path) -> None:
+    def __init__(
+        self, broker_id: int, data_dir: Path, *, compact_after: int = _COMPACT_AFTER
+    ) -> None:
         self._broker_id = broker_id
+        self._compact_after = compact_after
+        self._file_stale = False
         self._snapshot_path = data_dir / "controller-state"
         self._dir = data_dir / "groups" / str(CONTROLLER_GROUP_ID)
         raw = storage.read_file_if_exists(self._snapshot_path)
@@ -106,6 +114,7 @@ class Controller:
         self._snapshot_index = self.state.applied_index
         self.log: replication.RaftLog | None = None
         self.handle: replication.GroupHandle | None = None
+        self._host: replication.RaftHost | None = None
         self._results: dict[int, object] = {}
         self._caught_up_term: int | None = None
         self.changed = asyncio.Event()
@@ -124,11 +133,21 @@ class Controller:
         fresh = self.is_fresh()
         raft_log = replication.RaftLog.open(self._dir, storage.LogConfig(), records=False)
         self.log = raft_log
+        self._host = host
+        snap = raft_log.snapshot()
+        if snap.metadata.index > self.state.applied_index and snap.data:
+            # The log was compacted (or a leader's snapshot installed) past the saved
+            # state: a crash fell between the two writes. The log's snapshot wins.
+            self._restore(snap)
         self._replay(raft_log)
         if fresh and voters is not None:
             raft_log.bootstrap(replication.ConfState(voters=voters))
         self.handle = host.add_group(
-            CONTROLLER_GROUP_ID, raft_log, raft_config, on_apply=self._on_apply
+            CONTROLLER_GROUP_ID,
+            raft_log,
+            raft_config,
+            on_apply=self._on_apply,
+            on_snapshot=self._on_snapshot,
         )
         self.handle.on_leader_change(
             lambda leader, term: log.info("controller leader=%d term=%d", leader, term)
@@ -151,6 +170,17 @@ class Controller:
             if e.type == replication.EntryType.NORMAL and e.data:
                 self._results[e.index] = self.state.apply(e.index, e.data)
         self.changed.set()
+
+    def _restore(self, snap: replication.Snapshot) -> None:
+        self.state = ControllerState.restore(snap.data)
+        self._file_stale = True  # the next save_snapshot writes it, forced or not
+        self.changed.set()
+
+    def _on_snapshot(self, snap: replication.Snapshot) -> None:
+        """The leader sent the state itself (we were behind its log start)."""
+        log.info("controller state installed from a snapshot at index %d", snap.metadata.index)
+        self._restore(snap)
+        self._results.clear()
 
     def _on_apply(self, entries: list[replication.Entry]) -> None:
         self._apply(entries)
@@ -220,14 +250,37 @@ class Controller:
         return result
 
     async def save_snapshot(self, force: bool = False) -> None:
-        if not force and self.state.applied_index - self._snapshot_index < _SNAPSHOT_EVERY:
+        due = self.state.applied_index - self._snapshot_index >= _SNAPSHOT_EVERY
+        if not (force or due or self._file_stale):
             return
-        if self.state.applied_index == self._snapshot_index:
+        if self.state.applied_index == self._snapshot_index and not self._file_stale:
             return
+        self._file_stale = False
         data = self.state.snapshot()
         index = self.state.applied_index
         await asyncio.to_thread(storage.atomic_write, self._snapshot_path, data)
         self._snapshot_index = index
+        await self._compact(index, data)
+
+    async def _compact(self, index: int, data: bytes) -> None:
+        """Move group 0's log start to ``index``, whose state is ``data``, once enough
+        entries sit below it. The saved state file is written first, and `start`
+        prefers the log's snapshot when it is newer, so a crash between is harmless."""
+        raft_log, host = self.log, self._host
+        if raft_log is None or host is None:
+            return
+        if index - raft_log.first_index() < self._compact_after or index > raft_log.applied_index:
+            return
+        async with host.exclusive():  # no fsync thread while segments go
+            if self.log is not raft_log:
+                return
+            try:
+                raft_log.sync()
+                raft_log.compact(index, data)
+            except replication.RaftError:
+                log.exception("controller log compaction to %d failed", index)
+                return
+        log.info("controller log compacted to index %d", index)
 
     def close(self) -> None:
         if self.log is not None:
@@ -367,7 +420,9 @@ class Broker:
         self.me = BrokerInfo(config.broker_id, config.client_addr, config.peer_addr)
         self._stop = asyncio.Event()
         self.registry: EtcdRegistry | StaticRegistry = self._make_registry()
-        self.controller = Controller(config.broker_id, config.data_dir)
+        self.controller = Controller(
+            config.broker_id, config.data_dir, compact_after=config.controller_compact_after
+        )
         self.metrics = BrokerMetrics(self._gauges)
         self.transport: replication.PeerTransport | None = None
         self.host: replication.RaftHost | None = None

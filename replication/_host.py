@@ -78,6 +78,7 @@ from ._types import (
     NodeId,
     Ready,
     Role,
+    Snapshot,
 )
 
 __all__ = [
@@ -196,6 +197,7 @@ class _Group:
         "log",
         "node",
         "on_apply",
+        "on_snapshot",
         "pending",
         "pending_futs",
         "proposals",
@@ -214,11 +216,13 @@ class _Group:
         node: RaftNode,
         log: RaftLog,
         on_apply: Callable[[list[Entry]], None] | None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.id = group_id
         self.node = node
         self.log = log
         self.on_apply = on_apply
+        self.on_snapshot = on_snapshot
         self.applied = node.applied
         self.proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
         self.pending: list[bytes] = []
@@ -441,10 +445,14 @@ class RaftHost:
         raft_config: RaftConfig,
         *,
         on_apply: Callable[[list[Entry]], None] | None = None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
     ) -> GroupHandle:
         """Host a group whose durable log is ``log``. ``raft_config.id`` must be this
         host's node id; its ``applied`` is taken from the log. ``on_apply`` is called
-        with each pass's committed entries, in order, after they are applied."""
+        with each pass's committed entries, in order, after they are applied;
+        ``on_snapshot`` with each snapshot installed from the leader, once it is
+        durable and before any entry after it is applied (a state machine replaces
+        its state with ``snapshot.data``)."""
         if self._stopped:
             raise HostStoppedError("the host is stopped")
         if group_id in self._groups or group_id < 0:
@@ -455,7 +463,7 @@ class RaftHost:
         node = RaftNode(cfg, log)
         if log.recovering_until:
             node.set_vote_blocked_until(log.recovering_until)
-        g = _Group(group_id, node, log, on_apply)
+        g = _Group(group_id, node, log, on_apply, on_snapshot)
         g.handle._host = self
         self._groups[group_id] = g
         self._active[group_id] = g
@@ -835,6 +843,11 @@ class RaftHost:
                 # every other durable write of the pass. No sync runs now (see above).
                 await loop.run_in_executor(self._pool, g.log.apply_snapshot, rd.snapshot)
                 g.applied = max(g.applied, rd.snapshot.metadata.index)
+                if g.on_snapshot is not None:
+                    try:
+                        g.on_snapshot(rd.snapshot)
+                    except Exception:  # noqa: BLE001 - as for on_apply
+                        _log.exception("group %s: on_snapshot failed", g.id)
                 _release_waiters(g)
             if rd.entries:
                 g.log.append(rd.entries)

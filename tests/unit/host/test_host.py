@@ -13,6 +13,8 @@ import pytest
 
 from replication import (
     ConfState,
+    Entry,
+    EntryType,
     GroupHandle,
     HostConfig,
     HostStoppedError,
@@ -25,6 +27,7 @@ from replication import (
     RaftHost,
     RaftLog,
     Role,
+    Snapshot,
     message_to_wire,
 )
 from storage import LogConfig, encode_batch
@@ -428,3 +431,55 @@ async def test_followers_acknowledge_only_after_their_fsync(tmp_path: Path) -> N
         for gate in gates:
             gate.set()
         assert await asyncio.wait_for(fut, 5) == index
+
+
+async def test_a_state_machine_behind_the_log_start_gets_on_snapshot(tmp_path: Path) -> None:
+    """A records=False group (a state machine): the leader compacts its log with the
+    machine's state; a follower that was away receives it through ``on_snapshot``
+    before the entries after it reach ``on_apply``."""
+    applied: dict[int, list[bytes]] = {i: [] for i in IDS}
+    installed: dict[int, list[int]] = {i: [] for i in IDS}
+
+    def add_machine(n: Node) -> GroupHandle:
+        assert n.host is not None
+        log = RaftLog.open(n.root / "machine", LogConfig(), records=False)
+        log.bootstrap(ConfState(voters=frozenset(IDS)))
+        n.logs[9] = log
+
+        def on_apply(entries: list[Entry]) -> None:
+            applied[n.id].extend(e.data for e in entries if e.data and e.type == EntryType.NORMAL)
+
+        def on_snapshot(snap: Snapshot) -> None:
+            installed[n.id].append(snap.metadata.index)
+            applied[n.id][:] = msgpack.unpackb(snap.data)
+
+        rc = RaftConfig(id=n.id, election_tick=n.config.election_tick)
+        n.groups[9] = n.host.add_group(9, log, rc, on_apply=on_apply, on_snapshot=on_snapshot)
+        return n.groups[9]
+
+    async with cluster(tmp_path, groups=0) as nodes:
+        for n in nodes.values():
+            add_machine(n)
+        leader = await elect(nodes, gid=9)
+        away = next(n for n in nodes.values() if n is not leader)
+        await away.stop()
+        last = 0
+        for i in range(10):
+            last = await leader.groups[9].propose(b"cmd%d" % i)
+        await until(lambda: leader.groups[9].applied_index >= last, 5, "the leader to apply")
+        assert leader.host is not None
+        async with leader.host.exclusive():
+            leader.logs[9].sync()
+            leader.logs[9].compact(last, msgpack.packb(applied[leader.id]))
+        away.transport = PeerTransport(away.id, "tcp://127.0.0.1:0")
+        await away.start()
+        for n in nodes.values():
+            if n is not away:
+                away.transport.add_peer(n.id, n.transport.address)
+                n.transport.add_peer(away.id, away.transport.address)
+        applied[away.id].clear()
+        add_machine(away)
+        after = await leader.groups[9].propose(b"after")
+        await until(lambda: away.groups[9].applied_index >= after, 10, "the follower to catch up")
+        assert installed[away.id] == [last]
+        assert applied[away.id] == [b"cmd%d" % i for i in range(10)] + [b"after"]
