@@ -82,7 +82,7 @@ def _partitions(raw: object) -> set[TP]:
     if isinstance(raw, dict):
         for topic, parts in raw.items():
             if isinstance(topic, str) and isinstance(parts, list):
-                out.update((topic, p) for p in parts if isinstance(p, int) and p >= 0)
+                out.update((topic, p) for p in parts if type(p) is int and p >= 0)
     return out
 
 
@@ -296,7 +296,7 @@ def committed_offsets(result: Mapping[str, Any]) -> dict[TP, int]:
                 if (
                     isinstance(pair, list | tuple)
                     and len(pair) == 2
-                    and all(isinstance(x, int) and x >= 0 for x in pair)
+                    and all(type(x) is int and x >= 0 for x in pair)
                 ):
                     out[(topic, pair[0])] = pair[1]
     return out
