@@ -513,9 +513,16 @@ class Consumer:
         if state.consumed * 2 < self._credit:
             return
         grant, state.consumed = state.consumed, 0
-        with contextlib.suppress(ZStreamError):
+        try:
             conn = self.cluster.connection(state.stream_addr)
             await conn.call(CreditRequest(chunk.stream, grant), timeout_s=self._timeout_s)
+        except ZStreamError:
+            pass
+        except asyncio.CancelledError:
+            # wait_for(getone(), t) ran out here: grant it with the next chunk instead,
+            # or the stream would stall with its credit spent.
+            state.consumed += grant
+            raise
 
     # -- readers ------------------------------------------------------------------------
 
