@@ -13,6 +13,11 @@ Command encoding (one msgpack map per Raft entry)::
      "configs": {str: int}, "live": [int, ...]}
     {"op": "delete_topic", "name": str}
     {"op": "allocate_producer_id"}
+    {"op": "group_join_or_update", "group": str, "member_id": str,
+     "topics": [str, ...] | None, "session_timeout_ms": int, "owned": [[str, int], ...]}
+    {"op": "group_leave", "group": str, "member_id": str}
+    {"op": "group_expire", "group": str, "member_id": str}
+    {"op": "commit_offsets", "group": str, "member_id": str, "offsets": [[str, int, int], ...]}
 
 ``live`` is the proposer's view of the live brokers when it proposed: placement
 uses it and only it, so every replica computes the same placement.
@@ -25,24 +30,58 @@ many partitions this spreads leaders and replicas evenly.
 Every partition gets a Raft group id of its own, never reused, so a topic deleted
 and created again never meets the old one's data. Group 0 is the controller.
 
-Snapshot: msgpack of {"v": 1, "brokers": ..., "topics": ..., "next_group_id",
-"next_producer_id"}. Room is left for consumer groups (a later issue).
+Consumer groups (see broker/_groups.py for the model and the assignor):
+
+- ``group_join_or_update``: a member joins (``topics`` required, else
+  UNKNOWN_MEMBER) or updates its subscription (``topics`` not None), session
+  timeout and ``owned`` partitions (kept only for partitions that exist). A join or
+  a subscription change reassigns the group. Result: the member's heartbeat reply.
+- ``group_leave`` / ``group_expire``: the member is removed and its partitions
+  reassigned (expire is proposed by the controller leader when a member misses its
+  session timeout). An unknown member: UNKNOWN_MEMBER, nothing changes.
+- ``commit_offsets``: a member may commit a partition in its ``owned`` or
+  ``target`` that no other member has in ``owned``; member id "" commits only
+  while the group has no members. Otherwise FENCED_MEMBER (or UNKNOWN_MEMBER) and
+  nothing is committed. Unknown topics/partitions: UNKNOWN_TOPIC/UNKNOWN_PARTITION.
+- ``create_topic``/``delete_topic`` reassign every group subscribing the topic; a
+  deleted topic's committed offsets and owned entries go too.
+- A group with neither members nor offsets is dropped.
+
+Snapshot: msgpack of {"v": 2, "applied_index", "brokers", "topics",
+"next_group_id", "next_producer_id", "groups"}, where ``groups`` is
+``[[name, epoch, members, offsets], ...]`` sorted by name, each member
+``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
+with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
+sorted ``[[topic, partition, next_offset], ...]``. A version 1 snapshot (no
+``groups``) restores with no groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgpack
 
+from broker._groups import Group, Member, TopicPartition, partition_map, rebalance
 from clients import (
+    FencedMemberError,
     InvalidRequestError,
     TopicExistsError,
     UnavailableError,
+    UnknownGroupError,
+    UnknownMemberError,
+    UnknownPartitionError,
     UnknownTopicError,
     ZStreamError,
+)
+from clients._protocol import (
+    MAX_MEMBER_ID_CHARS,
+    MAX_SESSION_TIMEOUT_MS,
+    MIN_SESSION_TIMEOUT_MS,
+    validate_group_name,
+    validate_topic_name,
 )
 
 __all__ = [
@@ -53,8 +92,13 @@ __all__ = [
     "PartitionAssignment",
     "TopicRecord",
     "allocate_producer_id_command",
+    "commit_offsets_command",
     "create_topic_command",
     "delete_topic_command",
+    "group_expire_command",
+    "group_join_or_update_command",
+    "group_leave_command",
+    "heartbeat_interval_ms",
     "register_broker_command",
 ]
 
@@ -62,7 +106,10 @@ CONTROLLER_GROUP_ID = 0
 TOPIC_CONFIG_KEYS = frozenset({"retention_bytes", "retention_ms", "segment_bytes"})
 # Bounds that keep one command from asking the cluster for absurd work.
 MAX_PARTITIONS = 10_000
-_SNAPSHOT_VERSION = 1
+# A member's subscription; far above any real use, it bounds one command's work.
+MAX_MEMBER_TOPICS = 1_000
+_SNAPSHOT_VERSION = 2
+_SNAPSHOT_VERSIONS = (1, 2)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,6 +177,51 @@ def allocate_producer_id_command() -> bytes:
     return _pack({"op": "allocate_producer_id"})
 
 
+def group_join_or_update_command(
+    group: str,
+    member_id: str,
+    topics: Sequence[str] | None,
+    session_timeout_ms: int,
+    owned: Iterable[TopicPartition],
+) -> bytes:
+    return _pack(
+        {
+            "op": "group_join_or_update",
+            "group": group,
+            "member_id": member_id,
+            "topics": None if topics is None else sorted(set(topics)),
+            "session_timeout_ms": session_timeout_ms,
+            "owned": [list(tp) for tp in sorted(set(owned))],
+        }
+    )
+
+
+def group_leave_command(group: str, member_id: str) -> bytes:
+    return _pack({"op": "group_leave", "group": group, "member_id": member_id})
+
+
+def group_expire_command(group: str, member_id: str) -> bytes:
+    return _pack({"op": "group_expire", "group": group, "member_id": member_id})
+
+
+def commit_offsets_command(
+    group: str, member_id: str, offsets: Iterable[tuple[str, int, int]]
+) -> bytes:
+    return _pack(
+        {
+            "op": "commit_offsets",
+            "group": group,
+            "member_id": member_id,
+            "offsets": [list(o) for o in offsets],
+        }
+    )
+
+
+def heartbeat_interval_ms(session_timeout_ms: int) -> int:
+    """How often a member should heartbeat: a third of its session, at most 1 s."""
+    return min(1000, session_timeout_ms // 3)
+
+
 def validate_topic_configs(configs: Mapping[str, object]) -> dict[str, int]:
     out: dict[str, int] = {}
     for key, value in configs.items():
@@ -159,12 +251,75 @@ def _str(cmd: Mapping[str, Any], key: str) -> str:
     return value
 
 
+def _group_name(cmd: Mapping[str, Any]) -> str:
+    value = cmd.get("group")
+    if type(value) is not str:
+        raise InvalidRequestError("controller command: group must be a string")
+    return validate_group_name(value)
+
+
+def _member_id(cmd: Mapping[str, Any], *, allow_empty: bool) -> str:
+    value = cmd.get("member_id")
+    if type(value) is not str or len(value) > MAX_MEMBER_ID_CHARS or not (value or allow_empty):
+        raise InvalidRequestError("controller command: bad member_id")
+    return value
+
+
+def _topic(value: object) -> str:
+    if type(value) is not str:
+        raise InvalidRequestError("controller command: a topic must be a string")
+    return validate_topic_name(value)
+
+
+def _topics(cmd: Mapping[str, Any]) -> tuple[str, ...] | None:
+    value = cmd.get("topics")
+    if value is None:
+        return None
+    if type(value) is not list or len(value) > MAX_MEMBER_TOPICS:
+        raise InvalidRequestError(
+            f"controller command: topics must be a list of at most {MAX_MEMBER_TOPICS}"
+        )
+    return tuple(sorted({_topic(t) for t in value}))
+
+
+def _rows(value: object, width: int, what: str) -> list[tuple[str, list[int]]]:
+    """``[[topic, int, ...], ...]`` with ``width`` integers >= 0 after the topic."""
+    if type(value) is not list:
+        raise InvalidRequestError(f"controller command: {what} must be a list")
+    out: list[tuple[str, list[int]]] = []
+    for row in value:
+        if (
+            type(row) is not list
+            or len(row) != width + 1
+            or not all(type(v) is int and v >= 0 for v in row[1:])
+        ):
+            raise InvalidRequestError(f"controller command: bad {what} entry")
+        out.append((_topic(row[0]), row[1:]))
+    return out
+
+
+def _owned_rows(value: object) -> list[TopicPartition]:
+    return [(topic, ints[0]) for topic, ints in _rows(value, 1, "owned")]
+
+
+def _offset_rows(value: object) -> list[tuple[str, int, int]]:
+    return [(topic, ints[0], ints[1]) for topic, ints in _rows(value, 2, "offsets")]
+
+
+def _describe_tps(tps: Iterable[TopicPartition]) -> str:
+    shown = sorted(tps)
+    text = ", ".join(f"{t}/{p}" for t, p in shown[:8])
+    return text + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
+
+
 class ControllerState:
-    """Brokers, topics with their placement and configs, and id counters."""
+    """Brokers, topics with their placement and configs, id counters, and
+    consumer groups."""
 
     def __init__(self) -> None:
         self.brokers: dict[int, BrokerRecord] = {}
         self.topics: dict[str, TopicRecord] = {}
+        self.groups: dict[str, Group] = {}
         self.next_group_id = CONTROLLER_GROUP_ID + 1
         self.next_producer_id = 1
         self.applied_index = 0
@@ -193,6 +348,14 @@ class ControllerState:
                 pid = self.next_producer_id
                 self.next_producer_id += 1
                 return pid
+            if op == "group_join_or_update":
+                return self._group_join_or_update(cmd)
+            if op in ("group_leave", "group_expire"):
+                self._group_remove(cmd)
+                return None
+            if op == "commit_offsets":
+                self._commit_offsets(cmd)
+                return None
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -239,6 +402,9 @@ class ControllerState:
             self.next_group_id += 1
         topic = TopicRecord(name, rf, tuple(assignments), configs)
         self.topics[name] = topic
+        for group in self.groups.values():
+            if any(name in m.topics for m in group.members.values()):
+                rebalance(group, self._partition_counts())
         return topic
 
     def _delete_topic(self, cmd: Mapping[str, Any]) -> TopicRecord:
@@ -246,7 +412,110 @@ class ControllerState:
         topic = self.topics.pop(name, None)
         if topic is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
+        for group in list(self.groups.values()):
+            group.offsets = {tp: o for tp, o in group.offsets.items() if tp[0] != name}
+            touched = False
+            for m in group.members.values():
+                touched = touched or name in m.topics or any(t == name for t, _ in m.target)
+                m.owned = {tp for tp in m.owned if tp[0] != name}
+            if touched:
+                rebalance(group, self._partition_counts())
+            self._drop_if_empty(group)
         return topic
+
+    # -- consumer groups ---------------------------------------------------------------
+
+    def _partition_counts(self) -> dict[str, int]:
+        return {name: len(t.partitions) for name, t in self.topics.items()}
+
+    def _existing(self, tps: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """The partitions among ``tps`` that exist."""
+        out = set()
+        for topic, p in tps:
+            record = self.topics.get(topic)
+            if record is not None and p < len(record.partitions):
+                out.add((topic, p))
+        return out
+
+    def _drop_if_empty(self, group: Group) -> None:
+        if group.is_empty():
+            del self.groups[group.name]
+
+    def _group_join_or_update(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        name = _group_name(cmd)
+        member_id = _member_id(cmd, allow_empty=False)
+        topics = _topics(cmd)
+        timeout = _int(cmd, "session_timeout_ms", MIN_SESSION_TIMEOUT_MS)
+        if timeout > MAX_SESSION_TIMEOUT_MS:
+            raise InvalidRequestError(f"session_timeout_ms must be <= {MAX_SESSION_TIMEOUT_MS}")
+        owned = self._existing(_owned_rows(cmd.get("owned", [])))
+        group = self.groups.get(name)
+        member = group.members.get(member_id) if group is not None else None
+        if member is None:
+            if topics is None:
+                raise UnknownMemberError(
+                    f"group {name!r} has no member {member_id!r}: join again with topics"
+                )
+            if group is None:
+                group = self.groups[name] = Group(name)
+            group.epoch += 1
+            member = Member(member_id, topics, timeout, member_epoch=group.epoch, owned=owned)
+            group.members[member_id] = member
+            rebalance(group, self._partition_counts())
+        else:
+            assert group is not None
+            member.session_timeout_ms = timeout
+            member.owned = owned
+            if topics is not None and topics != member.topics:
+                member.topics = topics
+                rebalance(group, self._partition_counts())
+        return self.heartbeat_reply(name, member_id)
+
+    def _group_remove(self, cmd: Mapping[str, Any]) -> None:
+        name = _group_name(cmd)
+        member_id = _member_id(cmd, allow_empty=False)
+        group = self.groups.get(name)
+        if group is None or member_id not in group.members:
+            raise UnknownMemberError(f"group {name!r} has no member {member_id!r}")
+        del group.members[member_id]
+        group.epoch += 1
+        rebalance(group, self._partition_counts())
+        self._drop_if_empty(group)
+
+    def _commit_offsets(self, cmd: Mapping[str, Any]) -> None:
+        name = _group_name(cmd)
+        member_id = _member_id(cmd, allow_empty=True)
+        rows = _offset_rows(cmd.get("offsets"))
+        for topic, p, _ in rows:
+            record = self.topics.get(topic)
+            if record is None:
+                raise UnknownTopicError(f"unknown topic {topic!r}")
+            if p >= len(record.partitions):
+                raise UnknownPartitionError(f"topic {topic!r} has no partition {p}")
+        group = self.groups.get(name)
+        if member_id == "":
+            if group is not None and group.members:
+                raise FencedMemberError(
+                    f"group {name!r} has members: only a member may commit, and only "
+                    "for partitions it owns"
+                )
+        else:
+            member = group.members.get(member_id) if group is not None else None
+            if group is None or member is None:
+                raise UnknownMemberError(f"group {name!r} has no member {member_id!r}")
+            mine = member.owned | member.target
+            others = group.owned_by_others(member_id)
+            bad = {(t, p) for t, p, _ in rows if (t, p) not in mine or (t, p) in others}
+            if bad:
+                raise FencedMemberError(
+                    f"member {member_id!r} of group {name!r} does not own {_describe_tps(bad)}"
+                )
+        if not rows:
+            return
+        if group is None:
+            group = self.groups[name] = Group(name)
+        for topic, p, offset in rows:
+            group.offsets[(topic, p)] = offset
 
     def _load(self) -> tuple[dict[int, int], dict[int, int]]:
         leaders: dict[int, int] = {}
@@ -269,6 +538,88 @@ class ControllerState:
             if broker_id in part.replicas
         ]
 
+    def heartbeat_reply(self, group: str, member_id: str) -> dict[str, Any]:
+        """The reply to a member's heartbeat; raises UnknownMemberError."""
+        record = self.groups.get(group)
+        member = record.members.get(member_id) if record is not None else None
+        if record is None or member is None:
+            raise UnknownMemberError(
+                f"group {group!r} has no member {member_id!r}: join again with topics"
+            )
+        return {
+            "member_id": member_id,
+            "member_epoch": member.member_epoch,
+            "heartbeat_interval_ms": heartbeat_interval_ms(member.session_timeout_ms),
+            "assignment": partition_map(record.assignment(member_id)),
+        }
+
+    def heartbeat_changes_nothing(
+        self,
+        group: str,
+        member_id: str,
+        topics: Sequence[str] | None,
+        session_timeout_ms: int,
+        owned: Iterable[TopicPartition],
+    ) -> bool:
+        """True when this heartbeat, applied, would change no state (a known member
+        reporting what the state already holds): it needs no Raft proposal."""
+        record = self.groups.get(group)
+        member = record.members.get(member_id) if record is not None else None
+        return (
+            member is not None
+            and (topics is None or tuple(sorted(set(topics))) == member.topics)
+            and session_timeout_ms == member.session_timeout_ms
+            and self._existing(owned) == member.owned
+        )
+
+    def list_groups(self) -> list[str]:
+        return sorted(self.groups)
+
+    def members(self) -> list[tuple[str, str, int]]:
+        """Every (group, member_id, session_timeout_ms)."""
+        return [
+            (g.name, m.member_id, m.session_timeout_ms)
+            for g in self.groups.values()
+            for m in g.members.values()
+        ]
+
+    def describe_group(self, name: str) -> dict[str, Any]:
+        """The DescribeGroupRequest reply (see clients/_protocol.py)."""
+        group = self.groups.get(name)
+        if group is None:
+            raise UnknownGroupError(f"unknown group {name!r}")
+        return {
+            "group": name,
+            "epoch": group.epoch,
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "member_epoch": m.member_epoch,
+                    "topics": list(m.topics),
+                    "session_timeout_ms": m.session_timeout_ms,
+                    "assignment": partition_map(group.assignment(m.member_id)),
+                    "target": partition_map(m.target),
+                    "owned": partition_map(m.owned),
+                }
+                for m in sorted(group.members.values(), key=lambda m: m.member_id)
+            ],
+            "offsets": self._offsets_doc(group, None),
+        }
+
+    def fetch_offsets(self, name: str, topics: Sequence[str] | None) -> dict[str, Any]:
+        """The FetchOffsetsRequest reply: no offsets for an unknown group."""
+        group = self.groups.get(name)
+        return {"offsets": {} if group is None else self._offsets_doc(group, topics)}
+
+    @staticmethod
+    def _offsets_doc(group: Group, topics: Sequence[str] | None) -> dict[str, list[list[int]]]:
+        wanted = None if topics is None else set(topics)
+        out: dict[str, list[list[int]]] = {}
+        for (topic, p), offset in sorted(group.offsets.items()):
+            if wanted is None or topic in wanted:
+                out.setdefault(topic, []).append([p, offset])
+        return out
+
     # -- snapshots ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -288,6 +639,25 @@ class ControllerState:
                 ],
                 "next_group_id": self.next_group_id,
                 "next_producer_id": self.next_producer_id,
+                "groups": [
+                    [
+                        g.name,
+                        g.epoch,
+                        [
+                            [
+                                m.member_id,
+                                list(m.topics),
+                                m.session_timeout_ms,
+                                m.member_epoch,
+                                [list(tp) for tp in sorted(m.target)],
+                                [list(tp) for tp in sorted(m.owned)],
+                            ]
+                            for m in sorted(g.members.values(), key=lambda m: m.member_id)
+                        ],
+                        [[t, p, o] for (t, p), o in sorted(g.offsets.items())],
+                    ]
+                    for g in sorted(self.groups.values(), key=lambda g: g.name)
+                ],
             }
         )
 
@@ -296,7 +666,7 @@ class ControllerState:
         """Rebuild from `snapshot` bytes; raises ValueError on anything else."""
         try:
             doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
-            if doc["v"] != _SNAPSHOT_VERSION:
+            if doc["v"] not in _SNAPSHOT_VERSIONS:
                 raise ValueError(f"controller snapshot version {doc['v']} is not supported")
             state = cls()
             state.applied_index = int(doc["applied_index"])
@@ -311,6 +681,19 @@ class ControllerState:
                 )
             state.next_group_id = int(doc["next_group_id"])
             state.next_producer_id = int(doc["next_producer_id"])
+            for name, epoch, members, offsets in doc.get("groups", []):
+                group = Group(str(name), int(epoch))
+                for mid, topics, timeout, member_epoch, target, owned in members:
+                    group.members[str(mid)] = Member(
+                        str(mid),
+                        tuple(str(t) for t in topics),
+                        int(timeout),
+                        int(member_epoch),
+                        {(str(t), int(p)) for t, p in target},
+                        {(str(t), int(p)) for t, p in owned},
+                    )
+                group.offsets = {(str(t), int(p)): int(o) for t, p, o in offsets}
+                state.groups[group.name] = group
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"bad controller snapshot: {exc!r}") from exc
         return state

@@ -15,8 +15,9 @@ For each message, in order:
    UNSUPPORTED_VERSION, under the correlation id when one can be read; a message
    with no readable id is answered with id 0.
 3. in-flight limit per client identity -> THROTTLED.
-4. dispatch: quick operations are answered inline; produce, long-poll fetch and
-   topic operations run as tasks owned by the front end (cancelled on close).
+4. dispatch: quick operations are answered inline; produce, long-poll fetch,
+   topic operations and consumer-group operations (they wait on the controller's
+   Raft group) run as tasks owned by the front end (cancelled on close).
    Every handler's ZStreamError becomes its numbered error; anything else is a bug,
    answered UNKNOWN_SERVER_ERROR and logged with its traceback. The broker goes on.
 
@@ -47,14 +48,19 @@ import zmq.asyncio
 import storage
 from clients import (
     Acks,
+    CommitOffsetsRequest,
     CorruptBatchError,
     CreateTopicRequest,
     CreditRequest,
     DeleteTopicRequest,
+    DescribeGroupRequest,
     DescribeTopicRequest,
+    FetchOffsetsRequest,
     FetchRequest,
+    GroupHeartbeatRequest,
     InitProducerRequest,
     InvalidRequestError,
+    ListGroupsRequest,
     ListTopicsRequest,
     MessageTooLargeError,
     MetadataRequest,
@@ -88,6 +94,11 @@ _SLOW_OPS = (
     CreateTopicRequest,
     DeleteTopicRequest,
     InitProducerRequest,
+    GroupHeartbeatRequest,
+    CommitOffsetsRequest,
+    FetchOffsetsRequest,
+    ListGroupsRequest,
+    DescribeGroupRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -147,6 +158,18 @@ class Backend(Protocol):
     async def delete_topic(self, name: str) -> None: ...
 
     async def init_producer(self) -> dict[str, Any]: ...
+
+    # Consumer groups: the controller leader answers; others raise NotControllerError.
+
+    async def group_heartbeat(self, request: GroupHeartbeatRequest) -> dict[str, Any]: ...
+
+    async def commit_offsets(self, request: CommitOffsetsRequest) -> None: ...
+
+    async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]: ...
+
+    async def list_groups(self) -> list[str]: ...
+
+    async def describe_group(self, name: str) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -343,6 +366,17 @@ class Frontend:
                 return {}, ()
             case InitProducerRequest():
                 return await backend.init_producer(), ()
+            case GroupHeartbeatRequest():
+                return await backend.group_heartbeat(args), ()
+            case CommitOffsetsRequest():
+                await backend.commit_offsets(args)
+                return {}, ()
+            case FetchOffsetsRequest():
+                return await backend.fetch_offsets(args), ()
+            case ListGroupsRequest():
+                return {"groups": await backend.list_groups()}, ()
+            case DescribeGroupRequest():
+                return await backend.describe_group(args.group), ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():

@@ -35,8 +35,13 @@ from broker._controller import (
     ControllerState,
     TopicRecord,
     allocate_producer_id_command,
+    commit_offsets_command,
     create_topic_command,
     delete_topic_command,
+    group_expire_command,
+    group_join_or_update_command,
+    group_leave_command,
+    heartbeat_interval_ms,
     register_broker_command,
     validate_topic_configs,
 )
@@ -48,20 +53,25 @@ from broker._discovery import (
     parse_endpoints,
 )
 from broker._frontend import Frontend
+from broker._groups import Sessions
 from broker._metrics import BrokerMetrics
 from broker._partitions import PartitionManager, RaftReplica, translate_raft_error
 from clients import (
     Acks,
+    CommitOffsetsRequest,
     CreateTopicRequest,
+    FetchOffsetsRequest,
+    GroupHeartbeatRequest,
     NotControllerError,
     NotLeaderError,
     UnavailableError,
+    UnknownMemberError,
     UnknownPartitionError,
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import Buffer
+from clients._protocol import MIN_SESSION_TIMEOUT_MS, Buffer
 
 __all__ = ["Broker", "Controller"]
 
@@ -72,6 +82,10 @@ MAX_CONTROLLER_VOTERS = 3
 # Snapshot the controller state after this many applied commands.
 _SNAPSHOT_EVERY = 64
 _DUTY_INTERVAL_S = 1.0
+# How often the controller leader looks for members past their session timeout: a
+# tenth of the shortest allowed session, so expiry is late by at most that.
+_SESSION_CHECK_S = MIN_SESSION_TIMEOUT_MS / 1000 / 10
+_CATCH_UP_TIMEOUT_S = 5.0
 
 
 class Controller:
@@ -92,6 +106,7 @@ class Controller:
         self.log: replication.RaftLog | None = None
         self.handle: replication.GroupHandle | None = None
         self._results: dict[int, object] = {}
+        self._caught_up_term: int | None = None
         self.changed = asyncio.Event()
 
     def is_fresh(self) -> bool:
@@ -149,6 +164,38 @@ class Controller:
     @property
     def is_leader(self) -> bool:
         return self.handle is not None and self.handle.is_leader
+
+    def check_leader(self) -> None:
+        """Raise NotControllerError (with the leader hint) unless this broker leads group 0."""
+        if self.handle is None:
+            raise UnavailableError("the controller is starting")
+        if not self.handle.is_leader:
+            raise NotControllerError("not the controller", leader=self.leader)
+
+    async def caught_up(self) -> None:
+        """As the leader, wait until the state holds every command committed before
+        this term (once per term: a ReadIndex round, then its apply). A new leader
+        may not have applied the last commits of the old one yet; reads served from
+        the state (group heartbeats, offsets) wait for this first."""
+        self.check_leader()
+        assert self.handle is not None
+        term = self.handle.term
+        if self._caught_up_term == term:
+            return
+        try:
+            async with asyncio.timeout(_CATCH_UP_TIMEOUT_S):
+                index = await self.handle.read_index()
+                await self.handle.wait_committed(index)
+        except TimeoutError as exc:
+            raise UnavailableError("the controller is not caught up yet") from exc
+        except replication.RaftError as exc:
+            if isinstance(exc, replication.NotLeaderError):
+                raise NotControllerError("not the controller", leader=self.leader) from exc
+            raise translate_raft_error(exc) from exc
+        if self.handle.is_leader and self.handle.term == term:
+            self._caught_up_term = term
+        else:
+            raise NotControllerError("not the controller", leader=self.leader)
 
     async def propose(self, command: bytes) -> object:
         """Commit a command through group 0; its result, or its error raised."""
@@ -235,6 +282,7 @@ class Broker:
         self.frontend: Frontend | None = None
         self.metrics_port: int | None = None
         self._membership_changed = asyncio.Event()
+        self.sessions = Sessions()
 
     def _make_registry(self) -> EtcdRegistry | StaticRegistry:
         cfg = self.config
@@ -302,6 +350,7 @@ class Broker:
             tasks.append(asyncio.create_task(self.frontend.run(), name="frontend"))
             tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
             tasks.append(asyncio.create_task(self._controller_duties(), name="duties"))
+            tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
             log.info(
                 "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
                 cfg.broker_id,
@@ -372,6 +421,29 @@ class Broker:
             except (ZStreamError, replication.RaftError) as exc:
                 log.info("controller duty deferred: %s", exc)
 
+    async def _expire_sessions(self) -> None:
+        """As the controller leader: remove group members silent for longer than their
+        session timeout (``group_expire``). Last-seen clocks live only here, and a
+        new term restarts them (see Sessions)."""
+        while True:
+            await asyncio.sleep(_SESSION_CHECK_S)
+            handle = self.controller.handle
+            if handle is None or not handle.is_leader:
+                self.sessions.reset()
+                continue
+            members = self.controller.state.members()
+            for group, member_id in self.sessions.expired(members, handle.term, time.monotonic()):
+                try:
+                    await self.controller.propose(group_expire_command(group, member_id))
+                except UnknownMemberError:
+                    pass  # it left meanwhile
+                except (ZStreamError, replication.RaftError) as exc:
+                    log.info("session expiry deferred: %s", exc)
+                    break
+                else:
+                    log.info("group member expired group=%s member=%s", group, member_id)
+                self.sessions.forget(group, member_id)
+
     async def _register_members(self) -> None:
         state = self.controller.state
         handle = self.controller.handle
@@ -396,7 +468,9 @@ class Broker:
 
     async def _shutdown(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
         log.info("broker stopping id=%d", self.config.broker_id)
-        serving = [t for t in tasks if t.get_name() in ("frontend", "duties", "reconcile")]
+        serving = [
+            t for t in tasks if t.get_name() in ("frontend", "duties", "sessions", "reconcile")
+        ]
         for task in serving:
             task.cancel()
         await asyncio.gather(*serving, return_exceptions=True)
@@ -544,6 +618,55 @@ class Broker:
     async def init_producer(self) -> dict[str, Any]:
         pid = await self.controller.propose(allocate_producer_id_command())
         return {"producer_id": pid, "epoch": 0}
+
+    # Consumer groups: the controller leader serves them (others: NOT_CONTROLLER).
+
+    async def group_heartbeat(self, request: GroupHeartbeatRequest) -> dict[str, Any]:
+        controller = self.controller
+        await controller.caught_up()
+        group, member_id = request.group, request.member_id
+        if request.leave:
+            self.sessions.forget(group, member_id)
+            with contextlib.suppress(UnknownMemberError):  # leaving twice is fine
+                await controller.propose(group_leave_command(group, member_id))
+            return {
+                "member_id": member_id,
+                "member_epoch": -1,
+                "heartbeat_interval_ms": heartbeat_interval_ms(request.session_timeout_ms),
+                "assignment": {},
+            }
+        owned = [(t, p) for t, ps in request.owned.items() for p in ps]
+        timeout = request.session_timeout_ms
+        if controller.state.heartbeat_changes_nothing(
+            group, member_id, request.topics, timeout, owned
+        ):
+            reply = controller.state.heartbeat_reply(group, member_id)
+        else:
+            command = group_join_or_update_command(group, member_id, request.topics, timeout, owned)
+            result = await controller.propose(command)
+            if not isinstance(result, dict):  # pragma: no cover - a controller bug
+                raise UnknownServerError(f"group heartbeat applied as {result!r}")
+            reply = result
+        self.sessions.touch(group, member_id, time.monotonic())
+        return reply
+
+    async def commit_offsets(self, request: CommitOffsetsRequest) -> None:
+        rows = [(t, p, o) for t, pairs in request.offsets.items() for p, o in pairs]
+        await self.controller.propose(
+            commit_offsets_command(request.group, request.member_id, rows)
+        )
+
+    async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]:
+        await self.controller.caught_up()
+        return self.controller.state.fetch_offsets(request.group, request.topics)
+
+    async def list_groups(self) -> list[str]:
+        await self.controller.caught_up()
+        return self.controller.state.list_groups()
+
+    async def describe_group(self, name: str) -> dict[str, Any]:
+        await self.controller.caught_up()
+        return self.controller.state.describe_group(name)
 
 
 def install_signal_handlers(broker: Broker) -> None:

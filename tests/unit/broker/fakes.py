@@ -1,20 +1,37 @@
-"""An in-memory Backend for front-end tests: partitions are lists of batches."""
+"""An in-memory Backend for front-end tests: partitions are lists of batches;
+consumer groups are served from a real (pure) ControllerState, applied inline."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import storage
+from broker._controller import (
+    ControllerState,
+    commit_offsets_command,
+    create_topic_command,
+    delete_topic_command,
+    group_join_or_update_command,
+    group_leave_command,
+    register_broker_command,
+)
 from clients import (
     Acks,
+    CommitOffsetsRequest,
     CreateTopicRequest,
+    FetchOffsetsRequest,
+    GroupHeartbeatRequest,
+    NotControllerError,
     NotLeaderError,
     OffsetOutOfRangeError,
     TopicExistsError,
+    UnknownMemberError,
     UnknownPartitionError,
     UnknownTopicError,
+    ZStreamError,
 )
 from clients._protocol import Buffer
 
@@ -94,6 +111,24 @@ class FakeBackend:
         self.topics: dict[str, list[FakePartition]] = {}
         self.fail_metadata = False
         self.next_producer_id = 1
+        self.controller = ControllerState()
+        self.controller_leader = 1  # group ops raise NotControllerError unless 1
+        self.proposals = 0  # group commands applied (the heartbeat fast path makes none)
+        self._index = 0
+        self._propose(register_broker_command(1, "tcp://fake:1", "tcp://fake:2"))
+
+    def _propose(self, command: bytes) -> object:
+        self._check_controller()
+        self._index += 1
+        self.proposals += 1
+        result = self.controller.apply(self._index, command)
+        if isinstance(result, ZStreamError):
+            raise result
+        return result
+
+    def _check_controller(self) -> None:
+        if self.controller_leader != 1:
+            raise NotControllerError("not the controller", leader=self.controller_leader)
 
     def partition(self, topic: str, partition: int) -> FakePartition:
         parts = self.topics.get(topic)
@@ -120,13 +155,45 @@ class FakeBackend:
         if request.name in self.topics:
             raise TopicExistsError(f"topic {request.name!r} already exists")
         self.topics[request.name] = [FakePartition() for _ in range(request.partitions)]
+        self._propose(create_topic_command(request.name, request.partitions, 1, {}, [1]))
         return {"name": request.name}
 
     async def delete_topic(self, name: str) -> None:
         if self.topics.pop(name, None) is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
+        self._propose(delete_topic_command(name))
 
     async def init_producer(self) -> dict[str, Any]:
         pid = self.next_producer_id
         self.next_producer_id += 1
         return {"producer_id": pid, "epoch": 0}
+
+    async def group_heartbeat(self, request: GroupHeartbeatRequest) -> dict[str, Any]:
+        self._check_controller()
+        if request.leave:
+            with contextlib.suppress(UnknownMemberError):
+                self._propose(group_leave_command(request.group, request.member_id))
+            return {"member_id": request.member_id, "member_epoch": -1, "assignment": {}}
+        owned = [(t, p) for t, ps in request.owned.items() for p in ps]
+        args = (request.group, request.member_id, request.topics, request.session_timeout_ms)
+        if self.controller.heartbeat_changes_nothing(*args, owned):
+            return self.controller.heartbeat_reply(request.group, request.member_id)
+        result = self._propose(group_join_or_update_command(*args, owned))
+        assert isinstance(result, dict)
+        return result
+
+    async def commit_offsets(self, request: CommitOffsetsRequest) -> None:
+        rows = [(t, p, o) for t, pairs in request.offsets.items() for p, o in pairs]
+        self._propose(commit_offsets_command(request.group, request.member_id, rows))
+
+    async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]:
+        self._check_controller()
+        return self.controller.fetch_offsets(request.group, request.topics)
+
+    async def list_groups(self) -> list[str]:
+        self._check_controller()
+        return self.controller.list_groups()
+
+    async def describe_group(self, name: str) -> dict[str, Any]:
+        self._check_controller()
+        return self.controller.describe_group(name)

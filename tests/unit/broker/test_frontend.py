@@ -14,20 +14,29 @@ import storage
 from broker._frontend import Frontend
 from clients import (
     Acks,
+    CommitOffsetsRequest,
     CorruptBatchError,
     CreateTopicRequest,
     CreditRequest,
+    DescribeGroupRequest,
     ErrorCode,
+    FencedMemberError,
+    FetchOffsetsRequest,
     FetchRequest,
+    GroupHeartbeatRequest,
     InitProducerRequest,
+    ListGroupsRequest,
     ListTopicsRequest,
     MessageTooLargeError,
     MetadataRequest,
+    NotControllerError,
     NotLeaderError,
     OffsetOutOfRangeError,
     ProduceRequest,
     SubscribeRequest,
     ThrottledError,
+    UnknownGroupError,
+    UnknownMemberError,
     UnknownServerError,
     UnknownTopicError,
     UnsubscribeRequest,
@@ -207,3 +216,37 @@ async def test_stream_closes_when_leadership_moves(served: Served) -> None:
         pass
     assert push.result["err"] == ErrorCode.NOT_LEADER
     assert push.result["leader"] == 2
+
+
+async def test_consumer_group_operations(served: Served) -> None:
+    await _topic(served, "t", partitions=2)
+    conn, backend = served.conn, served.backend
+    join = await conn.call(GroupHeartbeatRequest("g", "m1", topics=["t"]))
+    assert join.result["assignment"] == {"t": [0, 1]}
+    before = backend.proposals
+    owned = {"t": [0, 1]}
+    await conn.call(GroupHeartbeatRequest("g", "m1", owned=owned))
+    assert backend.proposals == before + 1  # owned changed: a proposal
+    again = await conn.call(GroupHeartbeatRequest("g", "m1", owned=owned))
+    assert backend.proposals == before + 1  # nothing changed: answered from the state
+    assert again.result["assignment"] == owned
+    await conn.call(CommitOffsetsRequest("g", {"t": [[0, 5]]}, member_id="m1"))
+    fetched = await conn.call(FetchOffsetsRequest("g"))
+    assert fetched.result == {"offsets": {"t": [[0, 5]]}}
+    assert (await conn.call(ListGroupsRequest())).result == {"groups": ["g"]}
+    described = (await conn.call(DescribeGroupRequest("g"))).result
+    assert [m["member_id"] for m in described["members"]] == ["m1"]
+    with pytest.raises(FencedMemberError):
+        await conn.call(CommitOffsetsRequest("g", {"t": [[0, 6]]}))
+    with pytest.raises(UnknownMemberError):
+        await conn.call(GroupHeartbeatRequest("g", "ghost"))
+    with pytest.raises(UnknownGroupError):
+        await conn.call(DescribeGroupRequest("nope"))
+    left = await conn.call(GroupHeartbeatRequest("g", "m1", leave=True))
+    assert left.result["assignment"] == {}
+    backend.controller_leader = 3
+    with pytest.raises(NotControllerError) as info:
+        await conn.call(GroupHeartbeatRequest("g", "m1", topics=["t"]))
+    assert info.value.details["leader"] == 3
+    with pytest.raises(NotControllerError):
+        await conn.call(ListGroupsRequest())
