@@ -58,7 +58,10 @@ async def run_member(
         got = 0
         while got < BATCH:
             try:
-                record = await asyncio.wait_for(consumer.getone(), 0.2)
+                # Not wait_for: it would run getone in another task, and the coordinator
+                # could run (and report a revoke) between the hand-out and our report.
+                async with asyncio.timeout(0.2):
+                    record = await consumer.getone()
             except TimeoutError:
                 break
             got += 1

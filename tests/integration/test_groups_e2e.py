@@ -33,7 +33,8 @@ pytestmark = pytest.mark.integration
 TOTAL = 20_000
 PARTITIONS = 6
 TOPIC, GROUP = "orders", "workers"
-CHUNK = 1000  # the producer stays at most 3 chunks ahead of the consumers
+CHUNK = 300  # records per produce round
+AHEAD = 2000  # the producer stays at most this far ahead of the consumers
 CHILD_SESSION_MS = 3000
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,6 +107,17 @@ class Run:
             1 for e in (*self.events, *self.child.events) if (e["m"], e["ev"]) == (member, ev)
         )
 
+    def owned(self, member: str) -> set[int]:
+        """The partitions ``member`` owns, as its on_assign / on_revoke said."""
+        self.delivered()
+        owned: set[int] = set()
+        for e in (*self.events, *self.child.events):
+            if e["m"] == member and e["ev"] == "assign":
+                owned.update(e["tps"])
+            elif e["m"] == member and e["ev"] == "revoke":
+                owned.difference_update(e["tps"])
+        return owned
+
     async def start(self, name: str) -> None:
         consumer = group_consumer(self.bootstrap, GROUP, name, self.emit, request_timeout_ms=3000)
         await consumer.start()
@@ -132,25 +144,48 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
     await wait_until_async(check, timeout_s, what, interval_s=0.05)
 
 
-async def _caught_up(run: Run, floor: int) -> None:
-    await until(lambda: run.delivered() >= floor, 60, f"consumers to reach {floor}")
+class Feed:
+    """The producer, driven by the scenario: it writes while the scenario waits for
+    something, spreading records over every partition, at most AHEAD records ahead of
+    what the group has consumed (so the changes happen during consumption)."""
 
+    def __init__(self, run: Run, producer: Producer) -> None:
+        self.run = run
+        self.producer = producer
+        self.produced: dict[int, tuple[int, int]] = {}  # value -> (partition, offset)
 
-async def _produce(run: Run, produced: dict[int, tuple[int, int]]) -> None:
-    async with Producer(run.bootstrap, linger_ms=5, request_timeout_ms=5000) as producer:
-        for start in range(0, TOTAL, CHUNK):
-            await _caught_up(run, start - 3 * CHUNK)
-            futures = [producer.send(TOPIC, str(i).encode()) for i in range(start, start + CHUNK)]
-            await producer.flush()
-            for i, future in enumerate(futures, start):
-                meta = await future
-                produced[i] = (meta.partition, meta.offset)
+    async def _chunk(self) -> None:
+        start = len(self.produced)
+        futures = [
+            self.producer.send(TOPIC, str(i).encode(), partition=i % PARTITIONS)
+            for i in range(start, start + CHUNK)
+        ]
+        await self.producer.flush()
+        for i, future in enumerate(futures, start):
+            meta = await future
+            self.produced[i] = (meta.partition, meta.offset)
+
+    async def until(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Produce until ``condition`` holds."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            if len(self.produced) - self.run.delivered() < AHEAD:
+                await self._chunk()
+            else:
+                await asyncio.sleep(0.02)  # poll: the consumers are behind
+
+    async def finish(self, total: int, timeout_s: float) -> None:
+        """Produce up to ``total`` records, then wait until every one was consumed."""
+        await self.until(lambda: len(self.produced) >= total, timeout_s, f"{total} produced")
+        await until(lambda: self.run.delivered() == len(self.produced), timeout_s, "all consumed")
 
 
 def _check(events: list[Event], produced: dict[int, tuple[int, int]]) -> None:
     delivers = [e for e in events if e["ev"] == "deliver"]
     # No loss, nothing phantom, each record where the producer was told it landed.
-    assert {e["v"] for e in delivers} == set(range(TOTAL))
+    assert {e["v"] for e in delivers} == set(range(len(produced)))
     assert all(produced[e["v"]] == (e["p"], e["o"]) for e in delivers)
 
     # A successful commit is final: nothing below it is delivered after it.
@@ -223,40 +258,45 @@ async def test_members_join_leave_and_die_while_consuming(
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO,
     )
-    produced: dict[int, tuple[int, int]] = {}
-    producer = asyncio.create_task(_produce(run, produced))
-    try:
-        await run.start("m1")
-        await until(lambda: run.delivered() >= 3000, 40, "m1 alone to consume 3000")
-        # Two more join: m1 releases partitions (committing first) to them.
-        await run.start("m2")
-        child.start()
-        await until(
-            lambda: run.count("m2", "deliver") > 0 and run.count("child", "commit") > 0,
-            40,
-            f"m2 and the child to consume and commit ({child.tail(5)})",
-        )
-        assert run.count("m1", "revoke") > 0
-        await until(lambda: run.delivered() >= 9000, 40, "9000 consumed by three")
-        await run.stop("m2")  # graceful: commit, leave; m1 and the child take over
-        child_commits = run.count("child", "commit")
-        await until(
-            lambda: run.delivered() >= 12_000 and run.count("child", "commit") > child_commits,
-            40,
-            "12000 consumed, the child still committing",
-        )
-        child.kill()  # SIGKILL: its partitions move once its session times out
-        await until(lambda: run.delivered() == TOTAL, 60, "every record consumed")
-        await producer
-    finally:
-        producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
-        child.kill()
-        for name in list(run.members):
-            await run.stop(name)
+    async with Producer(bootstrap, linger_ms=5, request_timeout_ms=5000) as producer:
+        feed = Feed(run, producer)
+        try:
+            await run.start("m1")
+            await feed.until(lambda: run.delivered() >= 3000, 40, "m1 alone to consume 3000")
+            # Two more join: m1 releases partitions to them (committing first).
+            await run.start("m2")
+            child.start()
+            await feed.until(
+                lambda: run.count("m2", "commit") > 0 and run.count("child", "commit") > 0,
+                40,
+                f"m2 and the child to consume and commit ({child.tail(5)})",
+            )
+            assert run.count("m1", "revoke") > 0
+            # m2 leaves gracefully (commit, leave): the others take its partitions.
+            await run.stop("m2")
+            assigned = run.count("child", "assign") + run.count("m1", "assign")
+            await feed.until(
+                lambda: run.count("child", "assign") + run.count("m1", "assign") > assigned,
+                40,
+                "m2's partitions to move",
+            )
+            commits = run.count("child", "commit")
+            await feed.until(lambda: run.count("child", "commit") > commits + 1, 40, "child")
+            # SIGKILL: its partitions move to m1 once its session times out.
+            child.kill()
+            await feed.until(lambda: len(run.owned("m1")) == PARTITIONS, 40, "m1 to own all")
+            await feed.finish(TOTAL, 60)
+        finally:
+            child.kill()
+            for name in list(run.members):
+                await run.stop(name)
+            run.delivered()
+            with (tmp_path / "history.jsonl").open("w") as f:
+                f.writelines(json.dumps(e) + "\n" for e in run.events + child_log.events)
+    produced = feed.produced
     run.delivered()
     events = run.events + child_log.events
-    assert run.count("m1", "assign") >= 2  # it took the child's and m2's partitions back
+    assert len(produced) >= TOTAL
     _check(events, produced)
     # The last member committed everything it consumed before it left.
     async with Consumer(bootstrap, GROUP) as reader:
