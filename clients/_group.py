@@ -29,8 +29,8 @@ Failures:
   so that a stale heartbeat of the old incarnation can never speak for the new one.
 - No successful heartbeat for a whole session timeout: the controller has expired us
   by now, so the partitions are dropped the same way (they are someone else's).
-- NOT_CONTROLLER, timeouts, lost connections: retried with backoff (0.05 s doubling
-  to 1 s); the member keeps consuming what it owns meanwhile.
+- NOT_CONTROLLER, timeouts, lost connections (and any other error): retried with
+  backoff (0.05 s doubling to 1 s); the member keeps consuming what it owns meanwhile.
 
 ``leave`` (on close) sends one heartbeat with ``leave=True`` after the consumer has
 committed; the controller frees the partitions at once instead of after the session
@@ -204,7 +204,11 @@ class Coordinator:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            now_ok = await self._beat()
+            try:
+                now_ok = await self._beat()
+            except Exception:  # a bug must not end the membership silently: retry
+                log.exception("group %s: heartbeat failed", self.membership.group)
+                now_ok = False
             if now_ok is None:  # a change was made: tell the controller at once
                 delay = 0.05
                 continue
@@ -229,7 +233,11 @@ class Coordinator:
             log.info("group %s: member %s is gone (%s); joining again", m.group, m.member_id, exc)
             await self._lose()
             return None
-        except (*_RETRIABLE, TimeoutError) as exc:
+        except (ZStreamError, TimeoutError) as exc:
+            # NOT_CONTROLLER, timeouts, lost connections, and whatever else the
+            # controller answers (UNKNOWN_SERVER_ERROR...): back off and retry.
+            if not isinstance(exc, _RETRIABLE | TimeoutError):
+                log.warning("group %s: heartbeat failed: %r", m.group, exc)
             if time.monotonic() - self._last_ok > session_s and m.owned:
                 log.warning("group %s: no heartbeat for a session (%s)", m.group, exc)
                 await self._lose()
@@ -244,7 +252,8 @@ class Coordinator:
         if work.take:
             try:
                 offsets = await self._committed(work.take)
-            except (*_RETRIABLE, TimeoutError):
+            except (ZStreamError, TimeoutError) as exc:
+                log.warning("group %s: committed offsets unavailable: %r", m.group, exc)
                 return False  # taken on a later heartbeat
             self._host.group_take(offsets)
             m.taken(work.take)

@@ -15,7 +15,9 @@ from clients import (
     GroupHeartbeatRequest,
     NotControllerError,
     TopicPartition,
+    UnavailableError,
     UnknownMemberError,
+    UnknownServerError,
 )
 from tests.support import wait_until_async
 from tests.unit.clients.fakebroker import FakeBroker, FakeMember
@@ -220,14 +222,18 @@ async def test_commit_position_then_fenced_once_the_partition_moved(fake: FakeBr
             await consumer.commit({T0: 5})
 
 
-async def test_heartbeats_retry_through_not_controller(fake: FakeBroker) -> None:
+async def test_heartbeats_retry_through_not_controller_and_other_errors(fake: FakeBroker) -> None:
     fake.failures["group_heartbeat"] = [
         NotControllerError("moving", leader=1),
         NotControllerError("moving"),
+        UnknownServerError("a controller bug"),
     ]
+    fake.failures["fetch_offsets"] = [UnavailableError("not caught up yet")]
     async with _consumer(fake) as consumer:
         await consumer.subscribe(["t"])
-        await until(lambda: len(consumer.assignment()) == 4, "joined despite NOT_CONTROLLER")
+        await until(lambda: len(consumer.assignment()) == 4, "joined despite the errors")
+    assert not fake.failures["group_heartbeat"]
+    assert not fake.failures["fetch_offsets"]
 
 
 async def test_on_assign_sees_new_partitions_and_subscribe_keyword(fake: FakeBroker) -> None:
