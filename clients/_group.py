@@ -162,9 +162,9 @@ class GroupHost(Protocol):
         auto_offset_reset)."""
 
     async def group_release(self, tps: frozenset[TP], *, lost: bool) -> None:
-        """Stop reading these partitions and drop their queued records; unless
-        ``lost``, run on_revoke and commit what was delivered (when auto-commit is
-        on)."""
+        """Stop reading these partitions and drop their queued records, run
+        on_revoke, then, unless ``lost``, commit what was processed (when
+        auto-commit is on)."""
 
     async def group_assigned(self, tps: frozenset[TP]) -> None:
         """The on_assign callback, once the partitions are being read."""
@@ -236,7 +236,7 @@ class Coordinator:
         except (ZStreamError, TimeoutError) as exc:
             # NOT_CONTROLLER, timeouts, lost connections, and whatever else the
             # controller answers (UNKNOWN_SERVER_ERROR...): back off and retry.
-            if not isinstance(exc, _RETRIABLE | TimeoutError):
+            if not isinstance(exc, (*_RETRIABLE, TimeoutError)):
                 log.warning("group %s: heartbeat failed: %r", m.group, exc)
             if time.monotonic() - self._last_ok > session_s and m.owned:
                 log.warning("group %s: no heartbeat for a session (%s)", m.group, exc)

@@ -70,6 +70,7 @@ class FakeBroker:
         self.log: list[RequestArgs] = []
         # Make the next request of an op fail: op -> queue of errors to raise.
         self.failures: dict[str, list[ZStreamError]] = {}
+        self.muted: set[str] = set()  # ops left unanswered, as by a dead controller
         self.heartbeat_interval_ms = 50
         self._data = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +122,8 @@ class FakeBroker:
     async def _answer(self, identity: bytes, frames: list[bytes]) -> None:
         request = decode_request(frames)
         self.log.append(request.args)
+        if request.op in self.muted:
+            return
         try:
             pending = self.failures.get(request.op)
             if pending:

@@ -172,6 +172,24 @@ async def test_unknown_member_drops_everything_without_commit_and_rejoins(
         assert seen == {(p, i) for p in range(4) for i in range(4)}
 
 
+async def test_a_member_unheard_for_a_session_drops_its_partitions(fake: FakeBroker) -> None:
+    await _fill(fake, 2)
+    options = {"session_timeout_ms": 1000, "request_timeout_ms": 300}
+    async with _consumer(fake, **options) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: len(consumer.assignment()) == 4, "joined")
+        for _ in range(3):
+            await consumer.getone()
+        old = consumer.member_id
+        fake.muted.add("group_heartbeat")
+        await until(lambda: not consumer.assignment(), "partitions dropped", timeout_s=15)
+        assert not fake.sent(CommitOffsetsRequest)  # they may be someone else's by now
+        fake.forget(old or "")
+        fake.muted.clear()
+        await until(lambda: len(consumer.assignment()) == 4, "joined again", timeout_s=15)
+        assert consumer.member_id != old
+
+
 async def test_auto_commit_commits_only_processed_records(fake: FakeBroker) -> None:
     await fake.append("t", 0, *(f"r{i}".encode() for i in range(10)))
     async with _consumer(fake, auto_commit_interval_ms=20) as consumer:
