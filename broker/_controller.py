@@ -553,6 +553,10 @@ class ControllerState:
             "assignment": partition_map(record.assignment(member_id)),
         }
 
+    def has_member(self, group: str, member_id: str) -> bool:
+        record = self.groups.get(group)
+        return record is not None and member_id in record.members
+
     def heartbeat_changes_nothing(
         self,
         group: str,

@@ -36,7 +36,9 @@ member whose target changes takes the new group epoch as its ``member_epoch``.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import heapq
 from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -110,15 +112,17 @@ def rebalance(group: Group, partition_counts: Mapping[str, int]) -> bool:
         taken |= keep
     topics = sorted({t for m in members for t in m.topics if t in partition_counts})
     for topic in topics:  # 2. the unassigned, one by one, to the fewest
-        eligible = [m.member_id for m in members if topic in subs[m.member_id]]
+        # Only this topic's eligible members gain here, so a heap of them stays exact.
+        heap = [(len(new[m.member_id]), m.member_id) for m in members if topic in subs[m.member_id]]
+        heapq.heapify(heap)
         for p in range(partition_counts[topic]):
             if (topic, p) in taken:
                 continue
-            receiver = min(eligible, key=lambda mid: (len(new[mid]), mid))
+            count, receiver = heapq.heappop(heap)
             new[receiver].add((topic, p))
             taken.add((topic, p))
-    while _move_one(new, subs):  # 3. even out
-        pass
+            heapq.heappush(heap, (count + 1, receiver))
+    _even_out(new, subs)  # 3.
     changed = False
     for m in members:
         if new[m.member_id] != m.target:
@@ -132,40 +136,56 @@ def rebalance(group: Group, partition_counts: Mapping[str, int]) -> bool:
     return changed
 
 
-def _move_one(new: dict[str, set[TopicPartition]], subs: Mapping[str, frozenset[str]]) -> bool:
-    """Move one partition from a member to one holding at least two fewer that
-    subscribes its topic; False when no such move exists."""
-    by_count = sorted(new, key=lambda mid: (-len(new[mid]), mid))
-    for donor in by_count:
-        count = len(new[donor])
-        takers = [mid for mid in reversed(by_count) if len(new[mid]) <= count - 2]
+def _even_out(new: dict[str, set[TopicPartition]], subs: Mapping[str, frozenset[str]]) -> None:
+    """Step 3: move single partitions until no member holds two more than one that
+    subscribes to the topic of one of them (see the module docstring for the choice).
+    Each member's partitions are kept in a sorted list, so a move costs a member sort
+    and a memmove, not a sort of the donor's partitions."""
+    order = {mid: sorted(tps) for mid, tps in new.items()}
+    while _move_one(order, subs):
+        pass
+    for mid, tps in order.items():
+        new[mid] = set(tps)
+
+
+def _move_one(order: dict[str, list[TopicPartition]], subs: Mapping[str, frozenset[str]]) -> bool:
+    """Move one partition from the fullest possible donor to the emptiest member
+    that can take it; False when no such move exists."""
+    for donor in sorted(order, key=lambda mid: (-len(order[mid]), mid)):
+        count = len(order[donor])
+        takers = sorted(
+            (mid for mid in order if len(order[mid]) <= count - 2),
+            key=lambda mid: (len(order[mid]), mid),
+        )
         if not takers:
-            continue
-        takers.sort(key=lambda mid: (len(new[mid]), mid))
-        for tp in sorted(new[donor], reverse=True):
-            for receiver in takers:
-                if tp[0] in subs[receiver]:
-                    new[donor].discard(tp)
-                    new[receiver].add(tp)
-                    return True
+            return False  # later donors hold no more than this one: no takers either
+        receiver_of: dict[str, str | None] = {}
+        held = order[donor]
+        for i in range(len(held) - 1, -1, -1):  # its highest partitions first
+            topic = held[i][0]
+            if topic not in receiver_of:
+                receiver_of[topic] = next((r for r in takers if topic in subs[r]), None)
+            receiver = receiver_of[topic]
+            if receiver is not None:
+                bisect.insort(order[receiver], held.pop(i))
+                return True
     return False
 
 
 class Sessions:
     """When the controller leader last heard from each member: in memory on the
     leader only, never replicated (a heartbeat that changes nothing costs no Raft
-    proposal). Time is an input (seconds, monotonic).
+    proposal). Time is an input (seconds, monotonic), and so is the Raft term.
 
-    A leader of a new term starts every member's clock afresh: it cannot know when
-    the old leader last heard from them, and must not expire a member for the
-    silence of an election."""
+    Each clock belongs to the term it was set in. A leader of a new term starts every
+    member's clock afresh: it cannot know when the previous leader last heard from a
+    member, and must not expire one for the silence of an election."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
-        self._term: int | None = None
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
 
-    def touch(self, group: str, member_id: str, now: float) -> None:
-        self._seen[(group, member_id)] = now
+    def touch(self, group: str, member_id: str, term: int, now: float) -> None:
+        self._seen[(group, member_id)] = (term, now)
 
     def forget(self, group: str, member_id: str) -> None:
         self._seen.pop((group, member_id), None)
@@ -173,24 +193,22 @@ class Sessions:
     def reset(self) -> None:
         """No longer the leader: forget everything."""
         self._seen.clear()
-        self._term = None
 
     def expired(
         self, members: Iterable[tuple[str, str, int]], term: int, now: float
     ) -> list[tuple[str, str]]:
         """The members (group, member_id, session_timeout_ms) silent for longer than
-        their session timeout. A member not seen yet (or in an earlier term) starts
-        its clock now; members no longer in the state are forgotten."""
-        if term != self._term:
-            self._term = term
-            self._seen.clear()
+        their session timeout. A member not seen yet in this term starts its clock
+        now; members no longer in the state are forgotten."""
         live: set[tuple[str, str]] = set()
         out: list[tuple[str, str]] = []
         for group, member_id, timeout_ms in members:
             key = (group, member_id)
             live.add(key)
-            seen = self._seen.setdefault(key, now)
-            if now - seen > timeout_ms / 1000:
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != term:
+                self._seen[key] = (term, now)
+            elif now - seen[1] > timeout_ms / 1000:
                 out.append(key)
         for key in [k for k in self._seen if k not in live]:
             del self._seen[key]

@@ -73,7 +73,7 @@ from clients import (
 )
 from clients._protocol import MIN_SESSION_TIMEOUT_MS, Buffer
 
-__all__ = ["Broker", "Controller"]
+__all__ = ["Broker", "Controller", "GroupCoordinator"]
 
 log = logging.getLogger("zstream.broker")
 
@@ -83,8 +83,9 @@ MAX_CONTROLLER_VOTERS = 3
 _SNAPSHOT_EVERY = 64
 _DUTY_INTERVAL_S = 1.0
 # How often the controller leader looks for members past their session timeout: a
-# tenth of the shortest allowed session, so expiry is late by at most that.
-_SESSION_CHECK_S = MIN_SESSION_TIMEOUT_MS / 1000 / 10
+# fifth of the shortest allowed session, so expiry is late by at most that. (Other
+# brokers only look every half duty interval whether they lead yet.)
+_SESSION_CHECK_S = MIN_SESSION_TIMEOUT_MS / 1000 / 5
 _CATCH_UP_TIMEOUT_S = 5.0
 
 
@@ -165,6 +166,10 @@ class Controller:
     def is_leader(self) -> bool:
         return self.handle is not None and self.handle.is_leader
 
+    @property
+    def term(self) -> int:
+        return self.handle.term if self.handle is not None else 0
+
     def check_leader(self) -> None:
         """Raise NotControllerError (with the leader hint) unless this broker leads group 0."""
         if self.handle is None:
@@ -231,6 +236,94 @@ class Controller:
             self.log = None
 
 
+class GroupCoordinator:
+    """Consumer groups as the controller leader serves them: the group state lives in
+    the controller's state machine; this adds the leader's in-memory session clocks
+    (`Sessions`) and decides which heartbeats need a Raft proposal. Time is an input
+    (monotonic seconds). On any other broker every call raises NotControllerError."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+        self._sessions = Sessions()
+
+    async def heartbeat(self, request: GroupHeartbeatRequest, now: float) -> dict[str, Any]:
+        controller = self._controller
+        await controller.caught_up()
+        group, member_id = request.group, request.member_id
+        if request.leave:
+            self._sessions.forget(group, member_id)
+            if controller.state.has_member(group, member_id):
+                with contextlib.suppress(UnknownMemberError):  # it expired meanwhile
+                    await controller.propose(group_leave_command(group, member_id))
+            return {  # leaving twice, or an unknown member leaving, is fine
+                "member_id": member_id,
+                "member_epoch": -1,
+                "heartbeat_interval_ms": heartbeat_interval_ms(request.session_timeout_ms),
+                "assignment": {},
+            }
+        owned = [(t, p) for t, ps in request.owned.items() for p in ps]
+        timeout = request.session_timeout_ms
+        state = controller.state
+        if request.topics is None and not state.has_member(group, member_id):
+            # Removed (or never joined): no proposal needed to say so.
+            raise UnknownMemberError(
+                f"group {group!r} has no member {member_id!r}: join again with topics"
+            )
+        if state.heartbeat_changes_nothing(group, member_id, request.topics, timeout, owned):
+            reply = state.heartbeat_reply(group, member_id)
+        else:
+            command = group_join_or_update_command(group, member_id, request.topics, timeout, owned)
+            result = await controller.propose(command)
+            if not isinstance(result, dict):  # pragma: no cover - a controller bug
+                raise UnknownServerError(f"group heartbeat applied as {result!r}")
+            reply = result
+        self._sessions.touch(group, member_id, controller.term, now)
+        return reply
+
+    async def commit_offsets(self, request: CommitOffsetsRequest) -> None:
+        rows = [(t, p, o) for t, pairs in request.offsets.items() for p, o in pairs]
+        await self._controller.propose(
+            commit_offsets_command(request.group, request.member_id, rows)
+        )
+
+    async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]:
+        await self._controller.caught_up()
+        return self._controller.state.fetch_offsets(request.group, request.topics)
+
+    async def list_groups(self) -> list[str]:
+        await self._controller.caught_up()
+        return self._controller.state.list_groups()
+
+    async def describe_group(self, name: str) -> dict[str, Any]:
+        await self._controller.caught_up()
+        return self._controller.state.describe_group(name)
+
+    async def expire_silent(self, now: float) -> list[tuple[str, str]]:
+        """As the leader, propose ``group_expire`` for every member silent longer than
+        its session timeout; returns those expired. Not the leader: forget every
+        clock (a later term starts them afresh)."""
+        controller = self._controller
+        handle = controller.handle
+        if handle is None or not handle.is_leader:
+            self._sessions.reset()
+            return []
+        members = controller.state.members()
+        expired = []
+        for group, member_id in self._sessions.expired(members, handle.term, now):
+            try:
+                await controller.propose(group_expire_command(group, member_id))
+            except UnknownMemberError:
+                pass  # it left meanwhile
+            except ZStreamError as exc:
+                log.info("session expiry deferred: %s", exc)
+                break
+            else:
+                expired.append((group, member_id))
+                log.info("group member expired group=%s member=%s", group, member_id)
+            self._sessions.forget(group, member_id)
+        return expired
+
+
 class _Partition:
     """Wraps a replica to time commits for the metrics (the front end's view)."""
 
@@ -282,7 +375,7 @@ class Broker:
         self.frontend: Frontend | None = None
         self.metrics_port: int | None = None
         self._membership_changed = asyncio.Event()
-        self.sessions = Sessions()
+        self.groups = GroupCoordinator(self.controller)
 
     def _make_registry(self) -> EtcdRegistry | StaticRegistry:
         cfg = self.config
@@ -422,27 +515,11 @@ class Broker:
                 log.info("controller duty deferred: %s", exc)
 
     async def _expire_sessions(self) -> None:
-        """As the controller leader: remove group members silent for longer than their
-        session timeout (``group_expire``). Last-seen clocks live only here, and a
-        new term restarts them (see Sessions)."""
+        """As the controller leader: expire silent group members (GroupCoordinator)."""
         while True:
-            await asyncio.sleep(_SESSION_CHECK_S)
-            handle = self.controller.handle
-            if handle is None or not handle.is_leader:
-                self.sessions.reset()
-                continue
-            members = self.controller.state.members()
-            for group, member_id in self.sessions.expired(members, handle.term, time.monotonic()):
-                try:
-                    await self.controller.propose(group_expire_command(group, member_id))
-                except UnknownMemberError:
-                    pass  # it left meanwhile
-                except (ZStreamError, replication.RaftError) as exc:
-                    log.info("session expiry deferred: %s", exc)
-                    break
-                else:
-                    log.info("group member expired group=%s member=%s", group, member_id)
-                self.sessions.forget(group, member_id)
+            leading = self.controller.is_leader
+            await asyncio.sleep(_SESSION_CHECK_S if leading else _DUTY_INTERVAL_S / 2)
+            await self.groups.expire_silent(time.monotonic())
 
     async def _register_members(self) -> None:
         state = self.controller.state
@@ -622,51 +699,19 @@ class Broker:
     # Consumer groups: the controller leader serves them (others: NOT_CONTROLLER).
 
     async def group_heartbeat(self, request: GroupHeartbeatRequest) -> dict[str, Any]:
-        controller = self.controller
-        await controller.caught_up()
-        group, member_id = request.group, request.member_id
-        if request.leave:
-            self.sessions.forget(group, member_id)
-            with contextlib.suppress(UnknownMemberError):  # leaving twice is fine
-                await controller.propose(group_leave_command(group, member_id))
-            return {
-                "member_id": member_id,
-                "member_epoch": -1,
-                "heartbeat_interval_ms": heartbeat_interval_ms(request.session_timeout_ms),
-                "assignment": {},
-            }
-        owned = [(t, p) for t, ps in request.owned.items() for p in ps]
-        timeout = request.session_timeout_ms
-        if controller.state.heartbeat_changes_nothing(
-            group, member_id, request.topics, timeout, owned
-        ):
-            reply = controller.state.heartbeat_reply(group, member_id)
-        else:
-            command = group_join_or_update_command(group, member_id, request.topics, timeout, owned)
-            result = await controller.propose(command)
-            if not isinstance(result, dict):  # pragma: no cover - a controller bug
-                raise UnknownServerError(f"group heartbeat applied as {result!r}")
-            reply = result
-        self.sessions.touch(group, member_id, time.monotonic())
-        return reply
+        return await self.groups.heartbeat(request, time.monotonic())
 
     async def commit_offsets(self, request: CommitOffsetsRequest) -> None:
-        rows = [(t, p, o) for t, pairs in request.offsets.items() for p, o in pairs]
-        await self.controller.propose(
-            commit_offsets_command(request.group, request.member_id, rows)
-        )
+        await self.groups.commit_offsets(request)
 
     async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]:
-        await self.controller.caught_up()
-        return self.controller.state.fetch_offsets(request.group, request.topics)
+        return await self.groups.fetch_offsets(request)
 
     async def list_groups(self) -> list[str]:
-        await self.controller.caught_up()
-        return self.controller.state.list_groups()
+        return await self.groups.list_groups()
 
     async def describe_group(self, name: str) -> dict[str, Any]:
-        await self.controller.caught_up()
-        return self.controller.state.describe_group(name)
+        return await self.groups.describe_group(name)
 
 
 def install_signal_handlers(broker: Broker) -> None:

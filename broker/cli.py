@@ -19,6 +19,7 @@ import storage
 from broker._config import BrokerConfig, ConfigError, load_config
 from clients import (
     Acks,
+    Admin,
     ClusterClient,
     ConnectionLostError,
     CreateTopicRequest,
@@ -155,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="brokers, controller and partitions")
     _add_bootstrap(s)
+
+    g = sub.add_parser("group", help="list or describe consumer groups")
+    gsub = g.add_subparsers(dest="group_command", metavar="ACTION", required=True)
+    _add_bootstrap(gsub.add_parser("list", help="list consumer groups"))
+    gd = gsub.add_parser(
+        "describe", help="members, assignments, committed offsets and lag of a group"
+    )
+    gd.add_argument("name")
+    _add_bootstrap(gd)
     return parser
 
 
@@ -446,6 +456,79 @@ def _status(args: argparse.Namespace) -> int:
     return _run(go, args.bootstrap)
 
 
+def _run_admin(coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], bootstrap: str) -> int:
+    async def go() -> int:
+        try:
+            admin = Admin(bootstrap, timeout_s=5)
+        except ValueError as exc:
+            raise UserError(f"bad --bootstrap {bootstrap!r}: {exc}") from exc
+        try:
+            return await coro_fn(admin)
+        except ConnectionLostError as exc:
+            raise UserError(
+                f"cannot reach a broker at {bootstrap} (is `zstream dev` running?)"
+            ) from exc
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def _tps(assignment: dict[str, list[int]]) -> str:
+    return ",".join(f"{t}/{p}" for t, ps in sorted(assignment.items()) for p in ps) or "-"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _format_group(doc: dict[str, Any]) -> list[str]:
+    """`Admin.describe_group`'s document as the lines ``zstream group describe`` prints."""
+    members = doc["members"]
+    lines = [f"group {doc['group']}: epoch={doc['epoch']} members={len(members)}"]
+    lines.append("members:")
+    if members:
+        lines.append(f"  {'member':<24} {'epoch':>5}  {'session_ms':>10}  {'topics':<16} assigned")
+    for m in members:
+        pending = {
+            t: sorted(set(ps) - set(m["assignment"].get(t, [])))
+            for t, ps in m["target"].items()
+            if set(ps) - set(m["assignment"].get(t, []))
+        }
+        waiting = f"  (waiting for release: {_tps(pending)})" if pending else ""
+        lines.append(
+            f"  {m['member_id']:<24} {m['member_epoch']:>5}  {m['session_timeout_ms']:>10}  "
+            f"{','.join(m['topics']):<16} {_tps(m['assignment'])}{waiting}"
+        )
+    if not members:
+        lines.append("  (no members)")
+    lines.append("partitions:")
+    lines.append(
+        f"  {'topic':<20} {'part':>4}  {'member':<24} {'committed':>9}  {'hwm':>8}  {'lag':>8}"
+    )
+    for row in doc["partitions"]:
+        lines.append(
+            f"  {row['topic']:<20} {row['partition']:>4}  {_cell(row['member']):<24} "
+            f"{_cell(row['committed']):>9}  {_cell(row['hwm']):>8}  {_cell(row['lag']):>8}"
+        )
+    if not doc["partitions"]:
+        lines.append("  (none)")
+    return lines
+
+
+def _group(args: argparse.Namespace) -> int:
+    async def go(admin: Admin) -> int:
+        if args.group_command == "list":
+            for name in await admin.list_groups():
+                print(name)
+        else:
+            for line in _format_group(await admin.describe_group(args.name)):
+                print(line)
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
 def _dev(args: argparse.Namespace) -> int:
     from broker._dev import run_dev
 
@@ -460,6 +543,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "produce": _produce,
     "consume": _consume,
     "status": _status,
+    "group": _group,
 }
 
 

@@ -1,19 +1,29 @@
-"""Admin: topics and cluster inspection."""
+"""Admin: topics, consumer groups and cluster inspection."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clients._cluster import ClusterClient
+from clients._errors import ZStreamError
 from clients._protocol import (
+    CommitOffsetsRequest,
     CreateTopicRequest,
     DeleteTopicRequest,
+    DescribeGroupRequest,
     DescribeTopicRequest,
+    FetchOffsetsRequest,
+    ListGroupsRequest,
     ListTopicsRequest,
+    MetadataRequest,
 )
 
 __all__ = ["Admin"]
+
+# Each broker's report of the partitions it leads (for lag): a dead broker costs this.
+_REPORT_TIMEOUT_S = 2.0
 
 
 class Admin:
@@ -41,6 +51,107 @@ class Admin:
 
     async def describe_topic(self, name: str) -> dict[str, Any]:
         return (await self._cluster.call_any(DescribeTopicRequest(name))).result
+
+    # -- consumer groups (the controller answers) -----------------------------------------
+
+    async def list_groups(self) -> list[str]:
+        """Every group with members or committed offsets, sorted."""
+        groups: list[str] = (await self._cluster.call_controller(ListGroupsRequest())).result[
+            "groups"
+        ]
+        return groups
+
+    async def describe_group(self, name: str) -> dict[str, Any]:
+        """The controller's description of the group (members with their assignment,
+        target and owned partitions; committed offsets: see DescribeGroupRequest),
+        plus ``partitions``: one row per partition the group commits or is assigned,
+        sorted::
+
+            {"topic", "partition",
+             "member": member_id | None,   # whose target holds it
+             "committed": int | None, "log_start": int | None, "hwm": int | None,
+             "lag": int | None}
+
+        ``lag`` is the partition leader's high watermark minus the committed offset;
+        with no commit, the records a consumer starting at the log start would read
+        (hwm - log_start); None when no leader reported the partition's offsets.
+        Raises UnknownGroupError."""
+        doc = (await self._cluster.call_controller(DescribeGroupRequest(name))).result
+        owners: dict[tuple[str, int], str] = {}
+        for member in doc["members"]:
+            for topic, parts in member["target"].items():
+                for p in parts:
+                    owners[(topic, p)] = member["member_id"]
+        committed = {
+            (topic, p): offset for topic, pairs in doc["offsets"].items() for p, offset in pairs
+        }
+        keys = sorted(set(owners) | set(committed))
+        bounds = await self._leader_offsets(sorted({t for t, _ in keys}))
+        rows = []
+        for key in keys:
+            log_start, hwm = bounds.get(key, (None, None))
+            offset = committed.get(key)
+            lag = None
+            if hwm is not None:
+                start = offset if offset is not None else log_start
+                lag = None if start is None else max(0, hwm - start)
+            rows.append(
+                {
+                    "topic": key[0],
+                    "partition": key[1],
+                    "member": owners.get(key),
+                    "committed": offset,
+                    "log_start": log_start,
+                    "hwm": hwm,
+                    "lag": lag,
+                }
+            )
+        return {**doc, "partitions": rows}
+
+    async def fetch_offsets(
+        self, group: str, topics: Sequence[str] | None = None
+    ) -> dict[tuple[str, int], int]:
+        """The group's committed offsets (next offset to read) by (topic, partition)."""
+        request = FetchOffsetsRequest(group, list(topics) if topics is not None else None)
+        result = (await self._cluster.call_controller(request)).result
+        return {(t, p): o for t, pairs in result["offsets"].items() for p, o in pairs}
+
+    async def commit_offsets(
+        self, group: str, offsets: Mapping[tuple[str, int], int], member_id: str = ""
+    ) -> None:
+        """Commit offsets; with no ``member_id`` only while the group has no members
+        (to set a stopped group's positions). FencedMemberError otherwise."""
+        by_topic: dict[str, list[list[int]]] = {}
+        for (topic, p), offset in sorted(offsets.items()):
+            by_topic.setdefault(topic, []).append([p, offset])
+        await self._cluster.call_controller(CommitOffsetsRequest(group, by_topic, member_id))
+
+    async def _leader_offsets(
+        self, topics: Sequence[str]
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """(log start, high watermark) of each partition of ``topics``, as its leader
+        reports them (a broker's metadata carries them only for what it leads). Every
+        live broker is asked at once, so a dead one costs one timeout, not one each."""
+        if not topics:
+            return {}
+        meta = await self._cluster.refresh()
+        request = MetadataRequest(list(topics))
+        calls = [
+            self._cluster.connection(b["client_addr"]).call(request, timeout_s=_REPORT_TIMEOUT_S)
+            for b in meta["brokers"]
+            if b["alive"]
+        ]
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for reply in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(reply, ZStreamError):
+                continue  # that broker's partitions stay unknown
+            if isinstance(reply, BaseException):
+                raise reply
+            for topic in reply.result["topics"]:
+                for p in topic["partitions"]:
+                    if p.get("hwm") is not None and p.get("log_start") is not None:
+                        out[(topic["name"], p["partition"])] = (p["log_start"], p["hwm"])
+        return out
 
     async def describe_cluster(self) -> dict[str, Any]:
         """Brokers, controller and every topic's partitions (see ClusterClient)."""

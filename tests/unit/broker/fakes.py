@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import storage
 from broker._controller import (
@@ -18,6 +19,7 @@ from broker._controller import (
     group_leave_command,
     register_broker_command,
 )
+from broker._frontend import Frontend
 from clients import (
     Acks,
     CommitOffsetsRequest,
@@ -34,6 +36,8 @@ from clients import (
     ZStreamError,
 )
 from clients._protocol import Buffer
+
+T = TypeVar("T")
 
 
 class FakePartition:
@@ -110,6 +114,7 @@ class FakeBackend:
     def __init__(self) -> None:
         self.topics: dict[str, list[FakePartition]] = {}
         self.fail_metadata = False
+        self.addr = ""  # the front end's address, for metadata
         self.next_producer_id = 1
         self.controller = ControllerState()
         self.controller_leader = 1  # group ops raise NotControllerError unless 1
@@ -139,9 +144,32 @@ class FakeBackend:
         return parts[partition]
 
     def metadata(self, topics: Sequence[str] | None) -> dict[str, Any]:
+        """The real metadata's shape: one broker (id 1, at ``addr``) leads everything."""
         if self.fail_metadata:
             raise RuntimeError("a bug in the backend")
-        return {"brokers": [{"id": 1}], "topics": sorted(self.topics)}
+        names = sorted(self.topics) if topics is None else [t for t in topics if t in self.topics]
+        return {
+            "brokers": [{"id": 1, "client_addr": self.addr, "alive": True}],
+            "controller": self.controller_leader,
+            "topics": [
+                {
+                    "name": name,
+                    "replication_factor": 1,
+                    "configs": {},
+                    "partitions": [
+                        {
+                            "partition": i,
+                            "leader": p.leader,
+                            "replicas": [1],
+                            "hwm": p.high_watermark,
+                            "log_start": p.log_start_offset,
+                        }
+                        for i, p in enumerate(self.topics[name])
+                    ],
+                }
+                for name in names
+            ],
+        }
 
     def list_topics(self) -> list[str]:
         return sorted(self.topics)
@@ -197,3 +225,46 @@ class FakeBackend:
     async def describe_group(self, name: str) -> dict[str, Any]:
         self._check_controller()
         return self.controller.describe_group(name)
+
+
+class LiveFrontend:
+    """A front end over a FakeBackend, serving from its own thread and event loop
+    (for synchronous clients: raw sockets, the CLI)."""
+
+    def __init__(self, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+        self.addr = ""
+        self.backend = FakeBackend()
+        self._max_bytes = max_message_bytes
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()))
+
+    async def _main(self) -> None:
+        frontend = Frontend(self.backend, "tcp://127.0.0.1:*", max_message_bytes=self._max_bytes)
+        self.addr = self.backend.addr = frontend.addr
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        task = asyncio.create_task(frontend.run())
+        self._ready.set()
+        await self._stop.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await frontend.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the front end's loop (to set the backend up) and wait."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def __enter__(self) -> LiveFrontend:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        assert not self._thread.is_alive()

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+import storage
 from broker.cli import build_parser, main
+from clients import (
+    Acks,
+    CommitOffsetsRequest,
+    CreateTopicRequest,
+    GroupHeartbeatRequest,
+)
 from tests.support import free_port
+from tests.unit.broker.fakes import LiveFrontend
 
 SUBCOMMANDS = [
     ["broker"],
@@ -18,6 +26,9 @@ SUBCOMMANDS = [
     ["produce"],
     ["consume"],
     ["status"],
+    ["group"],
+    ["group", "list"],
+    ["group", "describe"],
 ]
 
 
@@ -48,3 +59,42 @@ def test_bad_broker_config_is_one_line(capsys: pytest.CaptureFixture[str]) -> No
 def test_parser_defaults_to_the_dev_cluster() -> None:
     args = build_parser().parse_args(["status"])
     assert args.bootstrap.startswith("127.0.0.1:7101")
+
+
+def test_group_list_and_describe(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        backend = live.backend
+        live.run(backend.create_topic(CreateTopicRequest("orders", 3, 1)))
+        batch = storage.encode_batch([(None, b"x")] * 10)
+        for p in range(3):
+            live.run(backend.partition("orders", p).produce(batch, Acks.ALL, 1))
+        live.run(backend.group_heartbeat(GroupHeartbeatRequest("billing", "m-1", ["orders"])))
+        owned = {"orders": [0, 1, 2]}
+        live.run(backend.group_heartbeat(GroupHeartbeatRequest("billing", "m-1", owned=owned)))
+        live.run(backend.group_heartbeat(GroupHeartbeatRequest("billing", "m-2", ["orders"])))
+        commit = CommitOffsetsRequest("billing", {"orders": [[0, 4]]}, member_id="m-1")
+        live.run(backend.commit_offsets(commit))
+
+        assert main(["group", "list", "--bootstrap", live.addr]) == 0
+        assert capsys.readouterr().out == "billing\n"
+
+        assert main(["group", "describe", "billing", "--bootstrap", live.addr]) == 0
+        out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("group billing: epoch=")
+    assert out[0].endswith("members=2")
+    (m1,) = [line for line in out if line.strip().startswith("m-1 ")]
+    (m2,) = [line for line in out if line.strip().startswith("m-2 ")]
+    assert "orders/0" in m1  # m-1 still owns everything it has not released
+    assert "waiting for release: orders/" in m2
+    rows = {int(line.split()[1]): line.split() for line in out if line.startswith("  orders ")}
+    assert sorted(rows) == [0, 1, 2]
+    assert rows[0][3:] == ["4", "10", "6"]  # committed 4 of 10: lag 6
+    assert rows[1][4:] == ["10", "10"]  # no commit: lag from the log start
+    assert {rows[p][2] for p in rows} == {"m-1", "m-2"}
+
+
+def test_describe_unknown_group_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        assert main(["group", "describe", "nope", "--bootstrap", live.addr]) == 1
+    err = capsys.readouterr().err
+    assert err == "zstream group: error: unknown group 'nope'\n"

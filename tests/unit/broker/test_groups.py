@@ -422,8 +422,9 @@ def test_counts_stay_within_one_when_members_churn() -> None:
 def test_sessions_expire_silent_members_and_restart_clocks_in_a_new_term() -> None:
     sessions = Sessions()
     members = [("g", "a", 1000), ("g", "b", 3000)]
-    assert sessions.expired(members, term=2, now=100.0) == []  # clocks start now
-    sessions.touch("g", "a", 100.9)
+    sessions.touch("g", "a", term=2, now=99.5)
+    assert sessions.expired(members, term=2, now=100.0) == []  # b's clock starts now
+    sessions.touch("g", "a", term=2, now=100.9)
     assert sessions.expired(members, term=2, now=101.5) == []
     assert sessions.expired(members, term=2, now=102.0) == [("g", "a")]
     assert sessions.expired(members, term=2, now=103.5) == [("g", "a"), ("g", "b")]
@@ -433,6 +434,10 @@ def test_sessions_expire_silent_members_and_restart_clocks_in_a_new_term() -> No
     sessions.forget("g", "a")  # forgotten: its clock starts again when next seen
     assert sessions.expired(members, term=3, now=111.5) == []
     assert sessions.expired(members, term=3, now=112.6) == [("g", "a")]
+    sessions.touch("g", "a", term=3, now=112.7)
+    assert sessions.expired(members, term=4, now=150.0) == []  # a clock of term 3
     sessions.reset()
-    assert sessions.expired(members[1:], term=3, now=200.0) == []
-    assert sessions.expired(members[1:], term=3, now=203.1) == [("g", "b")]
+    assert sessions.expired(members[1:], term=4, now=200.0) == []
+    assert sessions.expired(members[1:], term=4, now=203.1) == [("g", "b")]
+    assert sessions.expired([], term=4, now=203.2) == []  # gone members are forgotten
+    assert sessions.expired(members[1:], term=4, now=204.0) == []
