@@ -143,6 +143,14 @@ class Consumer:
         consumer.assign([TopicPartition("events", 0)])
         async for record in consumer:
             print(record.offset, record.value)
+
+    In a group, the controller shares the partitions out among the members::
+
+    async with Consumer("127.0.0.1:7101", group="billing") as consumer:
+        await consumer.subscribe(["events"])
+        async for record in consumer:
+            handle(record)
+            await consumer.commit()  # or rely on auto-commit (at least once)
     """
 
     def __init__(
