@@ -20,7 +20,22 @@ Fetch mode: the reader long-polls ``fetch`` from ``fetch_offset``; the queue's b
 is the back-pressure.
 
 Offsets: ``position(tp)`` is the offset of the next record the application will
-get. Consumer groups and committed offsets are not implemented yet.
+get. A record counts as *processed* once the application asks for the next one
+(as in Kafka, where a record returned by one ``poll`` is processed by the next).
+
+Groups (``group=``): `subscribe` joins the group and a `clients._group.Coordinator`
+(owned by the consumer, ended by `close`) heartbeats the controller, which assigns
+the partitions. The coordinator starts a reader for each partition it takes, from the
+group's committed offset (``auto_offset_reset`` when none), and for each partition it
+releases stops the reader, drops the queued records (generation bump), calls
+``on_revoke``, commits the processed offset (auto-commit) and only then reports the
+partition released. `commit` commits ``position()`` of every owned partition (or the
+given offsets), synchronously; auto-commit commits processed offsets every
+``auto_commit_interval_ms``, on revoke, and ``position()`` on `close`, then the
+member leaves. Commits go out one at a time, and auto-commit never moves a
+partition's offset below what this consumer committed last (unless the application
+seeked). `assign` with a group reads from the committed offsets and commits as a
+non-member (accepted only while the group has no members).
 """
 
 from __future__ import annotations
@@ -28,29 +43,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import storage
 from clients._cluster import ClusterClient
 from clients._errors import (
     CorruptBatchError,
+    InvalidRequestError,
     OffsetOutOfRangeError,
     UnavailableError,
     UnknownPartitionError,
     ZStreamError,
     error_for_code,
 )
+from clients._group import TP, Coordinator, Membership, committed_offsets
 from clients._protocol import (
+    MAX_SESSION_TIMEOUT_MS,
+    MIN_SESSION_TIMEOUT_MS,
     Buffer,
+    CommitOffsetsRequest,
     CreditRequest,
+    FetchOffsetsRequest,
     FetchRequest,
     Push,
+    Reply,
+    RequestArgs,
     SubscribeRequest,
     UnsubscribeRequest,
+    validate_group_name,
 )
 
-__all__ = ["Consumer", "Record", "TopicPartition"]
+__all__ = ["Consumer", "RebalanceCallback", "Record", "TopicPartition"]
+
+log = logging.getLogger("zstream.clients.consumer")
 
 
 class TopicPartition(NamedTuple):
@@ -69,6 +96,17 @@ class Record:
     key: bytes | None
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
+
+
+def _group_name(name: str) -> str:
+    try:
+        return validate_group_name(name)
+    except InvalidRequestError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# on_assign / on_revoke: called with the partitions taken / being released.
+RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,6 +130,10 @@ class _PartitionState:
     stream: int = 0
     stream_addr: str = ""
     consumed: int = 0  # bytes of the current stream consumed since the last credit
+    processed: int | None = None  # offset after the last record the application processed
+    committed: int | None = None  # what this consumer last committed (or found committed)
+    look_up_committed: bool = False  # assign() with a group: start from the commit
+    revoked: bool = False  # being released by the group: never read again
 
 
 class Consumer:
@@ -101,12 +143,26 @@ class Consumer:
         consumer.assign([TopicPartition("events", 0)])
         async for record in consumer:
             print(record.offset, record.value)
+
+    In a group, the controller shares the partitions out among the members::
+
+    async with Consumer("127.0.0.1:7101", group="billing") as consumer:
+        await consumer.subscribe(["events"])
+        async for record in consumer:
+            handle(record)
+            await consumer.commit()  # or rely on auto-commit (at least once)
     """
 
     def __init__(
         self,
         bootstrap: str | Sequence[str],
+        group: str | None = None,
         *,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        session_timeout_ms: int = 10_000,
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
         mode: Literal["stream", "fetch"] = "stream",
         auto_offset_reset: Literal["earliest", "latest"] = "earliest",
         credit_bytes: int = 4 * 1024 * 1024,
@@ -118,8 +174,23 @@ class Consumer:
         # credit 4 MiB: enough to keep a stream busy through one round trip at several
         # hundred MB/s, small enough to bound the memory a slow application holds.
         # stream_silence_ms 5 s: five broker heartbeats (1 s) missed means a dead leader.
+        # session_timeout_ms 10 s and auto-commit every 5 s: Kafka's defaults (a dead
+        # member's partitions move within seconds; a crash redelivers <= 5 s of records).
         if mode not in ("stream", "fetch") or auto_offset_reset not in ("earliest", "latest"):
             raise ValueError("mode is 'stream' or 'fetch'; auto_offset_reset 'earliest'/'latest'")
+        if not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+            raise ValueError(
+                f"session_timeout_ms must be within {MIN_SESSION_TIMEOUT_MS}.."
+                f"{MAX_SESSION_TIMEOUT_MS}, got {session_timeout_ms}"
+            )
+        if auto_commit_interval_ms <= 0:
+            raise ValueError("auto_commit_interval_ms must be > 0")
+        self._group = None if group is None else _group_name(group)
+        self._auto_commit = enable_auto_commit
+        self._auto_commit_s = auto_commit_interval_ms / 1000
+        self._session_timeout_ms = session_timeout_ms
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
         self._mode = mode
         self._reset = auto_offset_reset
         self._credit = credit_bytes
@@ -132,10 +203,17 @@ class Consumer:
         self._queue: asyncio.Queue[_Chunk] = asyncio.Queue(maxsize=64)
         self._chunk: _Chunk | None = None
         self._index = 0
+        # The record last handed to the application: (partition, generation, offset).
+        # It counts as processed when the application asks for the next one.
+        self._held: tuple[_PartitionState, int, int] | None = None
         self._closed = False
         # Every reader task, including cancelled ones still unsubscribing: `close`
         # waits for them all.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._coordinator: Coordinator | None = None  # while subscribed with a group
+        self._manual = False  # assign() was used
+        self._auto_commit_task: asyncio.Task[None] | None = None
+        self._commit_lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.cluster.refresh()
@@ -143,7 +221,12 @@ class Consumer:
     # -- assignment ---------------------------------------------------------------------
 
     def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
-        """Read exactly these partitions (replacing any earlier assignment)."""
+        """Read exactly these partitions (replacing any earlier assignment). With a
+        group, each starts from the group's committed offset, and commits are made as
+        a non-member (accepted only while the group has no members)."""
+        if self._coordinator is not None:
+            raise RuntimeError("this consumer subscribed with a group: use subscribe or assign")
+        self._manual = True
         wanted = [TopicPartition(*tp) for tp in partitions]
         for tp in list(self._states):
             if tp not in wanted:
@@ -151,19 +234,49 @@ class Consumer:
         for tp in wanted:
             if tp not in self._states:
                 state = self._states[tp] = _PartitionState(tp)
+                state.look_up_committed = self._group is not None
                 self._start(state)
+        self._start_auto_commit()
 
-    async def subscribe(self, topics: Sequence[str]) -> None:
-        """Assign every partition of ``topics`` (no group: this consumer reads all)."""
-        await self.cluster.refresh(list(topics))
-        self.assign(
-            TopicPartition(t, p["partition"])
-            for t in topics
-            for p in self.cluster.topic(t)["partitions"]
-        )
+    async def subscribe(self, topics: Sequence[str], group: str | None = None) -> None:
+        """Without a group: assign every partition of ``topics`` (this consumer reads
+        them all). With a group (here or in the constructor): join it; the controller
+        assigns this member its share of the partitions, and moves them as members
+        come and go (see `assignment`, ``on_assign``, ``on_revoke``)."""
+        if group is not None:
+            name = _group_name(group)
+            if self._group not in (None, name):
+                raise ValueError(f"this consumer is in group {self._group!r}, not {name!r}")
+            self._group = name
+        if self._group is None:
+            await self.cluster.refresh(list(topics))
+            self.assign(
+                TopicPartition(t, p["partition"])
+                for t in topics
+                for p in self.cluster.topic(t)["partitions"]
+            )
+            return
+        if self._manual:
+            raise RuntimeError("this consumer used assign: use subscribe or assign")
+        if self._closed:
+            raise RuntimeError("the consumer is closed")
+        if self._coordinator is None:
+            membership = Membership(self._group, topics, self._session_timeout_ms)
+            self._coordinator = Coordinator(membership, self._call_controller, self)
+            self._coordinator.start()
+        else:
+            self._coordinator.membership.subscribe(topics)
+            self._coordinator.wake()
+        self._start_auto_commit()
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self._states)
+        """The partitions this consumer reads (in a group: the ones it owns now)."""
+        return {tp for tp, s in self._states.items() if not s.revoked}
+
+    @property
+    def member_id(self) -> str | None:
+        """This consumer's id in its group (None unless subscribed with a group)."""
+        return None if self._coordinator is None else self._coordinator.member_id
 
     def _state(self, tp: TopicPartition | tuple[str, int]) -> _PartitionState:
         state = self._states.get(TopicPartition(*tp))
@@ -175,7 +288,7 @@ class Consumer:
         state.generation += 1
         if state.position is not None:
             state.fetch_offset = state.position
-        if state.paused or self._closed:
+        if state.paused or state.revoked or self._closed:
             return
         reader = self._stream if self._mode == "stream" else self._fetch
         task = state.task = asyncio.create_task(reader(state, state.generation))
@@ -192,6 +305,117 @@ class Consumer:
         self._stop(state)
         self._start(state)
 
+    # -- the group coordinator's side (clients._group.GroupHost) -------------------------
+
+    async def _call_controller(self, args: RequestArgs) -> Reply:
+        return await self.cluster.call_controller(args, timeout_s=self._timeout_s)
+
+    def group_take(self, offsets: Mapping[TP, int | None]) -> None:
+        for tp, offset in offsets.items():
+            state = _PartitionState(TopicPartition(*tp), position=offset)
+            state.processed = state.committed = offset
+            self._states[state.tp] = state
+            self._start(state)
+
+    async def group_release(self, tps: frozenset[TP], *, lost: bool) -> None:
+        states = [s for tp in tps if (s := self._states.get(TopicPartition(*tp))) is not None]
+        for state in states:
+            state.revoked = True
+            self._stop(state)  # the generation bump drops its queued records
+        try:
+            if self._on_revoke is not None:
+                try:
+                    await self._on_revoke({s.tp for s in states})
+                except Exception:  # the application's bug must not stop the membership
+                    log.exception("on_revoke failed")
+            if self._auto_commit and not lost:
+                try:
+                    await asyncio.wait_for(self._auto_commit_now(states), self._timeout_s)
+                except (ZStreamError, TimeoutError) as exc:
+                    log.warning("commit on revoke of %s failed: %s", sorted(tps), exc)
+        finally:
+            for state in states:
+                if self._states.get(state.tp) is state:
+                    del self._states[state.tp]
+
+    async def group_assigned(self, tps: frozenset[TP]) -> None:
+        if self._on_assign is not None:
+            try:
+                await self._on_assign({TopicPartition(*tp) for tp in tps})
+            except Exception:  # the application's bug must not stop the membership
+                log.exception("on_assign failed")
+
+    # -- committed offsets --------------------------------------------------------------
+
+    def _require_group(self) -> str:
+        if self._group is None:
+            raise ValueError("committed offsets need a group (Consumer(..., group=...))")
+        return self._group
+
+    async def commit(
+        self, offsets: Mapping[TopicPartition | tuple[str, int], int] | None = None
+    ) -> None:
+        """Commit synchronously (replicated by the controller before this returns):
+        ``offsets`` ({partition: next offset}), or else `position` of every partition
+        this consumer reads. Raises FencedMemberError / UnknownMemberError when the
+        group no longer gives this member those partitions; nothing is committed then."""
+        self._require_group()
+        if offsets is None:
+            wanted = {
+                s.tp: s.position
+                for s in self._states.values()
+                if s.position is not None and not s.revoked
+            }
+        else:
+            wanted = {TopicPartition(*tp): off for tp, off in offsets.items()}
+        async with self._commit_lock:
+            await self._send_commit(wanted)
+
+    async def _send_commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """One commit_offsets request (the caller holds the commit lock)."""
+        if not offsets:
+            return
+        group = self._require_group()
+        member = "" if self._coordinator is None else self._coordinator.member_id
+        wire: dict[str, list[list[int]]] = {}
+        for tp, offset in sorted(offsets.items()):
+            wire.setdefault(tp.topic, []).append([tp.partition, offset])
+        await self._call_controller(CommitOffsetsRequest(group, wire, member))
+        for tp, offset in offsets.items():
+            state = self._states.get(tp)
+            if state is not None:
+                state.committed = offset
+
+    async def _auto_commit_now(self, states: Iterable[_PartitionState] | None = None) -> None:
+        """Commit the processed offsets that are ahead of what this consumer committed."""
+        async with self._commit_lock:
+            chosen = self._states.values() if states is None else states
+            due = {
+                s.tp: s.processed
+                for s in chosen
+                if s.processed is not None and (s.committed is None or s.processed > s.committed)
+            }
+            await self._send_commit(due)
+
+    async def _auto_commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._auto_commit_s)
+            try:
+                await self._auto_commit_now([s for s in self._states.values() if not s.revoked])
+            except ZStreamError as exc:
+                log.warning("auto-commit failed: %s", exc)
+
+    def _start_auto_commit(self) -> None:
+        if self._group is not None and self._auto_commit and self._auto_commit_task is None:
+            self._auto_commit_task = asyncio.create_task(self._auto_commit_loop())
+
+    async def committed(self, tp: TopicPartition | tuple[str, int]) -> int | None:
+        """The group's committed offset for ``tp`` (None when nothing is committed)."""
+        group = self._require_group()
+        topic, partition = tp
+        reply = await self._call_controller(FetchOffsetsRequest(group, [topic]))
+        return committed_offsets(reply.result).get((topic, partition))
+
     # -- offsets ------------------------------------------------------------------------
 
     def position(self, tp: TopicPartition | tuple[str, int]) -> int | None:
@@ -203,7 +427,8 @@ class Consumer:
         if offset < 0:
             raise ValueError("offset must be >= 0")
         state = self._state(tp)
-        state.position = offset
+        state.position = state.processed = offset
+        state.committed = None  # auto-commit may now move the offset backwards
         self._restart(state)
 
     async def seek_to_beginning(self, *tps: TopicPartition) -> None:
@@ -262,6 +487,11 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Record:
+        held, self._held = self._held, None
+        if held is not None:
+            state, generation, offset = held
+            if state.generation == generation:  # not sought, paused or revoked since
+                state.processed = offset + 1
         while True:
             chunk = self._chunk
             if chunk is not None:
@@ -270,6 +500,7 @@ class Consumer:
                     record = chunk.records[self._index]
                     self._index += 1
                     state.position = record.offset + 1
+                    self._held = (state, chunk.generation, record.offset)
                     return record
                 self._chunk = None
                 await self._consumed(chunk)
@@ -290,9 +521,16 @@ class Consumer:
         if state.consumed * 2 < self._credit:
             return
         grant, state.consumed = state.consumed, 0
-        with contextlib.suppress(ZStreamError):
+        try:
             conn = self.cluster.connection(state.stream_addr)
             await conn.call(CreditRequest(chunk.stream, grant), timeout_s=self._timeout_s)
+        except ZStreamError:
+            pass
+        except asyncio.CancelledError:
+            # wait_for(getone(), t) ran out here: grant it with the next chunk instead,
+            # or the stream would stall with its credit spent.
+            state.consumed += grant
+            raise
 
     # -- readers ------------------------------------------------------------------------
 
@@ -303,6 +541,13 @@ class Consumer:
         raise UnavailableError(f"no leader known for {tp.topic}/{tp.partition}")
 
     async def _initial_offset(self, state: _PartitionState) -> None:
+        if state.position is None and state.look_up_committed and self._group is not None:
+            reply = await self._call_controller(FetchOffsetsRequest(self._group, [state.tp.topic]))
+            offset = committed_offsets(reply.result).get(state.tp)
+            state.look_up_committed = False
+            if offset is not None:
+                state.position = state.fetch_offset = state.processed = offset
+                state.committed = offset
         if state.position is None:
             start, end = await self._bounds(state.tp)
             state.position = state.fetch_offset = start if self._reset == "earliest" else end
@@ -339,8 +584,8 @@ class Consumer:
                     state.position = start
                 state.fetch_offset = start
         await asyncio.sleep(delay)
-        with contextlib.suppress(ZStreamError):
-            await self.cluster.refresh([state.tp.topic])
+        with contextlib.suppress(ZStreamError):  # every topic read: metadata is shared
+            await self.cluster.refresh(sorted({tp.topic for tp in self._states}))
         return min(delay * 2, 1.0)
 
     async def _stream(self, state: _PartitionState, generation: int) -> None:
@@ -410,15 +655,37 @@ class Consumer:
     # -- life cycle ---------------------------------------------------------------------
 
     async def close(self) -> None:
+        """Stop reading; with a group, commit ``position()`` of every owned partition
+        (auto-commit) and leave the group, so its partitions move at once."""
         if self._closed:
             return
         self._closed = True
+        coordinator = self._coordinator  # kept until the end: commits name the member
+        if coordinator is not None:
+            await coordinator.close(leave=False)  # no heartbeat while we commit
+        if self._auto_commit_task is not None:
+            self._auto_commit_task.cancel()
+            await asyncio.gather(self._auto_commit_task, return_exceptions=True)
         for state in self._states.values():
             self._stop(state)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._group is not None and self._auto_commit:
+            for state in self._states.values():  # everything handed out counts as done
+                if not state.revoked and state.position is not None:
+                    state.processed = state.position
+            try:
+                await asyncio.wait_for(
+                    self._auto_commit_now([s for s in self._states.values() if not s.revoked]),
+                    self._timeout_s,
+                )
+            except (ZStreamError, TimeoutError) as exc:
+                log.warning("commit on close failed: %s", exc)
+        if coordinator is not None:
+            await coordinator.close(leave=True)
+            self._coordinator = None
         # Wake an iterator waiting for records: it sees the consumer closed and stops.
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(_Chunk(_PartitionState(TopicPartition("", 0)), -1, [], 0, 0))

@@ -1,0 +1,311 @@
+"""Consumer-group membership, client side (KIP-848 style: the controller assigns).
+
+Theory of operation
+-------------------
+`Membership` is one member's state with no I/O and no clock: its id, the topics it
+subscribes, the partitions it owns (consumes now). It builds each heartbeat and turns
+each reply into the work still to do; `Coordinator` does that work and the I/O.
+
+The coordinator is one task (owned by the consumer, ended by `Coordinator.close`). It
+heartbeats the controller (``ClusterClient.call_controller`` follows NOT_CONTROLLER
+hints) every ``heartbeat_interval_ms`` the controller asked for, and at once after any
+change. On each reply, with ``assignment`` what the member may consume now::
+
+    release = owned - assignment   stop their readers and drop their queued records
+                                   (generation bump), on_revoke, commit what was
+                                   delivered (auto-commit), forget them; owned -= release;
+                                   heartbeat at once: that heartbeat is the release
+    take    = assignment - owned   fetch their committed offsets, start readers there
+                                   (no commit: auto_offset_reset); owned |= take;
+                                   on_assign; heartbeat at once (report them owned)
+
+So a commit for a released partition always precedes the heartbeat that releases it,
+and a new owner (who only gets the partition after that heartbeat) starts from it.
+
+Failures:
+- UNKNOWN_MEMBER (the controller expired or removed us): every owned partition is
+  lost: readers stopped, queued records dropped, NO commit (someone else may own them
+  now; the commit would be fenced anyway); then join again under a fresh member id,
+  so that a stale heartbeat of the old incarnation can never speak for the new one.
+- No successful heartbeat for a whole session timeout: the controller has expired us
+  by now, so the partitions are dropped the same way (they are someone else's).
+- NOT_CONTROLLER, timeouts, lost connections (and any other error): retried with
+  backoff (0.05 s doubling to 1 s); the member keeps consuming what it owns meanwhile.
+
+``leave`` (on close) sends one heartbeat with ``leave=True`` after the consumer has
+committed; the controller frees the partitions at once instead of after the session
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NamedTuple, Protocol
+
+from clients._errors import (
+    ConnectionLostError,
+    FencedMemberError,
+    NotControllerError,
+    RequestTimedOutError,
+    UnavailableError,
+    UnknownMemberError,
+    ZStreamError,
+)
+from clients._protocol import FetchOffsetsRequest, GroupHeartbeatRequest, Reply, RequestArgs
+
+__all__ = ["Coordinator", "GroupHost", "Membership", "Work", "partition_map"]
+
+log = logging.getLogger("zstream.clients.group")
+
+# A partition as (topic, partition); the consumer's TopicPartition is such a tuple.
+TP = tuple[str, int]
+
+_RETRIABLE = (NotControllerError, UnavailableError, ConnectionLostError, RequestTimedOutError)
+
+
+def partition_map(tps: Iterable[TP]) -> dict[str, list[int]]:
+    """{topic: [partition, ...]} (sorted), the wire form of a set of partitions."""
+    out: dict[str, list[int]] = {}
+    for topic, partition in sorted(tps):
+        out.setdefault(topic, []).append(partition)
+    return out
+
+
+def _partitions(raw: object) -> set[TP]:
+    """The reply's {topic: [p]} as a set; anything malformed counts as nothing."""
+    out: set[TP] = set()
+    if isinstance(raw, dict):
+        for topic, parts in raw.items():
+            if isinstance(topic, str) and isinstance(parts, list):
+                out.update((topic, p) for p in parts if type(p) is int and p >= 0)
+    return out
+
+
+def new_member_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Work(NamedTuple):
+    """What a heartbeat reply asks of the consumer: partitions to release first, then
+    partitions to take."""
+
+    release: frozenset[TP]
+    take: frozenset[TP]
+
+
+class Membership:
+    """One member's view of its group, with no I/O."""
+
+    def __init__(self, group: str, topics: Iterable[str], session_timeout_ms: int) -> None:
+        self.group = group
+        self.session_timeout_ms = session_timeout_ms
+        self.member_id = new_member_id()
+        self.topics = sorted(set(topics))
+        self.topics_sent = False  # True once the controller acknowledged ``topics``
+        self.owned: set[TP] = set()
+        self.member_epoch = -1
+        self.heartbeat_interval_ms = min(1000, session_timeout_ms // 3)
+
+    def subscribe(self, topics: Iterable[str]) -> None:
+        self.topics = sorted(set(topics))
+        self.topics_sent = False
+
+    def heartbeat(self, *, leave: bool = False) -> GroupHeartbeatRequest:
+        return GroupHeartbeatRequest(
+            self.group,
+            self.member_id,
+            topics=None if self.topics_sent and not leave else list(self.topics),
+            owned=partition_map(self.owned),
+            session_timeout_ms=self.session_timeout_ms,
+            leave=leave,
+        )
+
+    def on_reply(self, result: Mapping[str, Any]) -> Work:
+        """A successful heartbeat reply: what to release and what to take."""
+        self.topics_sent = True
+        epoch = result.get("member_epoch")
+        if isinstance(epoch, int):
+            self.member_epoch = epoch
+        interval = result.get("heartbeat_interval_ms")
+        if isinstance(interval, int) and interval > 0:
+            self.heartbeat_interval_ms = interval
+        assignment = _partitions(result.get("assignment"))
+        return Work(frozenset(self.owned - assignment), frozenset(assignment - self.owned))
+
+    def released(self, tps: Iterable[TP]) -> None:
+        self.owned.difference_update(tps)
+
+    def taken(self, tps: Iterable[TP]) -> None:
+        self.owned.update(tps)
+
+    def lost(self) -> frozenset[TP]:
+        """We are no member any more (UNKNOWN_MEMBER, or silent past the session
+        timeout): everything owned is gone; join again under a fresh id."""
+        gone = frozenset(self.owned)
+        self.owned.clear()
+        self.member_id = new_member_id()
+        self.topics_sent = False
+        self.member_epoch = -1
+        return gone
+
+
+class GroupHost(Protocol):
+    """What the coordinator needs from the consumer."""
+
+    def group_take(self, offsets: Mapping[TP, int | None]) -> None:
+        """Start reading these partitions, each from its committed offset (None:
+        auto_offset_reset)."""
+
+    async def group_release(self, tps: frozenset[TP], *, lost: bool) -> None:
+        """Stop reading these partitions and drop their queued records, run
+        on_revoke, then, unless ``lost``, commit what was processed (when
+        auto-commit is on)."""
+
+    async def group_assigned(self, tps: frozenset[TP]) -> None:
+        """The on_assign callback, once the partitions are being read."""
+
+
+Call = Callable[[RequestArgs], Awaitable[Reply]]
+
+
+class Coordinator:
+    """The heartbeat task of one group member."""
+
+    def __init__(self, membership: Membership, call: Call, host: GroupHost) -> None:
+        self.membership = membership
+        self._call = call
+        self._host = host
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_ok = time.monotonic()
+        # Set after each reply has been acted on; tests and `Consumer.wait_for_assignment`
+        # wait on it.
+        self.changed = asyncio.Condition()
+        self.joined = False
+
+    @property
+    def member_id(self) -> str:
+        return self.membership.member_id
+
+    def start(self) -> None:
+        if self._task is None:
+            self._last_ok = time.monotonic()
+            self._task = asyncio.create_task(self._run(), name=f"group {self.membership.group}")
+
+    def wake(self) -> None:
+        """Heartbeat now (the subscription changed)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                now_ok = await self._beat()
+            except Exception:  # a bug must not end the membership silently: retry
+                log.exception("group %s: heartbeat failed", self.membership.group)
+                now_ok = False
+            if now_ok is None:  # a change was made: tell the controller at once
+                delay = 0.05
+                continue
+            if now_ok:
+                delay = 0.05
+                wait = self.membership.heartbeat_interval_ms / 1000
+            else:
+                wait, delay = delay, min(delay * 2, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()
+
+    async def _beat(self) -> bool | None:
+        """One heartbeat and its consequences: True if nothing changed, None if
+        something did (heartbeat again at once), False on a retriable failure."""
+        m = self.membership
+        session_s = m.session_timeout_ms / 1000
+        try:
+            # Bounded by the session: past it the controller has given up on us anyway.
+            reply = await asyncio.wait_for(self._call(m.heartbeat()), session_s)
+        except (UnknownMemberError, FencedMemberError) as exc:
+            log.info("group %s: member %s is gone (%s); joining again", m.group, m.member_id, exc)
+            await self._lose()
+            return None
+        except (ZStreamError, TimeoutError) as exc:
+            # NOT_CONTROLLER, timeouts, lost connections, and whatever else the
+            # controller answers (UNKNOWN_SERVER_ERROR...): back off and retry.
+            if not isinstance(exc, (*_RETRIABLE, TimeoutError)):
+                log.warning("group %s: heartbeat failed: %r", m.group, exc)
+            if time.monotonic() - self._last_ok > session_s and m.owned:
+                log.warning("group %s: no heartbeat for a session (%s)", m.group, exc)
+                await self._lose()
+            return False
+        self._last_ok = time.monotonic()
+        work = m.on_reply(reply.result)
+        changed = False
+        if work.release:
+            await self._host.group_release(work.release, lost=False)
+            m.released(work.release)
+            changed = True
+        if work.take:
+            try:
+                offsets = await self._committed(work.take)
+            except (ZStreamError, TimeoutError) as exc:
+                log.warning("group %s: committed offsets unavailable: %r", m.group, exc)
+                return False  # taken on a later heartbeat
+            self._host.group_take(offsets)
+            m.taken(work.take)
+            await self._host.group_assigned(work.take)
+            changed = True
+        await self._notify(joined=True)
+        return None if changed else True
+
+    async def _lose(self) -> None:
+        gone = self.membership.lost()
+        if gone:
+            await self._host.group_release(gone, lost=True)
+        await self._notify(joined=False)
+
+    async def _notify(self, *, joined: bool) -> None:
+        async with self.changed:
+            self.joined = joined
+            self.changed.notify_all()
+
+    async def _committed(self, tps: frozenset[TP]) -> dict[TP, int | None]:
+        m = self.membership
+        request = FetchOffsetsRequest(m.group, sorted({t for t, _ in tps}))
+        reply = await asyncio.wait_for(self._call(request), m.session_timeout_ms / 1000)
+        found = committed_offsets(reply.result)
+        return {tp: found.get(tp) for tp in tps}
+
+    async def close(self, *, leave: bool) -> None:
+        """End the task; with ``leave`` tell the controller we are gone (best effort:
+        otherwise the session timeout frees the partitions)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if leave and self.joined:
+            request = self.membership.heartbeat(leave=True)
+            with contextlib.suppress(ZStreamError, TimeoutError):
+                await asyncio.wait_for(self._call(request), 2.0)
+
+
+def committed_offsets(result: Mapping[str, Any]) -> dict[TP, int]:
+    """A fetch_offsets reply's ``offsets`` as {(topic, partition): next_offset}."""
+    out: dict[TP, int] = {}
+    raw = result.get("offsets")
+    if isinstance(raw, dict):
+        for topic, pairs in raw.items():
+            if not isinstance(topic, str) or not isinstance(pairs, list):
+                continue
+            for pair in pairs:
+                if (
+                    isinstance(pair, list | tuple)
+                    and len(pair) == 2
+                    and all(type(x) is int and x >= 0 for x in pair)
+                ):
+                    out[(topic, pair[0])] = pair[1]
+    return out

@@ -1,0 +1,296 @@
+"""The group consumer against a fake broker that speaks the protocol (fakebroker.py):
+joining, revoking (commit before release), losing membership (no commit), commit,
+auto-commit (only processed records), close (commit, then leave)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from clients import (
+    CommitOffsetsRequest,
+    Consumer,
+    FencedMemberError,
+    GroupHeartbeatRequest,
+    NotControllerError,
+    TopicPartition,
+    UnavailableError,
+    UnknownMemberError,
+    UnknownServerError,
+)
+from tests.support import wait_until_async
+from tests.unit.clients.fakebroker import FakeBroker, FakeMember
+
+T0, T1, T2, T3 = (TopicPartition("t", p) for p in range(4))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBroker]:
+    broker = FakeBroker()
+    broker.create_topic("t", 4)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+def _consumer(fake: FakeBroker, **options: object) -> Consumer:
+    settings: dict[str, object] = {
+        "mode": "fetch",
+        "fetch_max_wait_ms": 50,
+        "session_timeout_ms": 3000,
+        "request_timeout_ms": 2000,
+        "enable_auto_commit": True,
+        "auto_commit_interval_ms": 60_000,  # only on revoke and close unless a test asks
+    }
+    settings.update(options)
+    return Consumer(fake.addr, "g", **settings)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    async def check() -> bool:
+        return condition()
+
+    await wait_until_async(check, timeout_s, what)
+
+
+async def _fill(fake: FakeBroker, per_partition: int) -> None:
+    for p in range(4):
+        await fake.append("t", p, *(f"{p}-{i}".encode() for i in range(per_partition)))
+
+
+def _owned_in(request: GroupHeartbeatRequest) -> set[tuple[str, int]]:
+    return {(t, p) for t, parts in request.owned.items() for p in parts}
+
+
+async def test_a_lone_member_gets_every_partition_and_reads_from_the_start(
+    fake: FakeBroker,
+) -> None:
+    await _fill(fake, 3)
+    async with _consumer(fake) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: consumer.assignment() == {T0, T1, T2, T3}, "all four partitions")
+        records = [await consumer.getone() for _ in range(12)]
+        assert sorted(r.value for r in records) == sorted(
+            f"{p}-{i}".encode() for p in range(4) for i in range(3)
+        )
+        joins = fake.sent(GroupHeartbeatRequest)
+        assert joins[0].topics == ["t"]
+        assert joins[0].owned == {}
+        assert consumer.member_id == joins[0].member_id
+        # Later heartbeats do not repeat the subscription, and report what is owned.
+        await until(
+            lambda: any(
+                _owned_in(h) == set(consumer.assignment())
+                for h in fake.sent(GroupHeartbeatRequest)[1:]
+            ),
+            "owned reported",
+        )
+        assert all(h.topics is None for h in fake.sent(GroupHeartbeatRequest)[1:])
+
+
+async def test_revoke_commits_the_processed_offset_before_the_release(fake: FakeBroker) -> None:
+    await _fill(fake, 5)
+    a = _consumer(fake)
+    b = _consumer(fake)
+    async with a, b:
+        await a.subscribe(["t"])
+        await until(lambda: a.assignment() == {T0, T1, T2, T3}, "a owns all")
+        got = [await a.getone() for _ in range(20)]
+        in_hand = got[-1]  # the application is still processing it
+        await b.subscribe(["t"])
+        await until(lambda: b.assignment() == {T0, T2}, "b gets its half")
+        await until(lambda: a.assignment() == {T1, T3}, "a keeps the other half")
+        a_hb = [
+            (i, r)
+            for i, r in enumerate(fake.log)
+            if isinstance(r, GroupHeartbeatRequest) and r.member_id == a.member_id
+        ]
+        held_all = next(i for i, r in a_hb if _owned_in(r) == {T0, T1, T2, T3})
+        release_at = next(i for i, r in a_hb if i > held_all and not _owned_in(r) & {T0, T2})
+        commits = [
+            (i, r)
+            for i, r in enumerate(fake.log)
+            if isinstance(r, CommitOffsetsRequest) and r.member_id == a.member_id
+        ]
+        assert len(commits) == 1
+        commit_at, commit = commits[0]
+        assert held_all < commit_at < release_at
+        # Everything delivered of t/0 and t/2 was processed, except the record in hand.
+        expected = {p: (in_hand.offset if in_hand.partition == p else 5) for p in (0, 2)}
+        assert dict(map(tuple, commit.offsets["t"])) == expected  # type: ignore[arg-type]
+        # b starts where a's commit left off.
+        for tp in (T0, T2):
+            assert b.position(tp) == expected[tp.partition]
+
+
+async def test_a_new_owner_resumes_after_an_explicit_commit(fake: FakeBroker) -> None:
+    await fake.append("t", 0, *(f"r{i}".encode() for i in range(100)))
+    async with _consumer(fake, enable_auto_commit=False) as a:
+        await a.subscribe(["t"])
+        await until(lambda: T0 in a.assignment(), "a owns t/0")
+        first = [await a.getone() for _ in range(10)]
+        assert [r.offset for r in first] == list(range(10))
+        await a.commit()
+        assert fake.offsets[T0] == 10
+        async with _consumer(fake) as b:
+            await b.subscribe(["t"])
+            await until(lambda: T0 in b.assignment(), "t/0 moves to b")
+            assert T0 not in a.assignment()
+            record = await b.getone()
+            assert (record.partition, record.offset) == (0, 10)
+
+
+async def test_unknown_member_drops_everything_without_commit_and_rejoins(
+    fake: FakeBroker,
+) -> None:
+    await _fill(fake, 4)
+    revoked: list[set[TopicPartition]] = []
+
+    async def on_revoke(tps: set[TopicPartition]) -> None:
+        revoked.append(tps)
+
+    async with _consumer(fake, on_revoke=on_revoke) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: len(consumer.assignment()) == 4, "joined")
+        for _ in range(6):
+            await consumer.getone()
+        old = consumer.member_id
+        assert old is not None
+        fake.forget(old)
+        await until(lambda: consumer.member_id != old, "a fresh member id")
+        await until(lambda: len(consumer.assignment()) == 4, "joined again")
+        assert revoked[:1] == [{T0, T1, T2, T3}]
+        assert not fake.sent(CommitOffsetsRequest)  # nothing committed for the lost member
+        joins = fake.sent(GroupHeartbeatRequest, lambda r: r.member_id == consumer.member_id)
+        assert joins[0].topics == ["t"]
+        assert joins[0].owned == {}
+        # It reads from the start again (nothing was committed): a duplicate, not a loss.
+        seen = {(r.partition, r.offset) for r in [await consumer.getone() for _ in range(16)]}
+        assert seen == {(p, i) for p in range(4) for i in range(4)}
+
+
+async def test_a_member_unheard_for_a_session_drops_its_partitions(fake: FakeBroker) -> None:
+    await _fill(fake, 2)
+    options = {"session_timeout_ms": 1000, "request_timeout_ms": 300}
+    async with _consumer(fake, **options) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: len(consumer.assignment()) == 4, "joined")
+        for _ in range(3):
+            await consumer.getone()
+        old = consumer.member_id
+        fake.muted.add("group_heartbeat")
+        await until(lambda: not consumer.assignment(), "partitions dropped", timeout_s=15)
+        assert not fake.sent(CommitOffsetsRequest)  # they may be someone else's by now
+        fake.forget(old or "")
+        fake.muted.clear()
+        await until(lambda: len(consumer.assignment()) == 4, "joined again", timeout_s=15)
+        assert consumer.member_id != old
+
+
+async def test_auto_commit_commits_only_processed_records(fake: FakeBroker) -> None:
+    await fake.append("t", 0, *(f"r{i}".encode() for i in range(10)))
+    async with _consumer(fake, auto_commit_interval_ms=20) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: T0 in consumer.assignment(), "joined")
+        consumer.pause(T1, T2, T3)
+        for _ in range(3):
+            await consumer.getone()  # offsets 0, 1, 2; 2 is still being processed
+        await until(lambda: fake.offsets.get(T0) == 2, "auto-commit of the processed two")
+        assert consumer.position(T0) == 3
+        # Nothing more is processed: later auto-commit rounds send nothing.
+        commits = len(fake.sent(CommitOffsetsRequest))
+        beats = len(fake.sent(GroupHeartbeatRequest))
+        await until(lambda: len(fake.sent(GroupHeartbeatRequest)) > beats + 4, "more beats")
+        assert len(fake.sent(CommitOffsetsRequest)) == commits
+    # close: what was handed out counts as processed, then the member leaves.
+    assert fake.offsets[T0] == 3
+    last_commit = max(i for i, r in enumerate(fake.log) if isinstance(r, CommitOffsetsRequest))
+    leave = next(
+        i for i, r in enumerate(fake.log) if isinstance(r, GroupHeartbeatRequest) and r.leave
+    )
+    assert last_commit < leave
+    assert not fake.members
+
+
+async def test_commit_position_then_fenced_once_the_partition_moved(fake: FakeBroker) -> None:
+    await _fill(fake, 5)
+    async with _consumer(fake, enable_auto_commit=False) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: len(consumer.assignment()) == 4, "joined")
+        records = [await consumer.getone() for _ in range(8)]
+        positions = {r.partition: r.offset + 1 for r in records}
+        await consumer.commit()
+        for p, offset in positions.items():
+            assert fake.offsets[("t", p)] == offset
+        assert await consumer.committed(T0) == fake.offsets.get(T0)
+        await consumer.commit({T1: 1})  # backwards is legal, as in Kafka
+        assert fake.offsets[T1] == 1
+        # Someone else owns t/3 now (a stale view): the commit is fenced, nothing lands.
+        fake.members["intruder"] = FakeMember(["t"], owned={T3})
+        before = dict(fake.offsets)
+        with pytest.raises(FencedMemberError):
+            await consumer.commit({T0: 5, T3: 5})
+        assert fake.offsets == before
+        fake.members.pop("intruder")
+        fake.forget(consumer.member_id or "")
+        with pytest.raises((UnknownMemberError, FencedMemberError)):
+            await consumer.commit({T0: 5})
+
+
+async def test_heartbeats_retry_through_not_controller_and_other_errors(fake: FakeBroker) -> None:
+    fake.failures["group_heartbeat"] = [
+        NotControllerError("moving", leader=1),
+        NotControllerError("moving"),
+        UnknownServerError("a controller bug"),
+    ]
+    fake.failures["fetch_offsets"] = [UnavailableError("not caught up yet")]
+    async with _consumer(fake) as consumer:
+        await consumer.subscribe(["t"])
+        await until(lambda: len(consumer.assignment()) == 4, "joined despite the errors")
+    assert not fake.failures["group_heartbeat"]
+    assert not fake.failures["fetch_offsets"]
+
+
+async def test_on_assign_sees_new_partitions_and_subscribe_keyword(fake: FakeBroker) -> None:
+    assigned: list[set[TopicPartition]] = []
+
+    async def on_assign(tps: set[TopicPartition]) -> None:
+        assigned.append(tps)
+
+    consumer = Consumer(fake.addr, mode="fetch", on_assign=on_assign, session_timeout_ms=3000)
+    async with consumer:
+        await consumer.subscribe(["t"], group="g2")
+        await until(lambda: assigned == [{T0, T1, T2, T3}], "on_assign")
+        with pytest.raises(ValueError, match="g2"):
+            await consumer.subscribe(["t"], group="other")
+        with pytest.raises(RuntimeError):
+            consumer.assign([T0])
+
+
+async def test_assign_with_a_group_starts_at_the_commit_and_commits_as_non_member(
+    fake: FakeBroker,
+) -> None:
+    await fake.append("t", 1, *(f"r{i}".encode() for i in range(10)))
+    fake.offsets[T1] = 7
+    async with _consumer(fake, enable_auto_commit=False) as consumer:
+        consumer.assign([T1])
+        record = await consumer.getone()
+        assert record.offset == 7
+        await consumer.commit()
+        assert fake.offsets[T1] == 8
+        assert fake.sent(CommitOffsetsRequest)[-1].member_id == ""
+        assert not fake.sent(GroupHeartbeatRequest)
+
+
+async def test_commit_without_a_group_is_refused(fake: FakeBroker) -> None:
+    async with Consumer(fake.addr, mode="fetch") as consumer:
+        consumer.assign([T0])
+        with pytest.raises(ValueError, match="group"):
+            await consumer.commit()
+    with pytest.raises(ValueError, match="session_timeout_ms"):
+        Consumer(fake.addr, "g", session_timeout_ms=10)
+    with pytest.raises(ValueError, match="group name"):
+        Consumer(fake.addr, "bad name!")
