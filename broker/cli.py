@@ -22,6 +22,7 @@ from clients import (
     Admin,
     ClusterClient,
     ConnectionLostError,
+    Consumer,
     CreateTopicRequest,
     DeleteTopicRequest,
     DescribeTopicRequest,
@@ -29,6 +30,7 @@ from clients import (
     ListTopicsRequest,
     MetadataRequest,
     ProduceRequest,
+    TopicPartition,
     ZStreamError,
 )
 
@@ -152,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--from-beginning", action="store_true", help="start at the log start")
     c.add_argument("--follow", action="store_true", help="keep waiting for new records")
     c.add_argument("--max", type=_positive_int, help="stop after N records")
+    c.add_argument(
+        "--group",
+        help="consume as a member of this consumer group: start from its committed "
+        "offsets (else as --from-beginning says), commit what was printed on exit",
+    )
     _add_bootstrap(c)
 
     s = sub.add_parser("status", help="brokers, controller and partitions")
@@ -361,6 +368,8 @@ def _consume(args: argparse.Namespace) -> int:
     async def go(cluster: ClusterClient) -> int:
         await cluster.refresh([args.topic])
         partitions = _partitions_of(cluster, args.topic, args.partition)
+        if args.group is not None:
+            return await _consume_in_group(args, cluster, partitions)
         out = sys.stdout.buffer
         printed = 0
         positions: dict[int, int] = {}
@@ -396,6 +405,57 @@ def _consume(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go, args.bootstrap)
+
+
+# Without --follow, a group member stops once what it owns is read to the end it saw
+# at start, or when it has owned nothing for this long (other members hold it all).
+_GROUP_IDLE_S = 10.0
+
+
+async def _consume_in_group(
+    args: argparse.Namespace, cluster: ClusterClient, partitions: list[int]
+) -> int:
+    if args.partition is not None:
+        raise UserError("--group takes the partitions the group assigns: drop --partition")
+    ends: dict[TopicPartition, int] = {}
+    for p in partitions:
+        probe = await cluster.call_leader(
+            args.topic, p, FetchRequest(args.topic, p, 0, max_bytes=1, max_wait_ms=0)
+        )
+        ends[TopicPartition(args.topic, p)] = probe.result["hwm"]
+    out = sys.stdout.buffer
+    printed = 0
+    consumer = Consumer(
+        args.bootstrap,
+        group=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+    )
+    try:
+        await consumer.subscribe([args.topic])
+        idle_since = time.monotonic()
+        while args.max is None or printed < args.max:
+            try:
+                record = await asyncio.wait_for(consumer.getone(), 0.5)
+            except TimeoutError:
+                if args.follow:
+                    continue
+                owned = consumer.assignment()
+                if not owned:
+                    if time.monotonic() - idle_since > _GROUP_IDLE_S:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                if all((consumer.position(tp) or 0) >= ends.get(tp, 0) for tp in owned):
+                    break
+                continue
+            out.write(record.value + b"\n")
+            printed += 1
+        out.flush()
+        await consumer.commit()
+    finally:
+        await consumer.close()
+    return 0
 
 
 async def _reports(cluster: ClusterClient, meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -68,6 +68,13 @@ def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         consumed = result.stdout.split(">>> zstream consume", 1)[1].splitlines()[1:3]
         assert consumed == ["hello", "world"], result.stdout
+        # Two `consume --group readers --max 5` runs: the second went on from the first's
+        # commit, so the group's committed offsets add up to ten records.
+        described = result.stdout.split(">>> zstream group describe readers", 1)[1]
+        described = described.split(">>>", 1)[0]
+        rows = [line.split() for line in described.splitlines() if line.startswith("  demo ")]
+        assert len(rows) == 3, described
+        assert sum(int(row[3]) for row in rows) == 10, described
         assert "traceback" not in (result.stdout + result.stderr).lower()
         dev.signal(signal.SIGINT)  # Ctrl-C
         wait_until(lambda: not dev.running(), 40, "zstream dev to stop")
