@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 import replication
 import storage
@@ -115,7 +118,9 @@ class Controller:
         self.log: replication.RaftLog | None = None
         self.handle: replication.GroupHandle | None = None
         self._host: replication.RaftHost | None = None
-        self._results: dict[int, object] = {}
+        # Proposals of this broker waiting for their command's result, by the token
+        # `propose` adds to the command ("req"); apply ignores the key.
+        self._waiting: dict[int, asyncio.Future[object]] = {}
         self._caught_up_term: int | None = None
         self.changed = asyncio.Event()
 
@@ -168,7 +173,9 @@ class Controller:
     def _apply(self, entries: Sequence[replication.Entry]) -> None:
         for e in entries:
             if e.type == replication.EntryType.NORMAL and e.data:
-                self._results[e.index] = self.state.apply(e.index, e.data)
+                result = self.state.apply(e.index, e.data)
+                if self._waiting:
+                    self._deliver(e.data, result)
         self.changed.set()
 
     def _restore(self, snap: replication.Snapshot) -> None:
@@ -180,13 +187,20 @@ class Controller:
         """The leader sent the state itself (we were behind its log start)."""
         log.info("controller state installed from a snapshot at index %d", snap.metadata.index)
         self._restore(snap)
-        self._results.clear()
 
     def _on_apply(self, entries: list[replication.Entry]) -> None:
         self._apply(entries)
-        if len(self._results) > 1024:  # nobody waits for old results
-            for index in sorted(self._results)[:-256]:
-                del self._results[index]
+
+    def _deliver(self, data: bytes, result: object) -> None:
+        """Hand a command's result to this broker's proposal waiting for it, if any."""
+        try:
+            cmd = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except ValueError:
+            return
+        token = cmd.get("req") if type(cmd) is dict else None
+        fut = self._waiting.pop(token, None) if type(token) is int else None
+        if fut is not None and not fut.done():
+            fut.set_result(result)
 
     @property
     def leader(self) -> int | None:
@@ -238,13 +252,24 @@ class Controller:
             raise UnavailableError("the controller is starting")
         if not self.handle.is_leader:
             raise NotControllerError("not the controller", leader=self.leader)
+        # The result travels by a token in the command, not by index: the proposer
+        # resumes only after apply, and by then any number of entries may have gone by.
+        token = secrets.randbits(62)
+        cmd = msgpack.unpackb(command, raw=False)
+        cmd["req"] = token
+        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = outcome
         try:
-            index = await self.handle.propose(command)
+            await self.handle.propose(msgpack.packb(cmd, use_bin_type=True))
         except replication.RaftError as exc:
             if isinstance(exc, replication.NotLeaderError):
                 raise NotControllerError("not the controller", leader=self.leader) from exc
             raise translate_raft_error(exc) from exc
-        result = self._results.pop(index, None)
+        finally:
+            self._waiting.pop(token, None)
+        if not outcome.done():  # pragma: no cover - the host applies before it resolves
+            raise UnavailableError("the controller applied the command but lost its result")
+        result = outcome.result()
         if isinstance(result, ZStreamError):
             raise result
         return result

@@ -15,11 +15,13 @@ import replication
 from broker._controller import (
     TopicRecord,
     allocate_producer_id_command,
+    commit_offsets_command,
     create_topic_command,
+    group_join_or_update_command,
     register_broker_command,
 )
 from broker._server import Controller
-from clients import TopicExistsError
+from clients import FencedMemberError, TopicExistsError
 
 
 @asynccontextmanager
@@ -74,3 +76,21 @@ async def test_restart_replays_what_the_snapshot_lacks(tmp_path: Path) -> None:
     async with _running(tmp_path) as controller:
         assert "later" in controller.state.topics
         assert 1 in controller.state.brokers
+
+
+async def test_every_proposer_gets_its_own_result_in_a_crowded_apply(tmp_path: Path) -> None:
+    """Thousands of commands applied in few passes: each proposer still gets its own
+    command's result, a rejection included (it once came back as None: "committed")."""
+    async with _running(tmp_path) as controller:
+        await controller.propose(register_broker_command(1, "tcp://a:1", "tcp://a:2"))
+        await controller.propose(create_topic_command("t", 1, 1, {}, [1]))
+        await controller.propose(group_join_or_update_command("g", "m", ["t"], 10_000, []))
+        fenced = commit_offsets_command("g", "", [("t", 0, 5)])  # a non-member: FENCED
+        ids = [allocate_producer_id_command() for _ in range(1500)]
+        results = await asyncio.gather(
+            *(controller.propose(c) for c in [fenced, *ids, fenced]), return_exceptions=True
+        )
+        assert isinstance(results[0], FencedMemberError)
+        assert isinstance(results[-1], FencedMemberError)
+        assert sorted(results[1:-1]) == list(range(1, 1501))  # type: ignore[type-var]
+        assert controller.state.groups["g"].offsets == {}
