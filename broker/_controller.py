@@ -39,8 +39,8 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
 - ``group_leave`` / ``group_expire``: the member is removed and its partitions
   reassigned (expire is proposed by the controller leader when a member misses its
   session timeout). An unknown member: UNKNOWN_MEMBER, nothing changes.
-- ``commit_offsets``: a member may commit a partition in its ``owned`` or
-  ``target`` that no other member has in ``owned``; member id "" commits only
+- ``commit_offsets``: a member may commit a partition in its ``owned`` that no
+  other member has in ``owned``; member id "" commits only
   while the group has no members. Otherwise FENCED_MEMBER (or UNKNOWN_MEMBER) and
   nothing is committed. Unknown topics/partitions: UNKNOWN_TOPIC/UNKNOWN_PARTITION.
 - ``create_topic``/``delete_topic`` reassign every group subscribing the topic; a
@@ -503,9 +503,11 @@ class ControllerState:
             member = group.members.get(member_id) if group is not None else None
             if group is None or member is None:
                 raise UnknownMemberError(f"group {name!r} has no member {member_id!r}")
-            mine = member.owned | member.target
+            # Owned (claimed in a heartbeat), not merely targeted: a member consumes a
+            # partition only after the controller saw its claim, so a commit for one
+            # it does not own comes from a member that is not reading it.
             others = group.owned_by_others(member_id)
-            bad = {(t, p) for t, p, _ in rows if (t, p) not in mine or (t, p) in others}
+            bad = {(t, p) for t, p, _ in rows if (t, p) not in member.owned or (t, p) in others}
             if bad:
                 raise FencedMemberError(
                     f"member {member_id!r} of group {name!r} does not own {_describe_tps(bad)}"

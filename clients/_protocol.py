@@ -345,7 +345,8 @@ class GroupHeartbeatRequest:
 class CommitOffsetsRequest:
     """Commit ``offsets`` ({topic: [[partition, next_offset], ...]}) for a group,
     replicated by the controller before the reply. A member (``member_id``) may
-    commit only partitions it owns or is assigned; with ``member_id`` empty the
+    commit only partitions it owns (has in ``owned`` at the controller, and no other
+    member has); with ``member_id`` empty the
     commit is accepted only while the group has no members (a consumer that uses
     ``assign`` and a group only to store its offsets). Otherwise FENCED_MEMBER or
     UNKNOWN_MEMBER, and nothing is committed."""

@@ -268,6 +268,10 @@ def test_commits_are_fenced_to_what_the_member_owns() -> None:
     assert log.state.fetch_offsets("g", None)["offsets"] == {
         "t": sorted([[moved[1], 5], [kept[1], 7]])
     }
+    # Released by a, but b has not claimed it yet: b is not reading it, so no commit.
+    result = log.apply(commit_offsets_command("g", "b", [(*moved, 9)]))
+    assert isinstance(result, FencedMemberError)
+    _join(log, "b", None, owned={moved})
     assert log.apply(commit_offsets_command("g", "b", [(*moved, 9)])) is None
     # Offsets may go backwards (seek, then commit).
     assert log.apply(commit_offsets_command("g", "b", [(*moved, 1)])) is None
