@@ -108,6 +108,11 @@ TOPIC_CONFIG_KEYS = frozenset({"retention_bytes", "retention_ms", "segment_bytes
 MAX_PARTITIONS = 10_000
 # A member's subscription; far above any real use, it bounds one command's work.
 MAX_MEMBER_TOPICS = 1_000
+# Bounds on group state, which every replica keeps in memory and every snapshot
+# carries: a client joining under ever new member ids, or committing into ever new
+# group names, meets a clear error instead of growing the controller without end.
+MAX_GROUP_MEMBERS = 1_000
+MAX_GROUPS = 10_000
 _SNAPSHOT_VERSION = 2
 _SNAPSHOT_VERSIONS = (1, 2)
 
@@ -457,7 +462,11 @@ class ControllerState:
                     f"group {name!r} has no member {member_id!r}: join again with topics"
                 )
             if group is None:
-                group = self.groups[name] = Group(name)
+                group = self.groups[name] = self._new_group(name)
+            elif len(group.members) >= MAX_GROUP_MEMBERS:
+                raise InvalidRequestError(
+                    f"group {name!r} is full: at most {MAX_GROUP_MEMBERS} members"
+                )
             group.epoch += 1
             member = Member(member_id, topics, timeout, member_epoch=group.epoch, owned=owned)
             group.members[member_id] = member
@@ -470,6 +479,11 @@ class ControllerState:
                 member.topics = topics
                 rebalance(group, self._partition_counts())
         return self.heartbeat_reply(name, member_id)
+
+    def _new_group(self, name: str) -> Group:
+        if len(self.groups) >= MAX_GROUPS:
+            raise InvalidRequestError(f"at most {MAX_GROUPS} consumer groups per cluster")
+        return Group(name)
 
     def _group_remove(self, cmd: Mapping[str, Any]) -> None:
         name = _group_name(cmd)
@@ -515,7 +529,7 @@ class ControllerState:
         if not rows:
             return
         if group is None:
-            group = self.groups[name] = Group(name)
+            group = self.groups[name] = self._new_group(name)
         for topic, p, offset in rows:
             group.offsets[(topic, p)] = offset
 

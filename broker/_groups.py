@@ -151,12 +151,13 @@ def _even_out(new: dict[str, set[TopicPartition]], subs: Mapping[str, frozenset[
 def _move_one(order: dict[str, list[TopicPartition]], subs: Mapping[str, frozenset[str]]) -> bool:
     """Move one partition from the fullest possible donor to the emptiest member
     that can take it; False when no such move exists."""
+    # Members by (count, id), once: the takers of a donor holding ``count`` are the
+    # prefix of members holding at most count - 2.
+    ascending = sorted(order, key=lambda mid: (len(order[mid]), mid))
+    counts = [len(order[mid]) for mid in ascending]
     for donor in sorted(order, key=lambda mid: (-len(order[mid]), mid)):
         count = len(order[donor])
-        takers = sorted(
-            (mid for mid in order if len(order[mid]) <= count - 2),
-            key=lambda mid: (len(order[mid]), mid),
-        )
+        takers = ascending[: bisect.bisect_right(counts, count - 2)]
         if not takers:
             return False  # later donors hold no more than this one: no takers either
         receiver_of: dict[str, str | None] = {}

@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
+import broker._controller as controller_module
 from broker._controller import (
     ControllerState,
     commit_offsets_command,
@@ -445,3 +446,21 @@ def test_sessions_expire_silent_members_and_restart_clocks_in_a_new_term() -> No
     assert sessions.expired(members[1:], term=4, now=203.1) == [("g", "b")]
     assert sessions.expired([], term=4, now=203.2) == []  # gone members are forgotten
     assert sessions.expired(members[1:], term=4, now=204.0) == []
+
+
+def test_group_size_and_count_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "MAX_GROUP_MEMBERS", 2)
+    monkeypatch.setattr(controller_module, "MAX_GROUPS", 2)
+    log = _cluster(t=2)
+    _join(log, "a", ["t"])
+    _join(log, "b", ["t"])
+    full = _join(log, "c", ["t"])
+    assert isinstance(full, InvalidRequestError)
+    assert "at most 2 members" in str(full)
+    assert sorted(log.state.groups["g"].members) == ["a", "b"]
+    _join(log, "a", ["t"], group="g2")
+    too_many = _join(log, "a", ["t"], group="g3")
+    assert isinstance(too_many, InvalidRequestError)
+    offsets_only = log.apply(commit_offsets_command("g4", "", [("t", 0, 1)]))
+    assert isinstance(offsets_only, InvalidRequestError)
+    assert sorted(log.state.groups) == ["g", "g2"]
