@@ -564,11 +564,13 @@ def _format_group(doc: dict[str, Any]) -> list[str]:
         lines.append("  (no members)")
     lines.append("partitions:")
     lines.append(
-        f"  {'topic':<20} {'part':>4}  {'member':<24} {'committed':>9}  {'hwm':>8}  {'lag':>8}"
+        f"  {'topic':<20} {'part':>4}  {'member':<24} {'reading':<24} "
+        f"{'committed':>9}  {'hwm':>8}  {'lag':>8}"
     )
     for row in doc["partitions"]:
         lines.append(
             f"  {row['topic']:<20} {row['partition']:>4}  {_cell(row['member']):<24} "
+            f"{_cell(row.get('reading')):<24} "
             f"{_cell(row['committed']):>9}  {_cell(row['hwm']):>8}  {_cell(row['lag']):>8}"
         )
     if not doc["partitions"]:

@@ -69,23 +69,30 @@ class Admin:
 
             {"topic", "partition",
              "member": member_id | None,   # whose target holds it
+             "reading": member_id | None,  # who owns it now (differs while it moves)
              "committed": int | None, "log_start": int | None, "hwm": int | None,
              "lag": int | None}
 
         ``lag`` is the partition leader's high watermark minus the committed offset;
         with no commit, the records a consumer starting at the log start would read
-        (hwm - log_start); None when no leader reported the partition's offsets.
+        (hwm - log_start); None when no leader reported the partition's offsets. A
+        negative lag means a commit past the partition's end (set by hand, or records
+        lost), which the consumer resets by its auto_offset_reset.
         Raises UnknownGroupError."""
         doc = (await self._cluster.call_controller(DescribeGroupRequest(name))).result
         owners: dict[tuple[str, int], str] = {}
+        readers: dict[tuple[str, int], str] = {}
         for member in doc["members"]:
             for topic, parts in member["target"].items():
                 for p in parts:
                     owners[(topic, p)] = member["member_id"]
+            for topic, parts in member["owned"].items():
+                for p in parts:
+                    readers[(topic, p)] = member["member_id"]
         committed = {
             (topic, p): offset for topic, pairs in doc["offsets"].items() for p, offset in pairs
         }
-        keys = sorted(set(owners) | set(committed))
+        keys = sorted(set(owners) | set(readers) | set(committed))
         bounds = await self._leader_offsets(sorted({t for t, _ in keys}))
         rows = []
         for key in keys:
@@ -94,12 +101,13 @@ class Admin:
             lag = None
             if hwm is not None:
                 start = offset if offset is not None else log_start
-                lag = None if start is None else max(0, hwm - start)
+                lag = None if start is None else hwm - start
             rows.append(
                 {
                     "topic": key[0],
                     "partition": key[1],
                     "member": owners.get(key),
+                    "reading": readers.get(key),
                     "committed": offset,
                     "log_start": log_start,
                     "hwm": hwm,

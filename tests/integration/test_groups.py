@@ -225,8 +225,8 @@ async def test_groups_assign_fence_expire_and_survive_a_controller_kill(
         by_partition = {int(r[1]): r for r in rows}
         for topic, p in commit:
             if (topic, p) != owned_by_m2[0]:
-                assert by_partition[p][3:] == ["5", str(RECORDS_PER_PARTITION), "5"]
-        assert by_partition[owned_by_m2[0][1]][3:] == ["8", str(RECORDS_PER_PARTITION), "2"]
+                assert by_partition[p][4:] == ["5", str(RECORDS_PER_PARTITION), "5"]
+        assert by_partition[owned_by_m2[0][1]][4:] == ["8", str(RECORDS_PER_PARTITION), "2"]
     finally:
         for task in tasks:
             task.cancel()

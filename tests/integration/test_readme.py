@@ -74,7 +74,7 @@ def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
         described = described.split(">>>", 1)[0]
         rows = [line.split() for line in described.splitlines() if line.startswith("  demo ")]
         assert len(rows) == 3, described
-        assert sum(int(row[3]) for row in rows) == 10, described
+        assert sum(int(row[4]) for row in rows) == 10, described
         assert "traceback" not in (result.stdout + result.stderr).lower()
         dev.signal(signal.SIGINT)  # Ctrl-C
         wait_until(lambda: not dev.running(), 40, "zstream dev to stop")

@@ -88,9 +88,10 @@ def test_group_list_and_describe(capsys: pytest.CaptureFixture[str]) -> None:
     assert "waiting for release: orders/" in m2
     rows = {int(line.split()[1]): line.split() for line in out if line.startswith("  orders ")}
     assert sorted(rows) == [0, 1, 2]
-    assert rows[0][3:] == ["4", "10", "6"]  # committed 4 of 10: lag 6
-    assert rows[1][4:] == ["10", "10"]  # no commit: lag from the log start
-    assert {rows[p][2] for p in rows} == {"m-1", "m-2"}
+    assert rows[0][4:] == ["4", "10", "6"]  # committed 4 of 10: lag 6
+    assert rows[1][5:] == ["10", "10"]  # no commit: lag from the log start
+    assert {rows[p][2] for p in rows} == {"m-1", "m-2"}  # the targets
+    assert {rows[p][3] for p in rows} == {"m-1"}  # who reads: m-1 has released nothing
 
 
 def test_describe_unknown_group_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
