@@ -12,12 +12,18 @@ position, computed when the record's future is awaited.
 A batch closes when it reaches ``batch_bytes`` or when it is ``linger_ms`` old (or on
 `flush`). Each partition has one sender task (owned by the producer, ended by
 `close`) that keeps up to ``max_in_flight`` closed batches in flight on the leader's
-connection, in order. A batch is encoded (one ``msgpack`` call) when first sent.
+connection, in order, as a sliding window: when the oldest in-flight batch is
+answered the next one leaves at once. A batch is encoded (one ``msgpack`` call) when
+first sent.
 
-Retries: a retriable error (NOT_LEADER, TIMEOUT, connection lost, ...) on any in-flight
-batch stops new sends on that partition; once every in-flight request has settled, the
-failed batches go back to the front of the queue, in order, after a backoff and a
-metadata refresh. With idempotence (the default) each partition sender holds a
+Retries: a failure on any in-flight batch stops new sends on that partition; once
+every in-flight request has settled, the batches that did not succeed go back to the
+front of the queue, in order, after a backoff and a metadata refresh (a retriable
+error such as NOT_LEADER, TIMEOUT or a lost connection, or an OUT_OF_ORDER_SEQUENCE
+that only echoes an earlier failure in the same window). The window never spans more
+than ``max_in_flight`` (at most 5) consecutive batches, the leader's deduplication
+window, so a resent batch the log already holds is answered with its original
+offset. With idempotence (the default) each partition sender holds a
 (producer id, epoch) from the controller and numbers its batches; the leader answers a
 batch it already has with its original offset, so a retry never writes twice. A batch
 that fails for good gets its error; its partition then takes a fresh producer id so
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import time
 from collections import deque
@@ -46,6 +53,7 @@ from clients._cluster import ClusterClient
 from clients._errors import (
     InvalidRequestError,
     NotLeaderError,
+    OutOfOrderSequenceError,
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
@@ -116,14 +124,28 @@ class _ProducerConfig:
 
 
 class _PartitionSender:
-    """Sends one partition's closed batches in order, ``max_in_flight`` at a time."""
+    """Sends one partition's closed batches in order through a sliding window.
+
+    ``window`` holds the batches sent and not yet settled, oldest first, at most
+    ``max_in_flight`` of them. When the oldest is answered the window slides and the
+    next queued batch leaves at once; the window never spans more than
+    ``max_in_flight`` consecutive batches (a later batch answered early does not
+    open a slot), so every batch that may need a retry is still inside the leader's
+    five-batch deduplication window (broker/_idempotence.py ``KEEP``).
+
+    A failure stops new sends. Once the whole window has settled, the batches that
+    did not succeed go back to the front of the queue in sequence order (a retriable
+    error, or OUT_OF_ORDER_SEQUENCE behind an earlier failure of the same window),
+    and are sent again after a backoff and a metadata refresh.
+    """
 
     def __init__(self, producer: Producer, topic: str, partition: int) -> None:
         self._producer = producer
         self.topic = topic
         self.partition = partition
         self.queue: deque[_Batch] = deque()
-        self.wake = asyncio.Event()
+        self.window: deque[tuple[_Batch, asyncio.Task[int]]] = deque()
+        self._changed = asyncio.Event()  # a batch queued or a send settled
         self.idle = asyncio.Event()
         self.idle.set()
         self._pid = -1
@@ -134,7 +156,7 @@ class _PartitionSender:
     def push(self, batch: _Batch) -> None:
         self.queue.append(batch)
         self.idle.clear()
-        self.wake.set()
+        self._changed.set()
 
     async def _identity(self) -> None:
         if self._producer.config.idempotence and self._pid < 0:
@@ -158,64 +180,107 @@ class _PartitionSender:
             self._next_seq = (sequence + len(batch.records)) % (2**31)
         return frame
 
+    def _failed(self) -> bool:
+        return any(task.done() and task.exception() is not None for _, task in self.window)
+
+    def _slide(self) -> None:
+        """Drop the answered batches at the front of the window."""
+        window = self.window
+        while window and window[0][1].done():
+            window.popleft()
+
+    def _fill(self) -> None:
+        """Send queued batches while the window has room; tasks start in creation
+        order, so the requests leave in sequence order."""
+        window = self.window
+        limit = self._producer.config.max_in_flight
+        while self.queue and len(window) < limit:
+            batch = self.queue.popleft()
+            try:
+                frame = self._encode(batch)
+            except ValueError as exc:  # a value that msgpack cannot take
+                batch.future.set_exception(InvalidRequestError(str(exc)))
+                continue
+            task = asyncio.create_task(self._send(frame))
+            task.add_done_callback(functools.partial(self._settled, batch))
+            window.append((batch, task))
+
+    def _settled(self, batch: _Batch, task: asyncio.Task[int]) -> None:
+        # A success is final at once, even ahead of older batches: it is durable.
+        if not task.cancelled() and task.exception() is None and not batch.future.done():
+            batch.future.set_result(task.result())
+        self._changed.set()
+
+    def _requeue_failed(self) -> bool:
+        """Every batch of the window has settled and one failed: fail for good what
+        cannot be retried, put the rest back in front of the queue, in order. Returns
+        whether anything is to be retried."""
+        delivery_s = self._producer.config.delivery_timeout_ms / 1000
+        retry: list[_Batch] = []
+        fatal = False
+        behind_failure = False
+        now = time.monotonic()
+        for batch, task in self.window:
+            exc = task.exception()
+            if exc is None:
+                if not batch.future.done():
+                    batch.future.set_result(task.result())
+                continue
+            if not isinstance(exc, ZStreamError):
+                exc = UnknownServerError(f"sending the batch failed: {exc!r}")
+            # A gap behind a failed batch is that failure's echo, not its own.
+            echo = behind_failure and isinstance(exc, OutOfOrderSequenceError)
+            behind_failure = True
+            if (exc.retriable or echo) and now - batch.created <= delivery_s:
+                retry.append(batch)
+            else:
+                if not batch.future.done():
+                    batch.future.set_exception(exc)
+                fatal = True
+        self.window.clear()
+        if fatal and self._pid >= 0:
+            # Later sequences would be refused as a gap: start over with a new id.
+            self._pid = -1
+            for batch in retry:
+                batch.sequence = -1
+            for batch in self.queue:
+                batch.sequence = -1
+        self.queue.extendleft(reversed(retry))
+        return bool(retry)
+
     async def _run(self) -> None:
         config = self._producer.config
-        backoff = config.retry_backoff_ms / 1000
+        first_backoff = config.retry_backoff_ms / 1000
+        backoff = first_backoff
         while True:
-            while not self.queue:
-                self.idle.set()
-                self.wake.clear()
-                await self.wake.wait()
-            try:
-                await self._identity()
-            except ZStreamError as exc:
-                if not exc.retriable:
-                    self._fail_all(exc)
+            self._changed.clear()
+            if self._failed():
+                if all(task.done() for _, task in self.window):
+                    if self._requeue_failed():
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 1.0)
+                        with contextlib.suppress(ZStreamError):
+                            await self._producer.cluster.refresh()
                     continue
-                await asyncio.sleep(backoff)
-                continue
-            # Send up to max_in_flight batches, in order, then settle them together.
-            in_flight: list[tuple[_Batch, asyncio.Task[int]]] = []
-            while self.queue and len(in_flight) < config.max_in_flight:
-                batch = self.queue.popleft()
-                try:
-                    frame = self._encode(batch)
-                except ValueError as exc:  # a value that msgpack cannot take
-                    batch.future.set_exception(InvalidRequestError(str(exc)))
-                    continue
-                # Tasks start in creation order: the requests leave in sequence order.
-                in_flight.append((batch, asyncio.create_task(self._send(frame))))
-            retry: list[_Batch] = []
-            fatal = False
-            for batch, task in in_flight:
-                try:
-                    base = await task
-                except ZStreamError as exc:
-                    expired = time.monotonic() - batch.created > config.delivery_timeout_ms / 1000
-                    if exc.retriable and not expired:
-                        retry.append(batch)
-                    else:
-                        if not batch.future.done():
-                            batch.future.set_exception(exc)
-                        fatal = True
-                else:
-                    if not batch.future.done():
-                        batch.future.set_result(base)
-            if fatal and self._pid >= 0:
-                # Later sequences would be refused as a gap: start over with a new id.
-                self._pid = -1
-                for batch in retry:
-                    batch.sequence = -1
-                for batch in self.queue:
-                    batch.sequence = -1
-            if retry:
-                self.queue.extendleft(reversed(retry))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                with contextlib.suppress(ZStreamError):
-                    await self._producer.cluster.refresh()
             else:
-                backoff = config.retry_backoff_ms / 1000
+                if self.window and self.window[0][1].done():
+                    self._slide()
+                    backoff = first_backoff
+                if self.queue and len(self.window) < config.max_in_flight:
+                    if not self.window:  # a new identity only between windows
+                        try:
+                            await self._identity()
+                        except ZStreamError as exc:
+                            if not exc.retriable:
+                                self._fail_all(exc)
+                            else:
+                                await asyncio.sleep(backoff)
+                            continue
+                    self._fill()
+                if not self.window and not self.queue:
+                    self.idle.set()
+            if not self._changed.is_set():
+                await self._changed.wait()
 
     def _fail_all(self, exc: ZStreamError) -> None:
         while self.queue:
@@ -242,6 +307,13 @@ class _PartitionSender:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         error = UnknownServerError("the producer was closed before the batch was sent")
+        for _, task in self.window:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in self.window), return_exceptions=True)
+        for batch, _ in self.window:
+            if not batch.future.done():
+                batch.future.set_exception(error)
+        self.window.clear()
         self._fail_all(error)
 
 
