@@ -91,6 +91,27 @@ class _Batch:
         # Resolves to the base offset.
         self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
+    def absorb(self, later: _Batch) -> None:
+        """Take ``later``'s records at the end of this (never sent) batch; its future
+        follows this one's, shifted by the records already here."""
+        shift = len(self.records)
+        self.records.extend(later.records)
+        self.size += later.size - storage.BATCH_HEADER_SIZE
+        later.timestamp_ms = self.timestamp_ms  # what the log will say
+        follower = later.future
+
+        def settle(future: asyncio.Future[int]) -> None:
+            if follower.done():
+                return
+            if future.cancelled():
+                follower.cancel()
+            elif (exc := future.exception()) is not None:
+                follower.set_exception(exc)
+            else:
+                follower.set_result(future.result() + shift)
+
+        self.future.add_done_callback(settle)
+
 
 class RecordFuture:
     """Awaitable metadata of one sent record (backed by its batch's future)."""
@@ -195,7 +216,7 @@ class _PartitionSender:
         window = self.window
         limit = self._producer.config.max_in_flight
         while self.queue and len(window) < limit:
-            batch = self.queue.popleft()
+            batch = self._take()
             try:
                 frame = self._encode(batch)
             except ValueError as exc:  # a value that msgpack cannot take
@@ -204,6 +225,23 @@ class _PartitionSender:
             task = asyncio.create_task(self._send(frame))
             task.add_done_callback(functools.partial(self._settled, batch))
             window.append((batch, task))
+
+    def _take(self) -> _Batch:
+        """The next batch to send. Batches queued behind it that were never sent join
+        it, up to ``batch_bytes``: a backlog that built up while the window was full
+        leaves as one request, not one round trip per small batch (Kafka gets the same
+        by appending to the open batch while the partition is at its in-flight limit).
+        Nothing waits for this: an idle partition sends its batch at once."""
+        queue = self.queue
+        batch = queue.popleft()
+        if batch.sequence >= 0:  # numbered already: a retry goes out exactly as before
+            return batch
+        room = self._producer.config.batch_bytes - batch.size + storage.BATCH_HEADER_SIZE
+        while queue and queue[0].sequence < 0 and queue[0].size <= room:
+            later = queue.popleft()
+            room -= later.size - storage.BATCH_HEADER_SIZE
+            batch.absorb(later)
+        return batch
 
     def _settled(self, batch: _Batch, task: asyncio.Task[int]) -> None:
         # A success is final at once, even ahead of older batches: it is durable.

@@ -17,6 +17,7 @@ from clients import (
     Acks,
     NotLeaderError,
     Producer,
+    RecordFuture,
     RecordMetadata,
     RequestTimedOutError,
 )
@@ -73,8 +74,8 @@ class Leader(FakePartition):
             self.table.observe(pid, epoch, seq, count, base)
             await self.commit()
         gate = self.gates.get(call)
-        if gate is not None:
-            await gate
+        if gate is not None:  # bounded: a failing test must not hang in close()
+            await asyncio.wait_for(gate, 10)
         await asyncio.sleep(0)  # answer later than the next request arrives
         if fault == "lost":
             raise RequestTimedOutError("the reply was lost")
@@ -187,3 +188,37 @@ async def test_retries_keep_partition_order_and_write_each_batch_once(
     assert leader.most_outstanding <= KEEP
     if "reject" in faults.values():
         assert "OutOfOrderSequenceError" in leader.errors  # the echo path ran
+
+
+async def test_batches_queued_behind_a_full_window_leave_as_one_request(
+    backend: Backend,
+) -> None:
+    leader = backend.leader
+    loop = asyncio.get_running_loop()
+    leader.gates = {n: loop.create_future() for n in range(KEEP)}
+    flushes: list[asyncio.Task[None]] = []
+    async with Producer(backend.addr, linger_ms=1000) as producer:
+
+        async def send_alone(value: bytes) -> RecordFuture:
+            future = producer.send("t", value)
+            # flush closes the open batch before its first await: one batch per record
+            flushes.append(asyncio.create_task(producer.flush()))
+            await asyncio.sleep(0)
+            return future
+
+        async def calls(n: int) -> bool:
+            return leader.calls >= n
+
+        futures = []
+        for i in range(KEEP):  # one request each: the window fills up
+            futures.append(await send_alone(b"%d" % i))
+            await wait_until_async(lambda i=i: calls(i + 1), 10, f"request {i}")
+        futures += [await send_alone(b"%d" % i) for i in range(KEEP, 3 * KEEP)]
+        for gate in leader.gates.values():
+            gate.set_result(None)
+        metas = [await f for f in futures]
+        await asyncio.gather(*flushes)
+    assert [m.offset for m in metas] == list(range(3 * KEEP))
+    assert leader.values() == [b"%d" % i for i in range(3 * KEEP)]
+    assert len(leader.batches) == KEEP + 1  # the backlog went out as one batch
+    assert leader.calls == KEEP + 1
