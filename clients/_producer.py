@@ -29,6 +29,11 @@ batch it already has with its original offset, so a retry never writes twice. A 
 that fails for good gets its error; its partition then takes a fresh producer id so
 that the next batches are not refused as out of order.
 
+A topic the producer does not know yet (created after ``start``) is looked up: its
+records wait, each as a one-record batch, while one task per topic refreshes the
+metadata with backoff for up to ``metadata_wait_ms``; then they join their partitions'
+open batches in send order, or fail with UnknownTopicError.
+
 Partitioning: a key goes to ``crc32c(key) % partitions`` (stable across processes and
 versions); records without a key stick to one partition until its batch closes, then
 move to the next (Kafka's sticky partitioner, KIP-480).
@@ -54,6 +59,7 @@ from clients._errors import (
     InvalidRequestError,
     NotLeaderError,
     OutOfOrderSequenceError,
+    UnknownPartitionError,
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
@@ -142,6 +148,17 @@ class _ProducerConfig:
     request_timeout_ms: int
     delivery_timeout_ms: int
     retry_backoff_ms: int
+    metadata_wait_ms: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    """A record sent to a topic not in the producer's metadata yet: a one-record batch
+    that joins a real one once the topic's partitions are known."""
+
+    batch: _Batch
+    key: bytes | None
+    partition: int | None
 
 
 class _PartitionSender:
@@ -380,13 +397,19 @@ class Producer:
         request_timeout_ms: int = 30_000,
         delivery_timeout_ms: int = 120_000,
         retry_backoff_ms: int = 100,
+        metadata_wait_ms: int = 10_000,
     ) -> None:
         # linger 5 ms: one batch per partition per 5 ms keeps batches large at high
         # rates while a lone record waits only 5 ms. batch_bytes 256 KiB: large enough
         # that the per-request cost is spread thin, small under the broker's 8 MiB limit.
         # max_in_flight 5: as Kafka allows with idempotence, so ordering holds.
+        # metadata_wait_ms 10 s: how long records sent to a topic this producer does
+        # not know wait for it to appear in the metadata (a topic created just before
+        # needs well under a second) before they fail with UnknownTopicError.
         if linger_ms < 0 or batch_bytes <= 0 or not 1 <= max_in_flight <= 5:
             raise ValueError("need linger_ms >= 0, batch_bytes > 0, 1 <= max_in_flight <= 5")
+        if metadata_wait_ms < 0:
+            raise ValueError("need metadata_wait_ms >= 0")
         self.config = _ProducerConfig(
             linger_ms,
             batch_bytes,
@@ -396,6 +419,7 @@ class Producer:
             request_timeout_ms,
             delivery_timeout_ms,
             retry_backoff_ms,
+            metadata_wait_ms,
         )
         self.cluster = ClusterClient(bootstrap, timeout_s=request_timeout_ms / 1000 + 2)
         self._partitions: dict[str, int] = {}
@@ -406,6 +430,9 @@ class Producer:
         self._round_robin = itertools.count()
         self._linger_task: asyncio.Task[None] | None = None
         self._linger_wake: asyncio.Event | None = None
+        # Records for topics not known yet, and the task looking each topic up.
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._lookups: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
     # -- metadata ---------------------------------------------------------------------
@@ -433,12 +460,64 @@ class Producer:
 
     # -- sending ----------------------------------------------------------------------
 
-    def _choose(self, topic: str, key: bytes | None, partition: int | None) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            raise UnknownTopicError(
-                f"unknown topic {topic!r} (await producer.partitions_for(topic) after creating it)"
+    async def _look_up(self, topic: str) -> None:
+        """Refresh the metadata until ``topic`` appears (or ``metadata_wait_ms`` runs
+        out), then place the records waiting for it, or fail them."""
+        config = self.config
+        deadline = time.monotonic() + config.metadata_wait_ms / 1000
+        backoff = config.retry_backoff_ms / 1000
+        try:
+            while True:
+                with contextlib.suppress(ZStreamError):  # unreachable for now: try again
+                    await self._refresh([topic])
+                if topic in self._partitions or time.monotonic() + backoff > deadline:
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+        finally:
+            del self._lookups[topic]
+        waiting = self._waiting.pop(topic, [])
+        if topic not in self._partitions:
+            error = UnknownTopicError(
+                f"unknown topic {topic!r}: not in the cluster's metadata "
+                f"after {config.metadata_wait_ms} ms"
             )
+            for w in waiting:
+                w.batch.future.set_exception(error)
+            return
+        for w in waiting:
+            self._place(topic, w)
+
+    def _place(self, topic: str, waiting: _Waiting) -> None:
+        """Move a waiting record into its partition's open batch."""
+        try:
+            part = self._choose(topic, waiting.key, waiting.partition)
+        except ValueError as exc:
+            waiting.batch.future.set_exception(UnknownPartitionError(str(exc)))
+            return
+        lone = waiting.batch
+        batch = self._batch_for(topic, part)
+        if batch.records and batch.size + lone.size - storage.BATCH_HEADER_SIZE > (
+            self.config.batch_bytes
+        ):
+            self._close_batch(topic, part, batch)
+            batch = self._batch_for(topic, part)
+        lone.partition = part
+        batch.absorb(lone)
+        if batch.size >= self.config.batch_bytes:
+            self._close_batch(topic, part, batch)
+
+    def _wait_for_topic(self, topic: str, key: bytes | None, partition: int | None) -> _Batch:
+        """A one-record batch for a record to a topic not known yet, placed once the
+        topic is found (a lookup task per topic, owned by the producer)."""
+        batch = _Batch(-1, time.monotonic())
+        self._waiting.setdefault(topic, []).append(_Waiting(batch, key, partition))
+        if topic not in self._lookups:
+            self._lookups[topic] = asyncio.create_task(self._look_up(topic))
+        return batch
+
+    def _choose(self, topic: str, key: bytes | None, partition: int | None) -> int:
+        count = self._partitions[topic]
         if partition is not None:
             if not 0 <= partition < count:
                 raise ValueError(f"{topic} has no partition {partition}")
@@ -460,24 +539,43 @@ class Producer:
         partition: int | None = None,
     ) -> RecordFuture:
         """Queue one record; await the result for its :class:`RecordMetadata`.
-        Raises TypeError at once for a value or key that is not bytes."""
+        Raises TypeError at once for a value or key that is not bytes. A topic not
+        known yet is looked up first (UnknownTopicError through the result if the
+        cluster does not have it within ``metadata_wait_ms``)."""
         if self._closed:
             raise UnknownServerError("the producer is closed")
         if not isinstance(value, _BYTES) or not (key is None or isinstance(key, _BYTES)):
             raise TypeError("value and key must be bytes")
+        if topic not in self._partitions or topic in self._waiting:
+            # Created after start(), or a typo: ask the cluster, then place the record
+            # (behind the records already waiting, if the topic turned up meanwhile).
+            if partition is not None and partition < 0:
+                raise ValueError(f"{topic} has no partition {partition}")
+            batch = self._wait_for_topic(topic, key, partition)
+            self._append(batch, value, key, headers)
+            return RecordFuture(topic, batch, 0)
         part = self._choose(topic, key, partition)
         batch = self._batch_for(topic, part)
+        index = self._append(batch, value, key, headers)
+        if batch.size >= self.config.batch_bytes:
+            self._close_batch(topic, part, batch)
+        return RecordFuture(topic, batch, index)
+
+    @staticmethod
+    def _append(
+        batch: _Batch,
+        value: bytes,
+        key: bytes | None,
+        headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
+    ) -> int:
         if headers:
             pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
             batch.records.append(storage.NewRecord(key, value, pairs))
             batch.size += sum(len(k) + len(v) for k, v in pairs)
         else:
             batch.records.append((key, value))
-        index = len(batch.records) - 1
         batch.size += len(value) + (len(key) if key is not None else 0) + _RECORD_OVERHEAD
-        if batch.size >= self.config.batch_bytes:
-            self._close_batch(topic, part, batch)
-        return RecordFuture(topic, batch, index)
+        return len(batch.records) - 1
 
     def send_many(
         self,
@@ -494,15 +592,22 @@ class Producer:
         limit = self.config.batch_bytes
         batch: _Batch | None = None
         part = 0
+        known = topic in self._partitions and topic not in self._waiting
+        if not known and partition is not None and partition < 0:
+            raise ValueError(f"{topic} has no partition {partition}")
         for value in values:
             if batch is None:
-                part = self._choose(topic, None, partition)
-                batch = self._batch_for(topic, part)
+                if known:
+                    part = self._choose(topic, None, partition)
+                    batch = self._batch_for(topic, part)
+                else:  # placed, whole, once the topic is found
+                    batch = self._wait_for_topic(topic, None, partition)
             batch.records.append((None, value))
             batch.size += len(value) + _RECORD_OVERHEAD
             if batch.size >= limit:
                 futures.append(batch.future)
-                self._close_batch(topic, part, batch)
+                if known:
+                    self._close_batch(topic, part, batch)
                 batch = None
         if batch is not None:
             futures.append(batch.future)
@@ -551,6 +656,8 @@ class Producer:
     async def flush(self) -> None:
         """Send every open batch now and wait until all sent batches are answered.
         Failed batches raise through their own futures, not here."""
+        while self._lookups:  # records for topics being looked up join open batches
+            await asyncio.gather(*self._lookups.values())
         for (topic, partition), batch in list(self._open.items()):
             self._close_batch(topic, partition, batch)
         for sender in list(self._senders.values()):
@@ -568,6 +675,14 @@ class Producer:
                 self._linger_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._linger_task
+            lookups = list(self._lookups.values())
+            for task in lookups:
+                task.cancel()
+            await asyncio.gather(*lookups, return_exceptions=True)
+            for waiting in self._waiting.values():
+                for w in waiting:
+                    if not w.batch.future.done():
+                        w.batch.future.set_exception(UnknownServerError("the producer was closed"))
             for sender in self._senders.values():
                 await sender.stop()
             for batch in self._open.values():
