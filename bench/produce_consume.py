@@ -170,7 +170,7 @@ async def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict
 async def run_rf(bootstrap: str, rf: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with Admin(bootstrap) as admin:
-        for size in (100, 1024):
+        for size in () if args.latency_only else (100, 1024):
             topic = f"bench-{size}"
             await admin.create_topic(topic, partitions=args.partitions, replication_factor=rf)
             await asyncio.sleep(0.5 if rf > 1 else 0.1)  # leaders elected
@@ -214,31 +214,43 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument(
+        "--rf", default="1,3", help="replication factors to run, e.g. 3 (the last line needs 3)"
+    )
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the RF 3 latency run (no last line)"
+    )
     args = parser.parse_args()
+    factors = [3] if args.latency_only else [int(x) for x in args.rf.split(",")]
     if args.quick:
         args.seconds, args.latency_seconds = 3.0, 5.0
     results: dict[str, Any] = {}
     root = Path(tempfile.mkdtemp(prefix="zstream-bench-"))
     try:
-        for rf in (1, 3):
+        for rf in factors:
             with cluster(root / f"rf{rf}", rf) as bootstrap:
                 results[f"rf{rf}"] = asyncio.run(run_rf(bootstrap, rf, args))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows = []
-    for rf in (1, 3):
+    for rf in [] if args.latency_only else factors:
         for size in (100, 1024):
             p, c = results[f"rf{rf}"][f"produce_{size}"], results[f"rf{rf}"][f"consume_{size}"]
             rows.append([rf, size, p["records_per_s"], p["mb_per_s"], c["records_per_s"]])
     print_table(["rf", "bytes", "produce rec/s", "produce MB/s", "consume rec/s"], rows)
+    path = write_results("produce_consume", results)
+    print(f"results: {path}")
+    if not args.latency_only:
+        chart_next_to(path, lambda png: chart(png, results))
+    if "rf3" not in results:
+        return
     lat = results["rf3"]["latency"]
     print_table(
         ["latency @1000/s", "p50 ms", "p99 ms", "p999 ms"],
         [["rf3 100 B", lat["p50_ms"], lat["p99_ms"], lat["p999_ms"]]],
     )
-    path = write_results("produce_consume", results)
-    print(f"results: {path}")
-    chart_next_to(path, lambda png: chart(png, results))
+    if args.latency_only:
+        return
     x = results["rf3"]["produce_100"]["records_per_s"]
     print(f"e2e records_per_s={x:.0f} nats_ratio=nan latency_p99_ms={lat['p99_ms']:.2f}")
 

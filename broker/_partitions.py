@@ -88,15 +88,21 @@ class RaftReplica:
         # leader change, after a proposal with an unknown outcome).
         self._producers = ProducerTable()
         self._producers_stale = True
-        self._in_flight: dict[tuple[int, int], asyncio.Future[int]] = {}
+        # Idempotent batches proposed and not yet answered, in proposal order:
+        # (producer id, first sequence) -> (epoch, record count, outcome).
+        self._in_flight: dict[tuple[int, int], tuple[int, int, asyncio.Future[int]]] = {}
 
     def leadership_changed(self) -> None:
         self._producers_stale = True
 
     def _rebuild_producers(self) -> None:
-        """Replay the batches of the last TAIL_RECORDS offsets into the table."""
+        """Replay the batches of the last TAIL_RECORDS offsets into the table, then the
+        batches proposed here that the log does not hold yet (still queued in the
+        host): they follow everything in the log, and a retry of one of them must be
+        answered as a duplicate, not appended a second time."""
         table = self._producers
         table.clear()
+        replayed: set[tuple[int, int]] = set()
         end = self.log.next_offset
         offset = max(self.log.log_start_offset, end - TAIL_RECORDS)
         while offset < end:
@@ -114,7 +120,11 @@ class RaftReplica:
                         header.record_count,
                         base,
                     )
+                    replayed.add((header.producer_id, header.base_sequence))
                 offset = base + header.record_count
+        for (pid, seq), (epoch, count, _) in self._in_flight.items():
+            if (pid, seq) not in replayed:
+                table.observe(pid, epoch, seq, count, -1)
         self._producers_stale = False
 
     @property
@@ -166,7 +176,7 @@ class RaftReplica:
             return await self._original(pid, seq, duplicate.base_offset, count, timeout_s)
         self._producers.observe(pid, epoch, seq, count, -1)
         future = asyncio.get_running_loop().create_future()
-        self._in_flight[(pid, seq)] = future
+        self._in_flight[(pid, seq)] = (epoch, count, future)
         try:
             base = await self._append(batch, count)
         except BaseException as exc:
@@ -180,16 +190,17 @@ class RaftReplica:
             future.set_result(base)
             return base
         finally:
-            if self._in_flight.get((pid, seq)) is future:
+            mine = self._in_flight.get((pid, seq))
+            if mine is not None and mine[2] is future:
                 del self._in_flight[(pid, seq)]
 
     async def _original(self, pid: int, seq: int, base: int, count: int, timeout_s: float) -> int:
         """The offset of a batch the log already holds, once it is committed."""
         if base < 0:
-            future = self._in_flight.get((pid, seq))
-            if future is None:  # pragma: no cover - resolved or failed in between
+            original = self._in_flight.get((pid, seq))
+            if original is None:  # pragma: no cover - resolved or failed in between
                 raise NotLeaderError("the original batch's outcome is unknown", leader=None)
-            return await asyncio.shield(future)
+            return await asyncio.shield(original[2])
         if not await self.wait_beyond(base + count - 1, timeout_s):
             raise RequestTimedOutError("the original batch is not committed yet")
         return base

@@ -91,8 +91,15 @@ class ClusterClient:
         ) from last
 
     async def refresh(self, topics: Sequence[str] | None = None) -> dict[str, Any]:
+        """Fetch the metadata of ``topics`` (every topic when None). A partial answer
+        replaces only the topics asked for: the others stay as last known."""
         reply = await self.call_any(MetadataRequest(list(topics) if topics else None))
-        self.metadata = reply.result
+        fresh: dict[str, Any] = reply.result
+        if topics and self.metadata:
+            asked = set(topics)
+            kept = [t for t in self.metadata.get("topics", []) if t["name"] not in asked]
+            fresh = {**fresh, "topics": kept + list(fresh.get("topics", []))}
+        self.metadata = fresh
         return self.metadata
 
     def topic(self, name: str) -> dict[str, Any]:

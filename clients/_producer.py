@@ -12,16 +12,27 @@ position, computed when the record's future is awaited.
 A batch closes when it reaches ``batch_bytes`` or when it is ``linger_ms`` old (or on
 `flush`). Each partition has one sender task (owned by the producer, ended by
 `close`) that keeps up to ``max_in_flight`` closed batches in flight on the leader's
-connection, in order. A batch is encoded (one ``msgpack`` call) when first sent.
+connection, in order, as a sliding window: when the oldest in-flight batch is
+answered the next one leaves at once. A batch is encoded (one ``msgpack`` call) when
+first sent.
 
-Retries: a retriable error (NOT_LEADER, TIMEOUT, connection lost, ...) on any in-flight
-batch stops new sends on that partition; once every in-flight request has settled, the
-failed batches go back to the front of the queue, in order, after a backoff and a
-metadata refresh. With idempotence (the default) each partition sender holds a
+Retries: a failure on any in-flight batch stops new sends on that partition; once
+every in-flight request has settled, the batches that did not succeed go back to the
+front of the queue, in order, after a backoff and a metadata refresh (a retriable
+error such as NOT_LEADER, TIMEOUT or a lost connection, or an OUT_OF_ORDER_SEQUENCE
+that only echoes an earlier failure in the same window). The window never spans more
+than ``max_in_flight`` (at most 5) consecutive batches, the leader's deduplication
+window, so a resent batch the log already holds is answered with its original
+offset. With idempotence (the default) each partition sender holds a
 (producer id, epoch) from the controller and numbers its batches; the leader answers a
 batch it already has with its original offset, so a retry never writes twice. A batch
 that fails for good gets its error; its partition then takes a fresh producer id so
 that the next batches are not refused as out of order.
+
+A topic the producer does not know yet (created after ``start``) is looked up: its
+records wait, each as a one-record batch, while one task per topic refreshes the
+metadata with backoff for up to ``metadata_wait_ms``; then they join their partitions'
+open batches in send order, or fail with UnknownTopicError.
 
 Partitioning: a key goes to ``crc32c(key) % partitions`` (stable across processes and
 versions); records without a key stick to one partition until its batch closes, then
@@ -33,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import time
 from collections import deque
@@ -46,6 +58,8 @@ from clients._cluster import ClusterClient
 from clients._errors import (
     InvalidRequestError,
     NotLeaderError,
+    OutOfOrderSequenceError,
+    UnknownPartitionError,
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
@@ -83,6 +97,27 @@ class _Batch:
         # Resolves to the base offset.
         self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
+    def absorb(self, later: _Batch) -> None:
+        """Take ``later``'s records at the end of this (never sent) batch; its future
+        follows this one's, shifted by the records already here."""
+        shift = len(self.records)
+        self.records.extend(later.records)
+        self.size += later.size - storage.BATCH_HEADER_SIZE
+        later.timestamp_ms = self.timestamp_ms  # what the log will say
+        follower = later.future
+
+        def settle(future: asyncio.Future[int]) -> None:
+            if follower.done():
+                return
+            if future.cancelled():
+                follower.cancel()
+            elif (exc := future.exception()) is not None:
+                follower.set_exception(exc)
+            else:
+                follower.set_result(future.result() + shift)
+
+        self.future.add_done_callback(settle)
+
 
 class RecordFuture:
     """Awaitable metadata of one sent record (backed by its batch's future)."""
@@ -113,17 +148,42 @@ class _ProducerConfig:
     request_timeout_ms: int
     delivery_timeout_ms: int
     retry_backoff_ms: int
+    metadata_wait_ms: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    """A record sent to a topic not in the producer's metadata yet: a one-record batch
+    that joins a real one once the topic's partitions are known."""
+
+    batch: _Batch
+    key: bytes | None
+    partition: int | None
 
 
 class _PartitionSender:
-    """Sends one partition's closed batches in order, ``max_in_flight`` at a time."""
+    """Sends one partition's closed batches in order through a sliding window.
+
+    ``window`` holds the batches sent and not yet settled, oldest first, at most
+    ``max_in_flight`` of them. When the oldest is answered the window slides and the
+    next queued batch leaves at once; the window never spans more than
+    ``max_in_flight`` consecutive batches (a later batch answered early does not
+    open a slot), so every batch that may need a retry is still inside the leader's
+    five-batch deduplication window (broker/_idempotence.py ``KEEP``).
+
+    A failure stops new sends. Once the whole window has settled, the batches that
+    did not succeed go back to the front of the queue in sequence order (a retriable
+    error, or OUT_OF_ORDER_SEQUENCE behind an earlier failure of the same window),
+    and are sent again after a backoff and a metadata refresh.
+    """
 
     def __init__(self, producer: Producer, topic: str, partition: int) -> None:
         self._producer = producer
         self.topic = topic
         self.partition = partition
         self.queue: deque[_Batch] = deque()
-        self.wake = asyncio.Event()
+        self.window: deque[tuple[_Batch, asyncio.Task[int]]] = deque()
+        self._changed = asyncio.Event()  # a batch queued or a send settled
         self.idle = asyncio.Event()
         self.idle.set()
         self._pid = -1
@@ -134,7 +194,7 @@ class _PartitionSender:
     def push(self, batch: _Batch) -> None:
         self.queue.append(batch)
         self.idle.clear()
-        self.wake.set()
+        self._changed.set()
 
     async def _identity(self) -> None:
         if self._producer.config.idempotence and self._pid < 0:
@@ -158,64 +218,124 @@ class _PartitionSender:
             self._next_seq = (sequence + len(batch.records)) % (2**31)
         return frame
 
+    def _failed(self) -> bool:
+        return any(task.done() and task.exception() is not None for _, task in self.window)
+
+    def _slide(self) -> None:
+        """Drop the answered batches at the front of the window."""
+        window = self.window
+        while window and window[0][1].done():
+            window.popleft()
+
+    def _fill(self) -> None:
+        """Send queued batches while the window has room; tasks start in creation
+        order, so the requests leave in sequence order."""
+        window = self.window
+        limit = self._producer.config.max_in_flight
+        while self.queue and len(window) < limit:
+            batch = self._take()
+            try:
+                frame = self._encode(batch)
+            except ValueError as exc:  # a value that msgpack cannot take
+                batch.future.set_exception(InvalidRequestError(str(exc)))
+                continue
+            task = asyncio.create_task(self._send(frame))
+            task.add_done_callback(functools.partial(self._settled, batch))
+            window.append((batch, task))
+
+    def _take(self) -> _Batch:
+        """The next batch to send. Batches queued behind it that were never sent join
+        it, up to ``batch_bytes``: a backlog that built up while the window was full
+        leaves as one request, not one round trip per small batch (Kafka gets the same
+        by appending to the open batch while the partition is at its in-flight limit).
+        Nothing waits for this: an idle partition sends its batch at once."""
+        queue = self.queue
+        batch = queue.popleft()
+        if batch.sequence >= 0:  # numbered already: a retry goes out exactly as before
+            return batch
+        room = self._producer.config.batch_bytes - batch.size + storage.BATCH_HEADER_SIZE
+        while queue and queue[0].sequence < 0 and queue[0].size <= room:
+            later = queue.popleft()
+            room -= later.size - storage.BATCH_HEADER_SIZE
+            batch.absorb(later)
+        return batch
+
+    def _settled(self, batch: _Batch, task: asyncio.Task[int]) -> None:
+        # A success is final at once, even ahead of older batches: it is durable.
+        if not task.cancelled() and task.exception() is None and not batch.future.done():
+            batch.future.set_result(task.result())
+        self._changed.set()
+
+    def _requeue_failed(self) -> bool:
+        """Every batch of the window has settled and one failed: fail for good what
+        cannot be retried, put the rest back in front of the queue, in order. Returns
+        whether anything is to be retried."""
+        delivery_s = self._producer.config.delivery_timeout_ms / 1000
+        retry: list[_Batch] = []
+        fatal = False
+        behind_failure = False
+        now = time.monotonic()
+        for batch, task in self.window:
+            exc = task.exception()
+            if exc is None:
+                if not batch.future.done():
+                    batch.future.set_result(task.result())
+                continue
+            if not isinstance(exc, ZStreamError):
+                exc = UnknownServerError(f"sending the batch failed: {exc!r}")
+            # A gap behind a failed batch is that failure's echo, not its own.
+            echo = behind_failure and isinstance(exc, OutOfOrderSequenceError)
+            behind_failure = True
+            if (exc.retriable or echo) and now - batch.created <= delivery_s:
+                retry.append(batch)
+            else:
+                if not batch.future.done():
+                    batch.future.set_exception(exc)
+                fatal = True
+        self.window.clear()
+        if fatal and self._pid >= 0:
+            # Later sequences would be refused as a gap: start over with a new id.
+            self._pid = -1
+            for batch in retry:
+                batch.sequence = -1
+            for batch in self.queue:
+                batch.sequence = -1
+        self.queue.extendleft(reversed(retry))
+        return bool(retry)
+
     async def _run(self) -> None:
         config = self._producer.config
-        backoff = config.retry_backoff_ms / 1000
+        first_backoff = config.retry_backoff_ms / 1000
+        backoff = first_backoff
         while True:
-            while not self.queue:
-                self.idle.set()
-                self.wake.clear()
-                await self.wake.wait()
-            try:
-                await self._identity()
-            except ZStreamError as exc:
-                if not exc.retriable:
-                    self._fail_all(exc)
+            self._changed.clear()
+            if self._failed():
+                if all(task.done() for _, task in self.window):
+                    if self._requeue_failed():
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 1.0)
+                        with contextlib.suppress(ZStreamError):
+                            await self._producer.cluster.refresh()
                     continue
-                await asyncio.sleep(backoff)
-                continue
-            # Send up to max_in_flight batches, in order, then settle them together.
-            in_flight: list[tuple[_Batch, asyncio.Task[int]]] = []
-            while self.queue and len(in_flight) < config.max_in_flight:
-                batch = self.queue.popleft()
-                try:
-                    frame = self._encode(batch)
-                except ValueError as exc:  # a value that msgpack cannot take
-                    batch.future.set_exception(InvalidRequestError(str(exc)))
-                    continue
-                # Tasks start in creation order: the requests leave in sequence order.
-                in_flight.append((batch, asyncio.create_task(self._send(frame))))
-            retry: list[_Batch] = []
-            fatal = False
-            for batch, task in in_flight:
-                try:
-                    base = await task
-                except ZStreamError as exc:
-                    expired = time.monotonic() - batch.created > config.delivery_timeout_ms / 1000
-                    if exc.retriable and not expired:
-                        retry.append(batch)
-                    else:
-                        if not batch.future.done():
-                            batch.future.set_exception(exc)
-                        fatal = True
-                else:
-                    if not batch.future.done():
-                        batch.future.set_result(base)
-            if fatal and self._pid >= 0:
-                # Later sequences would be refused as a gap: start over with a new id.
-                self._pid = -1
-                for batch in retry:
-                    batch.sequence = -1
-                for batch in self.queue:
-                    batch.sequence = -1
-            if retry:
-                self.queue.extendleft(reversed(retry))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-                with contextlib.suppress(ZStreamError):
-                    await self._producer.cluster.refresh()
             else:
-                backoff = config.retry_backoff_ms / 1000
+                if self.window and self.window[0][1].done():
+                    self._slide()
+                    backoff = first_backoff
+                if self.queue and len(self.window) < config.max_in_flight:
+                    if not self.window:  # a new identity only between windows
+                        try:
+                            await self._identity()
+                        except ZStreamError as exc:
+                            if not exc.retriable:
+                                self._fail_all(exc)
+                            else:
+                                await asyncio.sleep(backoff)
+                            continue
+                    self._fill()
+                if not self.window and not self.queue:
+                    self.idle.set()
+            if not self._changed.is_set():
+                await self._changed.wait()
 
     def _fail_all(self, exc: ZStreamError) -> None:
         while self.queue:
@@ -242,6 +362,13 @@ class _PartitionSender:
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
         error = UnknownServerError("the producer was closed before the batch was sent")
+        for _, task in self.window:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in self.window), return_exceptions=True)
+        for batch, _ in self.window:
+            if not batch.future.done():
+                batch.future.set_exception(error)
+        self.window.clear()
         self._fail_all(error)
 
 
@@ -270,13 +397,19 @@ class Producer:
         request_timeout_ms: int = 30_000,
         delivery_timeout_ms: int = 120_000,
         retry_backoff_ms: int = 100,
+        metadata_wait_ms: int = 10_000,
     ) -> None:
         # linger 5 ms: one batch per partition per 5 ms keeps batches large at high
         # rates while a lone record waits only 5 ms. batch_bytes 256 KiB: large enough
         # that the per-request cost is spread thin, small under the broker's 8 MiB limit.
         # max_in_flight 5: as Kafka allows with idempotence, so ordering holds.
+        # metadata_wait_ms 10 s: how long records sent to a topic this producer does
+        # not know wait for it to appear in the metadata (a topic created just before
+        # needs well under a second) before they fail with UnknownTopicError.
         if linger_ms < 0 or batch_bytes <= 0 or not 1 <= max_in_flight <= 5:
             raise ValueError("need linger_ms >= 0, batch_bytes > 0, 1 <= max_in_flight <= 5")
+        if metadata_wait_ms < 0:
+            raise ValueError("need metadata_wait_ms >= 0")
         self.config = _ProducerConfig(
             linger_ms,
             batch_bytes,
@@ -286,6 +419,7 @@ class Producer:
             request_timeout_ms,
             delivery_timeout_ms,
             retry_backoff_ms,
+            metadata_wait_ms,
         )
         self.cluster = ClusterClient(bootstrap, timeout_s=request_timeout_ms / 1000 + 2)
         self._partitions: dict[str, int] = {}
@@ -296,6 +430,9 @@ class Producer:
         self._round_robin = itertools.count()
         self._linger_task: asyncio.Task[None] | None = None
         self._linger_wake: asyncio.Event | None = None
+        # Records for topics not known yet, and the task looking each topic up.
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._lookups: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
     # -- metadata ---------------------------------------------------------------------
@@ -323,12 +460,64 @@ class Producer:
 
     # -- sending ----------------------------------------------------------------------
 
-    def _choose(self, topic: str, key: bytes | None, partition: int | None) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            raise UnknownTopicError(
-                f"unknown topic {topic!r} (await producer.partitions_for(topic) after creating it)"
+    async def _look_up(self, topic: str) -> None:
+        """Refresh the metadata until ``topic`` appears (or ``metadata_wait_ms`` runs
+        out), then place the records waiting for it, or fail them."""
+        config = self.config
+        deadline = time.monotonic() + config.metadata_wait_ms / 1000
+        backoff = config.retry_backoff_ms / 1000
+        try:
+            while True:
+                with contextlib.suppress(ZStreamError):  # unreachable for now: try again
+                    await self._refresh([topic])
+                if topic in self._partitions or time.monotonic() + backoff > deadline:
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+        finally:
+            del self._lookups[topic]
+        waiting = self._waiting.pop(topic, [])
+        if topic not in self._partitions:
+            error = UnknownTopicError(
+                f"unknown topic {topic!r}: not in the cluster's metadata "
+                f"after {config.metadata_wait_ms} ms"
             )
+            for w in waiting:
+                w.batch.future.set_exception(error)
+            return
+        for w in waiting:
+            self._place(topic, w)
+
+    def _place(self, topic: str, waiting: _Waiting) -> None:
+        """Move a waiting record into its partition's open batch."""
+        try:
+            part = self._choose(topic, waiting.key, waiting.partition)
+        except ValueError as exc:
+            waiting.batch.future.set_exception(UnknownPartitionError(str(exc)))
+            return
+        lone = waiting.batch
+        batch = self._batch_for(topic, part)
+        if batch.records and batch.size + lone.size - storage.BATCH_HEADER_SIZE > (
+            self.config.batch_bytes
+        ):
+            self._close_batch(topic, part, batch)
+            batch = self._batch_for(topic, part)
+        lone.partition = part
+        batch.absorb(lone)
+        if batch.size >= self.config.batch_bytes:
+            self._close_batch(topic, part, batch)
+
+    def _wait_for_topic(self, topic: str, key: bytes | None, partition: int | None) -> _Batch:
+        """A one-record batch for a record to a topic not known yet, placed once the
+        topic is found (a lookup task per topic, owned by the producer)."""
+        batch = _Batch(-1, time.monotonic())
+        self._waiting.setdefault(topic, []).append(_Waiting(batch, key, partition))
+        if topic not in self._lookups:
+            self._lookups[topic] = asyncio.create_task(self._look_up(topic))
+        return batch
+
+    def _choose(self, topic: str, key: bytes | None, partition: int | None) -> int:
+        count = self._partitions[topic]
         if partition is not None:
             if not 0 <= partition < count:
                 raise ValueError(f"{topic} has no partition {partition}")
@@ -350,24 +539,43 @@ class Producer:
         partition: int | None = None,
     ) -> RecordFuture:
         """Queue one record; await the result for its :class:`RecordMetadata`.
-        Raises TypeError at once for a value or key that is not bytes."""
+        Raises TypeError at once for a value or key that is not bytes. A topic not
+        known yet is looked up first (UnknownTopicError through the result if the
+        cluster does not have it within ``metadata_wait_ms``)."""
         if self._closed:
             raise UnknownServerError("the producer is closed")
         if not isinstance(value, _BYTES) or not (key is None or isinstance(key, _BYTES)):
             raise TypeError("value and key must be bytes")
+        if topic not in self._partitions or topic in self._waiting:
+            # Created after start(), or a typo: ask the cluster, then place the record
+            # (behind the records already waiting, if the topic turned up meanwhile).
+            if partition is not None and partition < 0:
+                raise ValueError(f"{topic} has no partition {partition}")
+            batch = self._wait_for_topic(topic, key, partition)
+            self._append(batch, value, key, headers)
+            return RecordFuture(topic, batch, 0)
         part = self._choose(topic, key, partition)
         batch = self._batch_for(topic, part)
+        index = self._append(batch, value, key, headers)
+        if batch.size >= self.config.batch_bytes:
+            self._close_batch(topic, part, batch)
+        return RecordFuture(topic, batch, index)
+
+    @staticmethod
+    def _append(
+        batch: _Batch,
+        value: bytes,
+        key: bytes | None,
+        headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
+    ) -> int:
         if headers:
             pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
             batch.records.append(storage.NewRecord(key, value, pairs))
             batch.size += sum(len(k) + len(v) for k, v in pairs)
         else:
             batch.records.append((key, value))
-        index = len(batch.records) - 1
         batch.size += len(value) + (len(key) if key is not None else 0) + _RECORD_OVERHEAD
-        if batch.size >= self.config.batch_bytes:
-            self._close_batch(topic, part, batch)
-        return RecordFuture(topic, batch, index)
+        return len(batch.records) - 1
 
     def send_many(
         self,
@@ -384,15 +592,22 @@ class Producer:
         limit = self.config.batch_bytes
         batch: _Batch | None = None
         part = 0
+        known = topic in self._partitions and topic not in self._waiting
+        if not known and partition is not None and partition < 0:
+            raise ValueError(f"{topic} has no partition {partition}")
         for value in values:
             if batch is None:
-                part = self._choose(topic, None, partition)
-                batch = self._batch_for(topic, part)
+                if known:
+                    part = self._choose(topic, None, partition)
+                    batch = self._batch_for(topic, part)
+                else:  # placed, whole, once the topic is found
+                    batch = self._wait_for_topic(topic, None, partition)
             batch.records.append((None, value))
             batch.size += len(value) + _RECORD_OVERHEAD
             if batch.size >= limit:
                 futures.append(batch.future)
-                self._close_batch(topic, part, batch)
+                if known:
+                    self._close_batch(topic, part, batch)
                 batch = None
         if batch is not None:
             futures.append(batch.future)
@@ -441,6 +656,8 @@ class Producer:
     async def flush(self) -> None:
         """Send every open batch now and wait until all sent batches are answered.
         Failed batches raise through their own futures, not here."""
+        while self._lookups:  # records for topics being looked up join open batches
+            await asyncio.gather(*self._lookups.values())
         for (topic, partition), batch in list(self._open.items()):
             self._close_batch(topic, partition, batch)
         for sender in list(self._senders.values()):
@@ -458,6 +675,14 @@ class Producer:
                 self._linger_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._linger_task
+            lookups = list(self._lookups.values())
+            for task in lookups:
+                task.cancel()
+            await asyncio.gather(*lookups, return_exceptions=True)
+            for waiting in self._waiting.values():
+                for w in waiting:
+                    if not w.batch.future.done():
+                        w.batch.future.set_exception(UnknownServerError("the producer was closed"))
             for sender in self._senders.values():
                 await sender.stop()
             for batch in self._open.values():

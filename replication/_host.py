@@ -18,13 +18,19 @@ then makes one *pass*:
    the leader's appends leave while its own fsync runs (Ongaro 10.2.1);
 5. start an fdatasync of every log written in this pass, concurrently in worker
    threads (group commit: one fsync per dirty log per pass), without waiting;
-6. complete the PREVIOUS pass's batch: wait for its fsyncs, queue its
-   ``messages_after_append`` and flush, apply its ``committed_entries`` (conf changes
-   via `RaftNode.apply_conf_change`, proposal futures, ``on_apply``, commit waiters),
-   `advance`. So one batch's fsync overlaps the next batch's writes and sends; batches
-   complete in order, and a pass that must truncate or reset a log first completes
-   the batch in flight (storage forbids that during a sync). A group whose advance
-   produced more work is in the next pass.
+6. apply at once the Ready's ``committed_entries`` that are durable here already
+   (up to the group's last finished fsync, no configuration change, nothing of an
+   earlier batch still waiting to be applied): a leader answers what its followers
+   committed without waiting for a later fsync of its own. Then complete, oldest
+   first, the batches whose fsyncs are done: queue their ``messages_after_append``
+   and flush, apply the committed entries not applied early (conf changes via
+   `RaftNode.apply_conf_change`, proposal futures, ``on_apply``, commit waiters),
+   `advance`. A pass never waits for an fsync (unless 16 batches are in flight), so
+   a slow fsync does not hold back the next passes' appends and sends; batches
+   complete in order (a later fsync of the same file covers the earlier writes), and
+   a pass that must truncate or reset a log first completes every batch in flight
+   (storage forbids that during a sync). A group whose advance produced more work is
+   in the next pass.
 
 Quiescence and liveness
 -----------------------
@@ -186,9 +192,26 @@ class HostStats:
     items_dropped: int = 0
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One pass's Readys while their fsyncs run."""
+
+    work: list[tuple[_Group, Ready]]
+    syncs: asyncio.Future[list[int]] | None
+    synced: list[_Group]  # the groups whose logs ``syncs`` fsyncs, in its order
+    early: list[int]  # per Ready of ``work``: how many committed entries were applied
+
+
+# Passes whose fsyncs may run at once before a pass waits for the oldest: enough to
+# ride out a slow fsync at a high proposal rate, small enough to bound memory.
+_MAX_INFLIGHT_BATCHES = 16
+
+
 class _Group:
     __slots__ = (
         "applied",
+        "deferred",
+        "durable",
         "handle",
         "id",
         "idle_ticks",
@@ -224,6 +247,12 @@ class _Group:
         self.on_apply = on_apply
         self.on_snapshot = on_snapshot
         self.applied = node.applied
+        # The highest index known durable in this node's log (a finished fsync), and
+        # how many batches in flight still hold committed entries of this group to
+        # apply: committed entries are applied early only up to ``durable`` and only
+        # when none is waiting ahead of them (see `RaftHost._apply_early`).
+        self.durable = log.last_index()
+        self.deferred = 0
         self.proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
         self.pending: list[bytes] = []
         self.pending_futs: list[asyncio.Future[int]] = []
@@ -416,10 +445,8 @@ class RaftHost:
         self._wake_event = asyncio.Event()
         self._stopped = False
         self._pass_lock = asyncio.Lock()
-        # The last pass's Readys while their fsyncs run: (work, gathered syncs).
-        self._inflight: (
-            tuple[list[tuple[_Group, Ready]], asyncio.Future[list[int]] | None] | None
-        ) = None
+        # The passes' Readys whose fsyncs run (or ran), oldest first; finished in order.
+        self._inflight: deque[_Batch] = deque()
         self._tick_due = False
         self._running = False
         self._done = asyncio.Event()
@@ -551,9 +578,9 @@ class RaftHost:
             self._shutdown()
 
     def _sync_done(self) -> bool:
-        """A batch in flight whose fsyncs finished: complete it now."""
-        batch = self._inflight
-        return batch is not None and (batch[1] is None or batch[1].done())
+        """The oldest batch in flight has its fsyncs finished: complete it now."""
+        inflight = self._inflight
+        return bool(inflight) and (inflight[0].syncs is None or inflight[0].syncs.done())
 
     def _on_timer(self) -> None:
         self._tick_due = True
@@ -811,7 +838,7 @@ class RaftHost:
         if work:
             await self._write(work)
         elif self._sync_done():
-            await self._finish_inflight()
+            await self._finish_synced()
 
     async def _write(self, work: list[tuple[_Group, Ready]]) -> None:
         """Steps 3-5 for this pass's Readys; the previous pass's batch completes (step 6)
@@ -835,13 +862,14 @@ class RaftHost:
             if rd.soft_state is not None:
                 self._leader_changed(g, rd.soft_state.leader)
             truncates = rd.entries and rd.entries[0].index <= g.log.last_index()
-            if (rd.snapshot is not None or truncates) and self._inflight is not None:
+            if (rd.snapshot is not None or truncates) and self._inflight:
                 # Storage forbids truncating or resetting a log while a sync runs.
                 await self._finish_inflight()
             if rd.snapshot is not None:
                 # Several fsyncs (state, reset marker, new segment): off the loop, like
                 # every other durable write of the pass. No sync runs now (see above).
                 await loop.run_in_executor(self._pool, g.log.apply_snapshot, rd.snapshot)
+                g.durable = rd.snapshot.metadata.index
                 g.applied = max(g.applied, rd.snapshot.metadata.index)
                 if g.on_snapshot is not None:
                     try:
@@ -850,8 +878,12 @@ class RaftHost:
                         _log.exception("group %s: on_snapshot failed", g.id)
                 _release_waiters(g)
             if rd.entries:
+                if truncates:
+                    g.durable = min(g.durable, rd.entries[0].index - 1)
                 g.log.append(rd.entries)
                 synced.append(g)
+                if not self._cfg.fsync:
+                    g.durable = g.log.last_index()
             if rd.hard_state is not None:
                 g.log.set_commit(rd.hard_state.commit)
             if rd.messages:
@@ -864,42 +896,85 @@ class RaftHost:
             stats.fsyncs += len(synced)
             syncs = asyncio.gather(*(loop.run_in_executor(self._pool, g.log.sync) for g in synced))
             syncs.add_done_callback(self._wake_on_sync)
-        # 6. The previous batch first (order), then this one when it needs no fsync.
-        if self._inflight is not None:
-            await self._finish_inflight()
-        self._inflight = (work, syncs)
-        if syncs is None:
-            await self._finish_inflight()
+        # Committed entries durable here already need not wait for this pass's fsync.
+        early = [self._apply_early(g, rd) for g, rd in work]
+        # 6. Batches complete in order, each once its fsyncs are done: a slow fsync
+        # holds back only the batches behind it, never the next pass's appends and
+        # sends (up to _MAX_INFLIGHT_BATCHES, then the pass waits for the oldest).
+        self._inflight.append(_Batch(work, syncs, synced, early))
+        if len(self._inflight) > _MAX_INFLIGHT_BATCHES:
+            await self._finish_oldest()
+        await self._finish_synced()
+
+    def _apply_early(self, g: _Group, rd: Ready) -> int:
+        """Apply now, before this pass's fsyncs, the leading committed entries of ``rd``
+        that are durable here already (so applied <= durable holds exactly as when
+        applying after the fsync), when nothing of an earlier batch waits to be applied
+        and there is no snapshot; a configuration change and what follows it wait for
+        the batch's completion. A leader thus answers what is committed and on its disk
+        without waiting for a later fsync of its own. Returns how many were applied."""
+        entries = rd.committed_entries
+        if not entries:
+            return 0
+        n = 0
+        if rd.snapshot is None and g.deferred == 0 and self._groups.get(g.id) is g:
+            durable = g.durable
+            for e in entries:
+                if e.index > durable or e.type == _CONF_CHANGE:
+                    break
+                n += 1
+            if n:
+                self._apply(g, entries if n == len(entries) else entries[:n])
+        if n < len(entries):
+            g.deferred += 1
+        return n
 
     def _wake_on_sync(self, fut: asyncio.Future[list[int]]) -> None:
         self._wake_event.set()
 
     async def _finish_inflight(self) -> None:
-        """Step 6 for the batch in flight: wait for its fsyncs, then acknowledge,
-        apply and advance."""
-        batch = self._inflight
-        if batch is None:
-            return
-        work, syncs = batch
+        """Complete every batch in flight, waiting for their fsyncs."""
+        while self._inflight:
+            await self._finish_oldest()
+
+    async def _finish_synced(self) -> None:
+        """Complete the batches at the front whose fsyncs are done, without waiting."""
+        while self._sync_done():
+            await self._finish_oldest()
+
+    async def _finish_oldest(self) -> None:
+        """Step 6 for the oldest batch in flight: wait for its fsyncs, then
+        acknowledge, apply what was not applied early, and advance."""
+        batch = self._inflight[0]
+        work, syncs = batch.work, batch.syncs
         if syncs is not None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             try:
-                await syncs
+                durable = await syncs
             finally:
-                self._inflight = None
+                self._inflight.popleft()
                 self._stats.sync_wait_s += loop.time() - started
-        self._inflight = None
+            for g, index in zip(batch.synced, durable, strict=True):
+                g.durable = max(g.durable, index)
+        else:
+            self._inflight.popleft()
         groups = self._groups
-        live = [(g, rd) for g, rd in work if groups.get(g.id) is g]
-        for g, rd in live:
+        live = [
+            (g, rd, early)
+            for (g, rd), early in zip(work, batch.early, strict=True)
+            if groups.get(g.id) is g
+        ]
+        for g, rd, _ in live:
             if rd.messages_after_append:
                 self._send_all(g, rd.messages_after_append)
         self._transport.flush()
         conf_saves: list[_Group] = []
-        for g, rd in live:
-            if rd.committed_entries and self._apply(g, rd.committed_entries):
-                conf_saves.append(g)
+        for g, rd, early in live:
+            if early < len(rd.committed_entries):
+                g.deferred -= 1
+                if self._apply(g, rd.committed_entries[early:]):
+                    conf_saves.append(g)
             if rd.read_states:
                 for rs in rd.read_states:
                     fut = g.reads.pop(rs.context, None)

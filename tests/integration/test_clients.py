@@ -162,11 +162,34 @@ async def test_latest_reset_skips_old_records(broker: BrokerProcess) -> None:
 
 
 async def test_unknown_topic_is_a_clear_error(broker: BrokerProcess) -> None:
-    async with Producer(broker.bootstrap) as producer:
+    async with Producer(broker.bootstrap, metadata_wait_ms=300, retry_backoff_ms=20) as producer:
+        record = producer.send("no-such-topic", b"x")
+        many = producer.send_many("no-such-topic", [b"y", b"z"])
         with pytest.raises(UnknownTopicError):
-            producer.send("no-such-topic", b"x")
+            await record
+        with pytest.raises(UnknownTopicError):
+            await many[0]
         with pytest.raises(UnknownTopicError):
             await producer.partitions_for("no-such-topic")
+
+
+async def test_send_to_a_topic_created_after_start(broker: BrokerProcess) -> None:
+    old = await _topic(broker)
+    async with Producer(broker.bootstrap, linger_ms=0) as producer:
+        assert (await producer.send(old, b"before")).offset == 0
+        new = await _topic(broker, partitions=2)  # not in the producer's metadata
+        keyed = producer.send(new, b"a", partition=1)
+        many = producer.send_many(new, [b"b", b"c"], partition=0)
+        last = producer.send(new, b"d", partition=0)
+        meta = await keyed
+        assert (meta.topic, meta.partition, meta.offset) == (new, 1, 0)
+        assert [await f for f in many] == [0]
+        assert ((await last).partition, (await last).offset) == (0, 2)
+        # The lookup refreshed only the new topic: the old one is still known.
+        assert (await producer.send(old, b"after")).offset == 1
+    async with Consumer(broker.bootstrap) as consumer:
+        consumer.assign([TopicPartition(new, 0)])
+        assert [r.value for r in await _take(consumer, 3)] == [b"b", b"c", b"d"]
 
 
 def test_blocking_producer(broker: BrokerProcess) -> None:

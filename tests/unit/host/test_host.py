@@ -483,3 +483,64 @@ async def test_a_state_machine_behind_the_log_start_gets_on_snapshot(tmp_path: P
         await until(lambda: away.groups[9].applied_index >= after, 10, "the follower to catch up")
         assert installed[away.id] == [last]
         assert applied[away.id] == [b"cmd%d" % i for i in range(10)] + [b"after"]
+
+
+async def test_a_slow_leader_fsync_holds_back_neither_sends_nor_durable_commits(
+    tmp_path: Path,
+) -> None:
+    """While the leader's fsync of C hangs, the leader still steps its followers'
+    acknowledgements and answers B, committed and already on its own disk; C (not
+    yet durable on the leader) is answered only once that fsync ends."""
+    import threading
+
+    async with cluster(tmp_path) as nodes:
+        leader = await elect(nodes)
+        followers = [n for n in nodes.values() if n is not leader]
+        for n in followers:
+            await until(lambda n=n: n.groups[1].leader == leader.id, 5, "followers know")
+        follower_gate = threading.Event()
+        for n in followers:
+            real = n.logs[1].sync
+
+            def follower_sync(real: Callable[[], int] = real) -> int:
+                follower_gate.wait(10)
+                return real()
+
+            n.logs[1].sync = follower_sync  # type: ignore[method-assign]
+        leader_gate = threading.Event()
+        hold_leader = threading.Event()
+        leader_synced = [0]
+        real_leader_sync = leader.logs[1].sync
+
+        def leader_sync() -> int:
+            if hold_leader.is_set():
+                leader_gate.wait(10)
+            index = real_leader_sync()
+            leader_synced[0] = max(leader_synced[0], index)
+            return index
+
+        leader.logs[1].sync = leader_sync  # type: ignore[method-assign]
+        try:
+            b_index = leader.groups[1].last_index + 1
+            b = leader.groups[1].propose(batch(b"B"))
+            await until(lambda: leader_synced[0] >= b_index, 5, "B durable on the leader")
+            hold_leader.set()
+            c = leader.groups[1].propose(batch(b"C"))
+            c_index = b_index + 1
+            await until(lambda: leader.groups[1].last_index >= c_index, 5, "C written")
+            follower_gate.set()  # the followers acknowledge B and C: both commit
+            assert await asyncio.wait_for(b, 5) == b_index
+            d = leader.groups[1].propose(batch(b"D"))  # appended and sent meanwhile
+            d_index = c_index + 1
+            await until(
+                lambda: all(f.groups[1].last_index >= d_index for f in followers), 5, "D sent"
+            )
+            # Not durable on the leader yet: not answered.
+            assert not c.done()
+            assert not d.done()
+            leader_gate.set()
+            assert await asyncio.wait_for(c, 5) == c_index
+            assert await asyncio.wait_for(d, 5) == d_index
+        finally:
+            follower_gate.set()
+            leader_gate.set()
