@@ -375,6 +375,7 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=6, help="zstream's topic")
     args = parser.parse_args()
+    args.latency_only = False  # produce_consume.run_rf's option: every workload here
     if args.quick:
         args.seconds, args.latency_seconds = 3.0, 5.0
     results: dict[str, Any] = {"note": NATS_NOTE}
