@@ -25,9 +25,11 @@ get. A record counts as *processed* once the application asks for the next one
 
 Groups (``group=``): `subscribe` joins the group and a `clients._group.Coordinator`
 (owned by the consumer, ended by `close`) heartbeats the controller, which assigns
-the partitions. The coordinator starts a reader for each partition it takes, from the
-group's committed offset (``auto_offset_reset`` when none), and for each partition it
-releases stops the reader, drops the queued records (generation bump), calls
+the partitions. A newly assigned partition is first claimed (reported in the next
+heartbeat's ``owned``); only when the reply to that heartbeat still assigns it does the
+coordinator start its reader, from the group's committed offset
+(``auto_offset_reset`` when none), so two members never read it at once. For each
+partition it releases it stops the reader, drops the queued records (generation bump), calls
 ``on_revoke``, commits the processed offset (auto-commit) and only then reports the
 partition released. `commit` commits ``position()`` of every owned partition (or the
 given offsets), synchronously; auto-commit commits processed offsets every

@@ -9,15 +9,30 @@ each reply into the work still to do; `Coordinator` does that work and the I/O.
 The coordinator is one task (owned by the consumer, ended by `Coordinator.close`). It
 heartbeats the controller (``ClusterClient.call_controller`` follows NOT_CONTROLLER
 hints) every ``heartbeat_interval_ms`` the controller asked for, and at once after any
-change. On each reply, with ``assignment`` what the member may consume now::
+change. ``owned`` (what each heartbeat reports) is every partition the member consumes
+plus every partition it has *claimed*. On each reply, with ``assignment`` what the
+member may consume now and ``sent`` the ``owned`` of the heartbeat it answers::
 
-    release = owned - assignment   stop their readers and drop their queued records
-                                   (generation bump), on_revoke, commit what was
-                                   delivered (auto-commit), forget them; owned -= release;
-                                   heartbeat at once: that heartbeat is the release
-    take    = assignment - owned   fetch their committed offsets, start readers there
-                                   (no commit: auto_offset_reset); owned |= take;
-                                   on_assign; heartbeat at once (report them owned)
+    release = consumed - assignment   stop their readers and drop their queued records
+                                      (generation bump), on_revoke, commit what was
+                                      delivered (auto-commit), forget them; owned -=
+                                      release; heartbeat at once: that is the release
+    take    = claimed & sent          the claim stood: fetch their committed offsets,
+              & assignment            start readers there (no commit: auto_offset_reset);
+                                      on_assign
+    drop    = claimed - assignment    the claim lost (another member had it in owned
+                                      first, or the assignor moved it): owned -= drop,
+                                      never read, never committed
+    claim   = assignment - owned      owned |= claim; heartbeat at once (that heartbeat
+                                      is the claim)
+
+Why claim first: the controller knows what a member consumes only from ``owned``. A
+member that started reading as soon as a reply assigned it a partition could be
+reading it while the controller, not yet told, hands it to a joining member. Claims
+are applied one at a time inside the controller's Raft apply, and a reply's
+assignment leaves out what another member has in ``owned``: of two claimants, only
+the first applied is still assigned the partition in its reply. A reader therefore
+starts only when the controller has recorded the partition in this member's ``owned``.
 
 So a commit for a released partition always precedes the heartbeat that releases it,
 and a new owner (who only gets the partition after that heartbeat) starts from it.
@@ -92,14 +107,23 @@ def new_member_id() -> str:
 
 class Work(NamedTuple):
     """What a heartbeat reply asks of the consumer: partitions to release first, then
-    partitions to take."""
+    partitions to start reading (claims that stood). ``claimed`` and ``dropped``
+    changed ``owned`` already (nothing to do but report it)."""
 
     release: frozenset[TP]
     take: frozenset[TP]
+    claimed: frozenset[TP] = frozenset()
+    dropped: frozenset[TP] = frozenset()
+
+    @property
+    def changes_owned(self) -> bool:
+        """The next heartbeat reports a different ``owned``: send it at once."""
+        return bool(self.release or self.claimed or self.dropped)
 
 
 class Membership:
-    """One member's view of its group, with no I/O."""
+    """One member's view of its group, with no I/O. One heartbeat is in flight at a
+    time: `on_reply` answers the one `heartbeat` built last."""
 
     def __init__(self, group: str, topics: Iterable[str], session_timeout_ms: int) -> None:
         self.group = group
@@ -107,15 +131,24 @@ class Membership:
         self.member_id = new_member_id()
         self.topics = sorted(set(topics))
         self.topics_sent = False  # True once the controller acknowledged ``topics``
+        # Every partition reported in ``owned``: the consumed ones and the claimed ones.
         self.owned: set[TP] = set()
+        self.claimed: set[TP] = set()  # owned but not read yet: the claim is pending
+        self._sent_owned: frozenset[TP] = frozenset()  # ``owned`` of the last heartbeat
         self.member_epoch = -1
         self.heartbeat_interval_ms = min(1000, session_timeout_ms // 3)
+
+    @property
+    def consumed(self) -> frozenset[TP]:
+        """The partitions being read (owned and no longer merely claimed)."""
+        return frozenset(self.owned - self.claimed)
 
     def subscribe(self, topics: Iterable[str]) -> None:
         self.topics = sorted(set(topics))
         self.topics_sent = False
 
     def heartbeat(self, *, leave: bool = False) -> GroupHeartbeatRequest:
+        self._sent_owned = frozenset(self.owned)
         return GroupHeartbeatRequest(
             self.group,
             self.member_id,
@@ -126,7 +159,8 @@ class Membership:
         )
 
     def on_reply(self, result: Mapping[str, Any]) -> Work:
-        """A successful heartbeat reply: what to release and what to take."""
+        """A successful reply to the last `heartbeat`: settle the claims it carried,
+        claim what is newly assigned, and say what to release and what to take."""
         self.topics_sent = True
         epoch = result.get("member_epoch")
         if isinstance(epoch, int):
@@ -135,19 +169,31 @@ class Membership:
         if isinstance(interval, int) and interval > 0:
             self.heartbeat_interval_ms = interval
         assignment = _partitions(result.get("assignment"))
-        return Work(frozenset(self.owned - assignment), frozenset(assignment - self.owned))
+        release = self.consumed - assignment
+        take = frozenset(self.claimed & self._sent_owned & assignment)
+        dropped = frozenset(self.claimed - assignment)
+        self.claimed -= dropped
+        self.owned -= dropped
+        claimed = frozenset(assignment - self.owned)
+        self.claimed |= claimed
+        self.owned |= claimed
+        return Work(release, take, claimed, dropped)
 
     def released(self, tps: Iterable[TP]) -> None:
         self.owned.difference_update(tps)
 
     def taken(self, tps: Iterable[TP]) -> None:
-        self.owned.update(tps)
+        """Readers started for these claimed partitions: they are consumed now."""
+        self.claimed.difference_update(tps)
 
     def lost(self) -> frozenset[TP]:
         """We are no member any more (UNKNOWN_MEMBER, or silent past the session
-        timeout): everything owned is gone; join again under a fresh id."""
-        gone = frozenset(self.owned)
+        timeout): everything consumed is gone, every claim void; join again under a
+        fresh id."""
+        gone = self.consumed
         self.owned.clear()
+        self.claimed.clear()
+        self._sent_owned = frozenset()
         self.member_id = new_member_id()
         self.topics_sent = False
         self.member_epoch = -1
@@ -244,23 +290,21 @@ class Coordinator:
             return False
         self._last_ok = time.monotonic()
         work = m.on_reply(reply.result)
-        changed = False
         if work.release:
             await self._host.group_release(work.release, lost=False)
             m.released(work.release)
-            changed = True
         if work.take:
             try:
                 offsets = await self._committed(work.take)
             except (ZStreamError, TimeoutError) as exc:
+                # Still claimed: the next reply that assigns them takes them.
                 log.warning("group %s: committed offsets unavailable: %r", m.group, exc)
-                return False  # taken on a later heartbeat
+                return False
             self._host.group_take(offsets)
             m.taken(work.take)
             await self._host.group_assigned(work.take)
-            changed = True
         await self._notify(joined=True)
-        return None if changed else True
+        return None if work.changes_owned else True
 
     async def _lose(self) -> None:
         gone = self.membership.lost()

@@ -4,7 +4,9 @@ auto-commit (only processed records), close (commit, then leave)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from clients import (
     UnknownMemberError,
     UnknownServerError,
 )
+from clients._protocol import RequestArgs
 from tests.support import wait_until_async
 from tests.unit.clients.fakebroker import FakeBroker, FakeMember
 
@@ -89,6 +92,62 @@ async def test_a_lone_member_gets_every_partition_and_reads_from_the_start(
             "owned reported",
         )
         assert all(h.topics is None for h in fake.sent(GroupHeartbeatRequest)[1:])
+
+
+class HeldClaims(FakeBroker):
+    """Holds the first heartbeat of ``member_id`` that reports owned partitions until
+    ``release`` is set: a slow Raft round for that member's claim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.member_id: str | None = None
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _handle(self, args: RequestArgs) -> tuple[dict[str, Any], list[bytes]]:
+        if (
+            isinstance(args, GroupHeartbeatRequest)
+            and args.member_id == self.member_id
+            and args.owned
+            and not self.held.is_set()
+        ):
+            self.held.set()
+            await self.release.wait()
+        return await super()._handle(args)
+
+
+async def test_a_partition_is_read_only_after_the_controller_recorded_the_claim() -> None:
+    """Regression: a member started reading what a reply assigned before reporting it
+    in ``owned``; a member joining meanwhile was handed the same partitions, and both
+    read (and committed) them at once."""
+    fake = HeldClaims()
+    fake.create_topic("t", 4)
+    fake.start()
+    assigned: list[set[TopicPartition]] = []
+
+    async def on_assign(tps: set[TopicPartition]) -> None:
+        assigned.append(tps)
+
+    try:
+        await _fill(fake, 3)
+        async with _consumer(fake, on_assign=on_assign) as a, _consumer(fake) as b:
+            await a.subscribe(["t"])
+            fake.member_id = a.member_id  # before its coordinator task first runs
+            await until(fake.held.is_set, "a's claim is in flight")
+            assert a.assignment() == set()  # claimed, not read
+            await b.subscribe(["t"])
+            # The controller has not seen a's claim: b's own claim on its half wins.
+            await until(lambda: b.assignment() == {T0, T2}, "b reads its half")
+            assert a.assignment() == set()
+            fake.release.set()
+            await until(lambda: a.assignment() == {T1, T3}, "a reads the other half")
+            assert assigned == [{T1, T3}]  # t/0 and t/2 were never started by a
+            assert not a.assignment() & b.assignment()
+            assert not fake.sent(
+                CommitOffsetsRequest, lambda r: r.member_id == a.member_id and r.offsets
+            )
+    finally:
+        await fake.close()
 
 
 async def test_revoke_commits_the_processed_offset_before_the_release(fake: FakeBroker) -> None:
