@@ -130,7 +130,10 @@ class Membership:
         self.session_timeout_ms = session_timeout_ms
         self.member_id = new_member_id()
         self.topics = sorted(set(topics))
-        self.topics_sent = False  # True once the controller acknowledged ``topics``
+        # The subscription the controller holds (None: none acknowledged yet), and the
+        # one the heartbeat in flight establishes once answered.
+        self.acked_topics: list[str] | None = None
+        self._sent_topics: list[str] | None = None
         # Every partition reported in ``owned``: the consumed ones and the claimed ones.
         self.owned: set[TP] = set()
         self.claimed: set[TP] = set()  # owned but not read yet: the claim is pending
@@ -145,14 +148,17 @@ class Membership:
 
     def subscribe(self, topics: Iterable[str]) -> None:
         self.topics = sorted(set(topics))
-        self.topics_sent = False
 
     def heartbeat(self, *, leave: bool = False) -> GroupHeartbeatRequest:
         self._sent_owned = frozenset(self.owned)
+        # topics=None means "unchanged": the reply then acknowledges what the
+        # controller already holds, not a subscription changed while it was in flight.
+        unchanged = self.acked_topics == self.topics and not leave
+        self._sent_topics = self.acked_topics if unchanged else list(self.topics)
         return GroupHeartbeatRequest(
             self.group,
             self.member_id,
-            topics=None if self.topics_sent and not leave else list(self.topics),
+            topics=None if unchanged else list(self.topics),
             owned=partition_map(self.owned),
             session_timeout_ms=self.session_timeout_ms,
             leave=leave,
@@ -161,7 +167,7 @@ class Membership:
     def on_reply(self, result: Mapping[str, Any]) -> Work:
         """A successful reply to the last `heartbeat`: settle the claims it carried,
         claim what is newly assigned, and say what to release and what to take."""
-        self.topics_sent = True
+        self.acked_topics = self._sent_topics
         epoch = result.get("member_epoch")
         if isinstance(epoch, int):
             self.member_epoch = epoch
@@ -195,7 +201,7 @@ class Membership:
         self.claimed.clear()
         self._sent_owned = frozenset()
         self.member_id = new_member_id()
-        self.topics_sent = False
+        self.acked_topics = self._sent_topics = None
         self.member_epoch = -1
         return gone
 

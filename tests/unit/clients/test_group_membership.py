@@ -119,6 +119,32 @@ def test_a_new_subscription_is_sent_until_acknowledged() -> None:
     assert m.heartbeat().topics is None
 
 
+def test_a_subscription_changed_while_a_heartbeat_is_in_flight_is_still_sent() -> None:
+    """Regression: the reply to a heartbeat sent before `subscribe` marked the new
+    topics acknowledged, so the controller never heard of them."""
+    m = _member()
+    m.heartbeat()
+    m.on_reply({"assignment": {}})  # joined with a, b
+    in_flight = m.heartbeat()
+    assert in_flight.topics is None
+    m.subscribe(["a", "b", "c"])
+    m.on_reply({"assignment": {}})  # the reply to the heartbeat without c
+    assert m.heartbeat().topics == ["a", "b", "c"]
+    m.on_reply({"assignment": {}})
+    assert m.heartbeat().topics is None
+
+
+def test_a_subscription_changed_back_while_in_flight_is_sent_again() -> None:
+    m = _member()
+    m.heartbeat()
+    m.on_reply({"assignment": {}})
+    m.subscribe(["c"])
+    assert m.heartbeat().topics == ["c"]  # in flight ...
+    m.subscribe(["a", "b"])  # ... and changed back before its reply
+    m.on_reply({"assignment": {}})  # the controller holds ["c"] now
+    assert m.heartbeat().topics == ["a", "b"]
+
+
 def test_lost_membership_drops_everything_and_joins_under_a_fresh_id() -> None:
     m = _member()
     _consuming(m, {"a": [0]})
