@@ -22,6 +22,9 @@ is the back-pressure.
 Offsets: ``position(tp)`` is the offset of the next record the application will
 get. A record counts as *processed* once the application asks for the next one
 (as in Kafka, where a record returned by one ``poll`` is processed by the next).
+A reader whose offset falls below the log start (retention) goes on from the log
+start; one whose offset stays beyond the end (a commit or seek past it) for a second
+applies ``auto_offset_reset`` with a warning, as if nothing were committed.
 
 Groups (``group=``): `subscribe` joins the group and a `clients._group.Coordinator`
 (owned by the consumer, ended by `close`) heartbeats the controller, which assigns
@@ -81,6 +84,13 @@ __all__ = ["Consumer", "RebalanceCallback", "Record", "TopicPartition"]
 
 log = logging.getLogger("zstream.clients.consumer")
 
+# How long a partition's offset must stay beyond its end before auto_offset_reset
+# applies: a newly elected leader's high watermark can trail its log for a moment
+# (until it commits an entry of its term), and an offset this consumer read up to
+# must not be reset for that. One second is a broker heartbeat; a bad commit or seek
+# stays beyond the end for good.
+_PAST_END_GRACE_S = 1.0
+
 
 class TopicPartition(NamedTuple):
     topic: str
@@ -136,6 +146,7 @@ class _PartitionState:
     committed: int | None = None  # what this consumer last committed (or found committed)
     look_up_committed: bool = False  # assign() with a group: start from the commit
     revoked: bool = False  # being released by the group: never read again
+    past_end_since: float | None = None  # loop time the offset was first beyond the end
 
 
 class Consumer:
@@ -576,8 +587,9 @@ class Consumer:
 
     async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
         """After a failed read: back off, refresh metadata, fix an out-of-range offset."""
+        past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
-            start = exc.details.get("start")
+            start, end = exc.details.get("start"), exc.details.get("end")
             if isinstance(start, int) and state.fetch_offset < start:
                 # The records were deleted by retention: go on from the log start. The
                 # reader and its generation stay (bumping it here dropped every later
@@ -585,10 +597,40 @@ class Consumer:
                 if state.position == state.fetch_offset:
                     state.position = start
                 state.fetch_offset = start
+            elif isinstance(start, int) and isinstance(end, int) and state.fetch_offset > end:
+                past_end = True
+                self._past_end(state, start, end)
+        if not past_end:
+            state.past_end_since = None
         await asyncio.sleep(delay)
         with contextlib.suppress(ZStreamError):  # every topic read: metadata is shared
             await self.cluster.refresh(sorted({tp.topic for tp in self._states}))
         return min(delay * 2, 1.0)
+
+    def _past_end(self, state: _PartitionState, start: int, end: int) -> None:
+        """The offset is beyond the partition's end (a commit or seek past it, or a log
+        that lost records): once that has lasted `_PAST_END_GRACE_S`, apply
+        auto_offset_reset, as for a partition with no commit. Left alone, the reader
+        would retry OFFSET_OUT_OF_RANGE forever."""
+        now = asyncio.get_running_loop().time()
+        if state.past_end_since is None:
+            state.past_end_since = now
+        if now - state.past_end_since < _PAST_END_GRACE_S:
+            return
+        target = start if self._reset == "earliest" else end
+        log.warning(
+            "%s/%s: offset %d is beyond the end %d; auto_offset_reset=%s: going on from %d",
+            *state.tp,
+            state.fetch_offset,
+            end,
+            self._reset,
+            target,
+        )
+        if state.position == state.fetch_offset:  # nothing queued still to deliver
+            state.position = state.processed = target
+        state.fetch_offset = target
+        state.committed = None  # auto-commit may now move the offset backwards
+        state.past_end_since = None
 
     async def _stream(self, state: _PartitionState, generation: int) -> None:
         delay = 0.05
@@ -600,6 +642,7 @@ class Consumer:
                 request = SubscribeRequest(*state.tp, state.fetch_offset, self._credit)
                 reply = await conn.call(request, timeout_s=self._timeout_s)
                 sid: int = reply.result["stream"]
+                state.past_end_since = None
                 state.stream, state.stream_addr, state.consumed = sid, addr, 0
                 pushes = conn.stream_queue(sid)
                 try:
@@ -646,6 +689,7 @@ class Consumer:
                 timeout_s = self._timeout_s + self._fetch_wait_ms / 1000
                 reply = await self.cluster.connection(addr).call(request, timeout_s=timeout_s)
                 state.hwm = reply.result.get("hwm", state.hwm)
+                state.past_end_since = None
                 records = self._queue_records(state, reply.frames)
                 if records:
                     size = sum(len(f) for f in reply.frames)

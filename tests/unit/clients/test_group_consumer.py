@@ -5,6 +5,7 @@ auto-commit (only processed records), close (commit, then leave)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -297,6 +298,34 @@ async def test_commit_position_then_fenced_once_the_partition_moved(fake: FakeBr
         fake.forget(consumer.member_id or "")
         with pytest.raises((UnknownMemberError, FencedMemberError)):
             await consumer.commit({T0: 5})
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+async def test_a_commit_past_the_end_applies_auto_offset_reset(
+    fake: FakeBroker, reset: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a committed offset beyond the partition's end (the controller knows
+    no high watermark) made the reader retry OFFSET_OUT_OF_RANGE forever."""
+    await _fill(fake, 3)
+    fake.offsets[T0] = 1000
+    caplog.set_level(logging.WARNING, "zstream.clients.consumer")
+    async with _consumer(fake, auto_offset_reset=reset, auto_commit_interval_ms=20) as c:
+        await c.subscribe(["t"])
+        await until(lambda: len(c.assignment()) == 4, "all four")
+        await until(lambda: c.position(T0) == (0 if reset == "earliest" else 3), "t/0 reset")
+        assert any("beyond the end" in r.getMessage() for r in caplog.records)
+        await fake.append("t", 0, b"new")
+        expected = [0, 1, 2, 3] if reset == "earliest" else [3]
+        t0: list[int] = []
+        for _ in range(13):  # with earliest, the 9 records of t/1..t/3 come too
+            if len(t0) == len(expected):
+                break
+            record = await c.getone()
+            if record.partition == 0:
+                t0.append(record.offset)
+        assert t0 == expected
+        # Auto-commit may move the bad offset back now: to what was processed.
+        await until(lambda: fake.offsets[T0] <= 3, "the offset committed again")
 
 
 async def test_heartbeats_retry_through_not_controller_and_other_errors(fake: FakeBroker) -> None:
