@@ -370,15 +370,13 @@ class Consumer:
     ) -> None:
         """Commit synchronously (replicated by the controller before this returns):
         ``offsets`` ({partition: next offset}), or else `position` of every partition
-        this consumer reads. Raises FencedMemberError / UnknownMemberError when the
-        group no longer gives this member those partitions; nothing is committed then."""
+        this consumer reads, including those being revoked (so ``on_revoke`` may
+        commit them: they are released only after it returns). Raises
+        FencedMemberError / UnknownMemberError when the group no longer gives this
+        member those partitions; nothing is committed then."""
         self._require_group()
         if offsets is None:
-            wanted = {
-                s.tp: s.position
-                for s in self._states.values()
-                if s.position is not None and not s.revoked
-            }
+            wanted = {s.tp: s.position for s in self._states.values() if s.position is not None}
         else:
             wanted = {TopicPartition(*tp): off for tp, off in offsets.items()}
         async with self._commit_lock:

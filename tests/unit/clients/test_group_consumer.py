@@ -328,6 +328,33 @@ async def test_a_commit_past_the_end_applies_auto_offset_reset(
         await until(lambda: fake.offsets[T0] <= 3, "the offset committed again")
 
 
+async def test_commit_inside_on_revoke_commits_the_revoked_partitions(fake: FakeBroker) -> None:
+    """Regression: commit() skipped the partitions being revoked (marked so before
+    on_revoke ran), so the Kafka pattern "commit in on_revoke" left the new owner
+    to read again everything the old one had processed."""
+    await _fill(fake, 3)
+    consumers: list[Consumer] = []
+    revoked: list[set[TopicPartition]] = []
+
+    async def on_revoke(tps: set[TopicPartition]) -> None:
+        revoked.append(tps)
+        await consumers[0].commit()
+
+    async with _consumer(fake, enable_auto_commit=False, on_revoke=on_revoke) as a:
+        consumers.append(a)
+        await a.subscribe(["t"])
+        await until(lambda: len(a.assignment()) == 4, "a owns all four")
+        for _ in range(12):
+            await a.getone()
+        async with _consumer(fake, enable_auto_commit=False) as b:
+            await b.subscribe(["t"])
+            await until(lambda: b.assignment() == {T0, T2}, "b took two")
+            assert revoked == [{T0, T2}]
+            # b starts after a's last record: the one in hand counts as delivered.
+            assert fake.offsets[T0] == fake.offsets[T2] == 3
+            assert b.position(T0) == b.position(T2) == 3
+
+
 async def test_heartbeats_retry_through_not_controller_and_other_errors(fake: FakeBroker) -> None:
     fake.failures["group_heartbeat"] = [
         NotControllerError("moving", leader=1),
