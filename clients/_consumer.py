@@ -34,7 +34,10 @@ coordinator start its reader, from the group's committed offset
 (``auto_offset_reset`` when none), so two members never read it at once. For each
 partition it releases it stops the reader, drops the queued records (generation bump), calls
 ``on_revoke``, commits the processed offset (auto-commit) and only then reports the
-partition released. `commit` commits ``position()`` of every owned partition (or the
+partition released. Once no heartbeat has been answered for a session timeout
+(counted from when the last answered one was sent), the consumer delivers no more
+records until the coordinator has dropped the partitions as lost (or heard back).
+`commit` commits ``position()`` of every owned partition (or the
 given offsets), synchronously; auto-commit commits processed offsets every
 ``auto_commit_interval_ms``, on revoke, and ``position()`` on `close`, then the
 member leaves. Commits go out one at a time, and auto-commit never moves a
@@ -508,6 +511,11 @@ class Consumer:
             if chunk is not None:
                 state = chunk.state
                 if chunk.generation == state.generation and self._index < len(chunk.records):
+                    if self._coordinator is not None and self._coordinator.stale():
+                        await self._wait_for_session(self._coordinator)
+                        if self._closed:
+                            raise StopAsyncIteration
+                        continue  # lost (the generation bump drops the chunk) or fresh
                     record = chunk.records[self._index]
                     self._index += 1
                     state.position = record.offset + 1
@@ -519,6 +527,17 @@ class Consumer:
                 raise StopAsyncIteration
             self._chunk = await self._queue.get()
             self._index = 0
+
+    async def _wait_for_session(self, coordinator: Coordinator) -> None:
+        """The group session may have run out while this consumer holds partitions:
+        they may be someone else's now, so deliver nothing until the coordinator has
+        either heard from the controller again or dropped them as lost (woken now to
+        do so)."""
+        coordinator.wake()
+        async with coordinator.changed:
+            await coordinator.changed.wait_for(
+                lambda: coordinator.closed or not coordinator.stale()
+            )
 
     async def getone(self) -> Record:
         return await self.__anext__()

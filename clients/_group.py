@@ -42,14 +42,19 @@ Failures:
   lost: readers stopped, queued records dropped, NO commit (someone else may own them
   now; the commit would be fenced anyway); then join again under a fresh member id,
   so that a stale heartbeat of the old incarnation can never speak for the new one.
-- No successful heartbeat for a whole session timeout: the controller has expired us
-  by now, so the partitions are dropped the same way (they are someone else's).
+- No heartbeat answered for a whole session timeout, counted from when the last
+  answered one was SENT (the controller may have heard from us no later than that):
+  the controller may have expired us, so the partitions are dropped the same way
+  (they may be someone else's). Each request is bounded by what is left of the
+  session, the coordinator wakes when it runs out, and the consumer delivers no
+  record of a held partition once it has (`Coordinator.stale`).
 - NOT_CONTROLLER, timeouts, lost connections (and any other error): retried with
   backoff (0.05 s doubling to 1 s); the member keeps consuming what it owns meanwhile.
 
 ``leave`` (on close) sends one heartbeat with ``leave=True`` after the consumer has
 committed; the controller frees the partitions at once instead of after the session
-timeout.
+timeout. It is sent whenever a heartbeat under the current member id was sent, even
+unanswered: a join cut short by close may have been applied all the same.
 """
 
 from __future__ import annotations
@@ -234,11 +239,15 @@ class Coordinator:
         self._host = host
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # When the last answered heartbeat was SENT: the controller heard from us no
+        # earlier than that, so our session runs out at most a session timeout later.
         self._last_ok = time.monotonic()
+        self._sent_as: str | None = None  # member id of the last heartbeat sent
         # Set after each reply has been acted on; tests and `Consumer.wait_for_assignment`
         # wait on it.
         self.changed = asyncio.Condition()
         self.joined = False
+        self.closed = False
 
     @property
     def member_id(self) -> str:
@@ -252,6 +261,23 @@ class Coordinator:
     def wake(self) -> None:
         """Heartbeat now (the subscription changed)."""
         self._wake.set()
+
+    def session_left_s(self) -> float:
+        """Seconds until the controller may have expired this member: a session
+        timeout after the last answered heartbeat was sent."""
+        return self._last_ok + self.membership.session_timeout_ms / 1000 - time.monotonic()
+
+    def stale(self) -> bool:
+        """The session may be over while we hold partitions: they may be someone
+        else's by now, so their records must not be delivered any more."""
+        return bool(self.membership.owned) and self.session_left_s() <= 0
+
+    def _bound_s(self) -> float:
+        """How long a request may take: while we hold partitions, the rest of the
+        session (past it they are not ours); otherwise a whole session."""
+        if self.membership.owned:
+            return max(self.session_left_s(), 0.001)
+        return self.membership.session_timeout_ms / 1000
 
     async def _run(self) -> None:
         delay = 0.05
@@ -269,6 +295,8 @@ class Coordinator:
                 wait = self.membership.heartbeat_interval_ms / 1000
             else:
                 wait, delay = delay, min(delay * 2, 1.0)
+            if self.membership.owned:  # wake when the session runs out, to drop them
+                wait = min(wait, max(self.session_left_s(), 0.0))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
@@ -277,10 +305,15 @@ class Coordinator:
         """One heartbeat and its consequences: True if nothing changed, None if
         something did (heartbeat again at once), False on a retriable failure."""
         m = self.membership
-        session_s = m.session_timeout_ms / 1000
+        if self.stale():
+            log.warning("group %s: no heartbeat answered for a whole session", m.group)
+            await self._lose()
+        sent_at = time.monotonic()
+        request = m.heartbeat()
+        self._sent_as = request.member_id
         try:
             # Bounded by the session: past it the controller has given up on us anyway.
-            reply = await asyncio.wait_for(self._call(m.heartbeat()), session_s)
+            reply = await asyncio.wait_for(self._call(request), self._bound_s())
         except (UnknownMemberError, FencedMemberError) as exc:
             log.info("group %s: member %s is gone (%s); joining again", m.group, m.member_id, exc)
             await self._lose()
@@ -290,11 +323,11 @@ class Coordinator:
             # controller answers (UNKNOWN_SERVER_ERROR...): back off and retry.
             if not isinstance(exc, (*_RETRIABLE, TimeoutError)):
                 log.warning("group %s: heartbeat failed: %r", m.group, exc)
-            if time.monotonic() - self._last_ok > session_s and m.owned:
-                log.warning("group %s: no heartbeat for a session (%s)", m.group, exc)
+            if self.stale():
+                log.warning("group %s: no heartbeat answered for a session (%r)", m.group, exc)
                 await self._lose()
             return False
-        self._last_ok = time.monotonic()
+        self._last_ok = sent_at
         work = m.on_reply(reply.result)
         if work.release:
             await self._host.group_release(work.release, lost=False)
@@ -305,6 +338,7 @@ class Coordinator:
             except (ZStreamError, TimeoutError) as exc:
                 # Still claimed: the next reply that assigns them takes them.
                 log.warning("group %s: committed offsets unavailable: %r", m.group, exc)
+                await self._notify(joined=True)  # the session is fresh again
                 return False
             self._host.group_take(offsets)
             m.taken(work.take)
@@ -326,7 +360,7 @@ class Coordinator:
     async def _committed(self, tps: frozenset[TP]) -> dict[TP, int | None]:
         m = self.membership
         request = FetchOffsetsRequest(m.group, sorted({t for t, _ in tps}))
-        reply = await asyncio.wait_for(self._call(request), m.session_timeout_ms / 1000)
+        reply = await asyncio.wait_for(self._call(request), self._bound_s())
         found = committed_offsets(reply.result)
         return {tp: found.get(tp) for tp in tps}
 
@@ -337,7 +371,12 @@ class Coordinator:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if leave and self.joined:
+        async with self.changed:  # nothing will change any more: release the waiters
+            self.closed = True
+            self.changed.notify_all()
+        # Leave whenever the current member id was ever sent: a join still in flight
+        # when the task was cancelled may have been applied all the same.
+        if leave and self._sent_as == self.membership.member_id:
             request = self.membership.heartbeat(leave=True)
             with contextlib.suppress(ZStreamError, TimeoutError):
                 await asyncio.wait_for(self._call(request), 2.0)

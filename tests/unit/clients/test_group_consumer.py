@@ -5,7 +5,9 @@ auto-commit (only processed records), close (commit, then leave)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -248,6 +250,85 @@ async def test_a_member_unheard_for_a_session_drops_its_partitions(fake: FakeBro
         fake.muted.clear()
         await until(lambda: len(consumer.assignment()) == 4, "joined again", timeout_s=15)
         assert consumer.member_id != old
+
+
+class SlowHeartbeats(FakeBroker):
+    """Answers heartbeats ``delay_s`` after they arrive; once ``mute`` is set, answers
+    none that arrive. Notes when each answered heartbeat arrived."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.mute = False
+        self.answered_arrivals: list[float] = []
+
+    async def _handle(self, args: RequestArgs) -> tuple[dict[str, Any], list[bytes]]:
+        if isinstance(args, GroupHeartbeatRequest):
+            arrived = time.monotonic()
+            if self.mute:
+                await asyncio.Event().wait()  # never answered
+            await asyncio.sleep(self.delay_s)
+            self.answered_arrivals.append(arrived)
+        return await super()._handle(args)
+
+
+async def test_no_record_is_delivered_past_a_session_after_the_last_answered_send() -> None:
+    """Regression: the session was counted from when a reply ARRIVED, and records kept
+    being delivered until a failed attempt noticed: with slow replies the member read
+    on for a while after the controller may have expired it and moved its partitions."""
+    fake = SlowHeartbeats(delay_s=0.3)
+    fake.create_topic("t", 1)
+    fake.start()
+    session_s = 1.0
+    try:
+        async with _consumer(fake, session_timeout_ms=int(session_s * 1000)) as c:
+            await c.subscribe(["t"])
+            await until(lambda: c.assignment() == {T0}, "t/0 taken")
+            fake.mute = True
+            delivered: list[float] = []
+            n = 0
+            while c.assignment():
+                await fake.append("t", 0, f"r{n}".encode())
+                n += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(c.getone(), 0.2)
+                    delivered.append(time.monotonic())
+            assert delivered, "records flowed until the session ran out"
+            # The controller heard from us last when that heartbeat arrived, and its
+            # session ran out a session later: nothing may be delivered after that.
+            deadline = fake.answered_arrivals[-1] + session_s
+            assert max(delivered) <= deadline + 0.1
+            assert not fake.sent(CommitOffsetsRequest)
+    finally:
+        await fake.close()
+
+
+class HeldJoin(FakeBroker):
+    """Applies the first heartbeat (the join) but never answers it."""
+
+    async def _handle(self, args: RequestArgs) -> tuple[dict[str, Any], list[bytes]]:
+        result = await super()._handle(args)
+        if isinstance(args, GroupHeartbeatRequest) and len(self.sent(GroupHeartbeatRequest)) == 1:
+            await asyncio.Event().wait()
+        return result
+
+
+async def test_close_during_the_first_join_still_leaves() -> None:
+    """Regression: close() sent the leave only once a join had been answered; a join
+    applied but unanswered left a member holding partitions for a whole session."""
+    fake = HeldJoin()
+    fake.create_topic("t", 2)
+    fake.start()
+    try:
+        async with _consumer(fake) as c:
+            await c.subscribe(["t"])
+            member_id = c.member_id
+            await until(lambda: member_id in fake.members, "the join applied")
+        leaves = fake.sent(GroupHeartbeatRequest, lambda r: r.leave)
+        assert [r.member_id for r in leaves] == [member_id]
+        assert not fake.members
+    finally:
+        await fake.close()
 
 
 async def test_auto_commit_commits_only_processed_records(fake: FakeBroker) -> None:
