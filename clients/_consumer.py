@@ -412,7 +412,7 @@ class Consumer:
             await self._send_commit(due)
 
     async def _auto_commit_loop(self) -> None:
-        while True:
+        while not self._closed:  # checked too: 3.11's wait_for can swallow a cancel
             await asyncio.sleep(self._auto_commit_s)
             try:
                 await self._auto_commit_now([s for s in self._states.values() if not s.revoked])
@@ -651,7 +651,9 @@ class Consumer:
 
     async def _stream(self, state: _PartitionState, generation: int) -> None:
         delay = 0.05
-        while True:
+        # A stopped reader's generation is bumped before it is cancelled; checking it
+        # ends the reader even when Python 3.11's wait_for swallowed the cancellation.
+        while state.generation == generation:
             try:
                 await self._initial_offset(state)
                 addr = await self._leader_addr(state.tp)
@@ -696,7 +698,7 @@ class Consumer:
 
     async def _fetch(self, state: _PartitionState, generation: int) -> None:
         delay = 0.05
-        while True:
+        while state.generation == generation:  # as in _stream
             try:
                 await self._initial_offset(state)
                 addr = await self._leader_addr(state.tp)

@@ -248,6 +248,9 @@ class Coordinator:
         self.changed = asyncio.Condition()
         self.joined = False
         self.closed = False
+        # Set by close before it cancels the task: Python 3.11's wait_for can swallow a
+        # cancellation that coincides with a reply, so the loop checks this too.
+        self._closing = False
 
     @property
     def member_id(self) -> str:
@@ -281,7 +284,7 @@ class Coordinator:
 
     async def _run(self) -> None:
         delay = 0.05
-        while True:
+        while not self._closing:
             try:
                 now_ok = await self._beat()
             except Exception:  # a bug must not end the membership silently: retry
@@ -368,6 +371,8 @@ class Coordinator:
         """End the task; with ``leave`` tell the controller we are gone (best effort:
         otherwise the session timeout frees the partitions)."""
         task, self._task = self._task, None
+        self._closing = True
+        self._wake.set()
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clients._group import Membership, Work, committed_offsets
+from clients._group import TP, Coordinator, Membership, Work, committed_offsets
+from clients._protocol import GroupHeartbeatRequest, Reply, RequestArgs
 
 
 def _member() -> Membership:
@@ -181,3 +185,43 @@ def test_any_reply_shape_is_read_without_raising(result: dict[str, Any]) -> None
     assert not work.take
     assert m.claimed == work.claimed == m.owned
     assert all(off >= 0 for off in committed_offsets(result).values())
+
+
+class _SwallowingHost:
+    """on_assign that swallows a cancellation, as Python 3.11's asyncio.wait_for does
+    when the awaited reply arrives just as the task is cancelled."""
+
+    def __init__(self) -> None:
+        self.assigning = asyncio.Event()
+
+    def group_take(self, offsets: Mapping[TP, int | None]) -> None:
+        pass
+
+    async def group_release(self, tps: frozenset[TP], *, lost: bool) -> None:
+        pass
+
+    async def group_assigned(self, tps: frozenset[TP]) -> None:
+        self.assigning.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+
+async def test_close_ends_the_coordinator_even_when_its_cancellation_is_swallowed() -> None:
+    """Regression: a cancellation swallowed inside the heartbeat loop (Python 3.11's
+    wait_for does so when a reply coincides with it) left the loop running forever,
+    and Consumer.close() hung waiting for it."""
+    calls: list[RequestArgs] = []
+
+    async def call(args: RequestArgs) -> Reply:
+        calls.append(args)
+        return Reply(0, result={"assignment": {"a": [0]}, "heartbeat_interval_ms": 10})
+
+    host = _SwallowingHost()
+    coordinator = Coordinator(_member(), call, host)
+    coordinator.start()
+    await asyncio.wait_for(host.assigning.wait(), 5)
+    await asyncio.wait_for(coordinator.close(leave=True), 5)
+    assert coordinator.closed
+    last = calls[-1]
+    assert isinstance(last, GroupHeartbeatRequest)
+    assert last.leave
