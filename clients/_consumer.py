@@ -22,14 +22,22 @@ is the back-pressure.
 Offsets: ``position(tp)`` is the offset of the next record the application will
 get. A record counts as *processed* once the application asks for the next one
 (as in Kafka, where a record returned by one ``poll`` is processed by the next).
+A reader whose offset falls below the log start (retention) goes on from the log
+start; one whose offset stays beyond the end (a commit or seek past it) for a second
+applies ``auto_offset_reset`` with a warning, as if nothing were committed.
 
 Groups (``group=``): `subscribe` joins the group and a `clients._group.Coordinator`
 (owned by the consumer, ended by `close`) heartbeats the controller, which assigns
-the partitions. The coordinator starts a reader for each partition it takes, from the
-group's committed offset (``auto_offset_reset`` when none), and for each partition it
-releases stops the reader, drops the queued records (generation bump), calls
+the partitions. A newly assigned partition is first claimed (reported in the next
+heartbeat's ``owned``); only when the reply to that heartbeat still assigns it does the
+coordinator start its reader, from the group's committed offset
+(``auto_offset_reset`` when none), so two members never read it at once. For each
+partition it releases it stops the reader, drops the queued records (generation bump), calls
 ``on_revoke``, commits the processed offset (auto-commit) and only then reports the
-partition released. `commit` commits ``position()`` of every owned partition (or the
+partition released. Once no heartbeat has been answered for a session timeout
+(counted from when the last answered one was sent), the consumer delivers no more
+records until the coordinator has dropped the partitions as lost (or heard back).
+`commit` commits ``position()`` of every owned partition (or the
 given offsets), synchronously; auto-commit commits processed offsets every
 ``auto_commit_interval_ms``, on revoke, and ``position()`` on `close`, then the
 member leaves. Commits go out one at a time, and auto-commit never moves a
@@ -78,6 +86,13 @@ from clients._protocol import (
 __all__ = ["Consumer", "RebalanceCallback", "Record", "TopicPartition"]
 
 log = logging.getLogger("zstream.clients.consumer")
+
+# How long a partition's offset must stay beyond its end before auto_offset_reset
+# applies: a newly elected leader's high watermark can trail its log for a moment
+# (until it commits an entry of its term), and an offset this consumer read up to
+# must not be reset for that. One second is a broker heartbeat; a bad commit or seek
+# stays beyond the end for good.
+_PAST_END_GRACE_S = 1.0
 
 
 class TopicPartition(NamedTuple):
@@ -134,6 +149,7 @@ class _PartitionState:
     committed: int | None = None  # what this consumer last committed (or found committed)
     look_up_committed: bool = False  # assign() with a group: start from the commit
     revoked: bool = False  # being released by the group: never read again
+    past_end_since: float | None = None  # loop time the offset was first beyond the end
 
 
 class Consumer:
@@ -357,15 +373,13 @@ class Consumer:
     ) -> None:
         """Commit synchronously (replicated by the controller before this returns):
         ``offsets`` ({partition: next offset}), or else `position` of every partition
-        this consumer reads. Raises FencedMemberError / UnknownMemberError when the
-        group no longer gives this member those partitions; nothing is committed then."""
+        this consumer reads, including those being revoked (so ``on_revoke`` may
+        commit them: they are released only after it returns). Raises
+        FencedMemberError / UnknownMemberError when the group no longer gives this
+        member those partitions; nothing is committed then."""
         self._require_group()
         if offsets is None:
-            wanted = {
-                s.tp: s.position
-                for s in self._states.values()
-                if s.position is not None and not s.revoked
-            }
+            wanted = {s.tp: s.position for s in self._states.values() if s.position is not None}
         else:
             wanted = {TopicPartition(*tp): off for tp, off in offsets.items()}
         async with self._commit_lock:
@@ -398,7 +412,7 @@ class Consumer:
             await self._send_commit(due)
 
     async def _auto_commit_loop(self) -> None:
-        while True:
+        while not self._closed:  # checked too: 3.11's wait_for can swallow a cancel
             await asyncio.sleep(self._auto_commit_s)
             try:
                 await self._auto_commit_now([s for s in self._states.values() if not s.revoked])
@@ -497,6 +511,11 @@ class Consumer:
             if chunk is not None:
                 state = chunk.state
                 if chunk.generation == state.generation and self._index < len(chunk.records):
+                    if self._coordinator is not None and self._coordinator.stale():
+                        await self._wait_for_session(self._coordinator)
+                        if self._closed:
+                            raise StopAsyncIteration
+                        continue  # lost (the generation bump drops the chunk) or fresh
                     record = chunk.records[self._index]
                     self._index += 1
                     state.position = record.offset + 1
@@ -508,6 +527,17 @@ class Consumer:
                 raise StopAsyncIteration
             self._chunk = await self._queue.get()
             self._index = 0
+
+    async def _wait_for_session(self, coordinator: Coordinator) -> None:
+        """The group session may have run out while this consumer holds partitions:
+        they may be someone else's now, so deliver nothing until the coordinator has
+        either heard from the controller again or dropped them as lost (woken now to
+        do so)."""
+        coordinator.wake()
+        async with coordinator.changed:
+            await coordinator.changed.wait_for(
+                lambda: coordinator.closed or not coordinator.stale()
+            )
 
     async def getone(self) -> Record:
         return await self.__anext__()
@@ -574,8 +604,9 @@ class Consumer:
 
     async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
         """After a failed read: back off, refresh metadata, fix an out-of-range offset."""
+        past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
-            start = exc.details.get("start")
+            start, end = exc.details.get("start"), exc.details.get("end")
             if isinstance(start, int) and state.fetch_offset < start:
                 # The records were deleted by retention: go on from the log start. The
                 # reader and its generation stay (bumping it here dropped every later
@@ -583,14 +614,46 @@ class Consumer:
                 if state.position == state.fetch_offset:
                     state.position = start
                 state.fetch_offset = start
+            elif isinstance(start, int) and isinstance(end, int) and state.fetch_offset > end:
+                past_end = True
+                self._past_end(state, start, end)
+        if not past_end:
+            state.past_end_since = None
         await asyncio.sleep(delay)
         with contextlib.suppress(ZStreamError):  # every topic read: metadata is shared
             await self.cluster.refresh(sorted({tp.topic for tp in self._states}))
         return min(delay * 2, 1.0)
 
+    def _past_end(self, state: _PartitionState, start: int, end: int) -> None:
+        """The offset is beyond the partition's end (a commit or seek past it, or a log
+        that lost records): once that has lasted `_PAST_END_GRACE_S`, apply
+        auto_offset_reset, as for a partition with no commit. Left alone, the reader
+        would retry OFFSET_OUT_OF_RANGE forever."""
+        now = asyncio.get_running_loop().time()
+        if state.past_end_since is None:
+            state.past_end_since = now
+        if now - state.past_end_since < _PAST_END_GRACE_S:
+            return
+        target = start if self._reset == "earliest" else end
+        log.warning(
+            "%s/%s: offset %d is beyond the end %d; auto_offset_reset=%s: going on from %d",
+            *state.tp,
+            state.fetch_offset,
+            end,
+            self._reset,
+            target,
+        )
+        if state.position == state.fetch_offset:  # nothing queued still to deliver
+            state.position = state.processed = target
+        state.fetch_offset = target
+        state.committed = None  # auto-commit may now move the offset backwards
+        state.past_end_since = None
+
     async def _stream(self, state: _PartitionState, generation: int) -> None:
         delay = 0.05
-        while True:
+        # A stopped reader's generation is bumped before it is cancelled; checking it
+        # ends the reader even when Python 3.11's wait_for swallowed the cancellation.
+        while state.generation == generation:
             try:
                 await self._initial_offset(state)
                 addr = await self._leader_addr(state.tp)
@@ -598,6 +661,7 @@ class Consumer:
                 request = SubscribeRequest(*state.tp, state.fetch_offset, self._credit)
                 reply = await conn.call(request, timeout_s=self._timeout_s)
                 sid: int = reply.result["stream"]
+                state.past_end_since = None
                 state.stream, state.stream_addr, state.consumed = sid, addr, 0
                 pushes = conn.stream_queue(sid)
                 try:
@@ -634,7 +698,7 @@ class Consumer:
 
     async def _fetch(self, state: _PartitionState, generation: int) -> None:
         delay = 0.05
-        while True:
+        while state.generation == generation:  # as in _stream
             try:
                 await self._initial_offset(state)
                 addr = await self._leader_addr(state.tp)
@@ -644,6 +708,7 @@ class Consumer:
                 timeout_s = self._timeout_s + self._fetch_wait_ms / 1000
                 reply = await self.cluster.connection(addr).call(request, timeout_s=timeout_s)
                 state.hwm = reply.result.get("hwm", state.hwm)
+                state.past_end_since = None
                 records = self._queue_records(state, reply.frames)
                 if records:
                     size = sum(len(f) for f in reply.frames)

@@ -304,19 +304,24 @@ class GroupHeartbeatRequest:
     without ``topics`` an unknown id gets UNKNOWN_MEMBER (it was removed: the
     client drops its partitions and joins again with ``topics``). ``topics`` on a
     later heartbeat replaces the subscription. ``owned`` is every partition the
-    member is still consuming; a partition taken out of its assignment counts as
-    released only once a heartbeat omits it from ``owned``. ``leave`` removes the
-    member at once, freeing its partitions.
+    member consumes or has claimed. A newly assigned partition must be claimed
+    (a heartbeat with it in ``owned``) and consumed only once the reply to that
+    heartbeat still assigns it; a claimed partition missing from that reply is
+    dropped from ``owned`` unread (another member claimed it first). A partition
+    taken out of its assignment counts as released only once a heartbeat omits it
+    from ``owned``. ``leave`` removes the member at once, freeing its partitions.
 
     Reply ``res``::
 
         {"member_id": str, "member_epoch": int, "heartbeat_interval_ms": int,
          "assignment": {topic: [partition, ...]}}
 
-    ``assignment`` is what the member may consume now. An owned partition missing
-    from it must be released: stop reading it, commit, then heartbeat without
-    it. A partition the assignor moved to this member is only included once its
-    previous owner released it, so no partition is ever in two assignments.
+    ``assignment`` is what the member may consume now (after claiming it). An
+    owned partition missing from it must be released: stop reading it, commit,
+    then heartbeat without it. A partition the assignor moved to this member is
+    only included once its previous owner released it, and never while another
+    member has it in ``owned``; replies are computed in Raft order, so of two
+    members claiming one partition only the first keeps it in its assignment.
     ``member_epoch`` grows whenever this member's target assignment changes.
     """
 
@@ -345,8 +350,8 @@ class GroupHeartbeatRequest:
 class CommitOffsetsRequest:
     """Commit ``offsets`` ({topic: [[partition, next_offset], ...]}) for a group,
     replicated by the controller before the reply. A member (``member_id``) may
-    commit only partitions it owns (has in ``owned`` at the controller, and no other
-    member has); with ``member_id`` empty the
+    commit only partitions in its ``owned`` that no other member owns; with
+    ``member_id`` empty the
     commit is accepted only while the group has no members (a consumer that uses
     ``assign`` and a group only to store its offsets). Otherwise FENCED_MEMBER or
     UNKNOWN_MEMBER, and nothing is committed."""

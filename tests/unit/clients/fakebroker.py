@@ -7,7 +7,7 @@ targets are recomputed on every join and leave (partitions of the subscribed top
 sorted, dealt round-robin over the members newest first, so that a joining member
 takes partitions over from the older ones); a reply's assignment is the
 member's target minus what another member still reports owned; commits are fenced
-unless the member owns or is assigned the partition and nobody else owns it.
+unless the member reports the partition owned and nobody else does.
 Every request is logged in arrival order (``log``), so tests can check what a
 consumer sent, and in which order.
 """
@@ -257,6 +257,6 @@ class FakeBroker:
                 raise UnknownMemberError(f"no member {args.member_id}")
             others = self._owned_by_others(args.member_id)
             for tp in pairs:
-                if tp not in member.owned | member.target or tp in others:
+                if tp not in member.owned or tp in others:
                     raise FencedMemberError(f"{tp} is not {args.member_id}'s")
         self.offsets.update(pairs)

@@ -4,7 +4,12 @@ auto-commit (only processed records), close (commit, then leave)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -19,6 +24,7 @@ from clients import (
     UnknownMemberError,
     UnknownServerError,
 )
+from clients._protocol import RequestArgs
 from tests.support import wait_until_async
 from tests.unit.clients.fakebroker import FakeBroker, FakeMember
 
@@ -89,6 +95,62 @@ async def test_a_lone_member_gets_every_partition_and_reads_from_the_start(
             "owned reported",
         )
         assert all(h.topics is None for h in fake.sent(GroupHeartbeatRequest)[1:])
+
+
+class HeldClaims(FakeBroker):
+    """Holds the first heartbeat of ``member_id`` that reports owned partitions until
+    ``release`` is set: a slow Raft round for that member's claim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.member_id: str | None = None
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _handle(self, args: RequestArgs) -> tuple[dict[str, Any], list[bytes]]:
+        if (
+            isinstance(args, GroupHeartbeatRequest)
+            and args.member_id == self.member_id
+            and args.owned
+            and not self.held.is_set()
+        ):
+            self.held.set()
+            await self.release.wait()
+        return await super()._handle(args)
+
+
+async def test_a_partition_is_read_only_after_the_controller_recorded_the_claim() -> None:
+    """Regression: a member started reading what a reply assigned before reporting it
+    in ``owned``; a member joining meanwhile was handed the same partitions, and both
+    read (and committed) them at once."""
+    fake = HeldClaims()
+    fake.create_topic("t", 4)
+    fake.start()
+    assigned: list[set[TopicPartition]] = []
+
+    async def on_assign(tps: set[TopicPartition]) -> None:
+        assigned.append(tps)
+
+    try:
+        await _fill(fake, 3)
+        async with _consumer(fake, on_assign=on_assign) as a, _consumer(fake) as b:
+            await a.subscribe(["t"])
+            fake.member_id = a.member_id  # before its coordinator task first runs
+            await until(fake.held.is_set, "a's claim is in flight")
+            assert a.assignment() == set()  # claimed, not read
+            await b.subscribe(["t"])
+            # The controller has not seen a's claim: b's own claim on its half wins.
+            await until(lambda: b.assignment() == {T0, T2}, "b reads its half")
+            assert a.assignment() == set()
+            fake.release.set()
+            await until(lambda: a.assignment() == {T1, T3}, "a reads the other half")
+            assert assigned == [{T1, T3}]  # t/0 and t/2 were never started by a
+            assert not a.assignment() & b.assignment()
+            assert not fake.sent(
+                CommitOffsetsRequest, lambda r: r.member_id == a.member_id and r.offsets
+            )
+    finally:
+        await fake.close()
 
 
 async def test_revoke_commits_the_processed_offset_before_the_release(fake: FakeBroker) -> None:
@@ -190,6 +252,85 @@ async def test_a_member_unheard_for_a_session_drops_its_partitions(fake: FakeBro
         assert consumer.member_id != old
 
 
+class SlowHeartbeats(FakeBroker):
+    """Answers heartbeats ``delay_s`` after they arrive; once ``mute`` is set, answers
+    none that arrive. Notes when each answered heartbeat arrived."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.mute = False
+        self.answered_arrivals: list[float] = []
+
+    async def _handle(self, args: RequestArgs) -> tuple[dict[str, Any], list[bytes]]:
+        if isinstance(args, GroupHeartbeatRequest):
+            arrived = time.monotonic()
+            if self.mute:
+                await asyncio.Event().wait()  # never answered
+            await asyncio.sleep(self.delay_s)
+            self.answered_arrivals.append(arrived)
+        return await super()._handle(args)
+
+
+async def test_no_record_is_delivered_past_a_session_after_the_last_answered_send() -> None:
+    """Regression: the session was counted from when a reply ARRIVED, and records kept
+    being delivered until a failed attempt noticed: with slow replies the member read
+    on for a while after the controller may have expired it and moved its partitions."""
+    fake = SlowHeartbeats(delay_s=0.3)
+    fake.create_topic("t", 1)
+    fake.start()
+    session_s = 1.0
+    try:
+        async with _consumer(fake, session_timeout_ms=int(session_s * 1000)) as c:
+            await c.subscribe(["t"])
+            await until(lambda: c.assignment() == {T0}, "t/0 taken")
+            fake.mute = True
+            delivered: list[float] = []
+            n = 0
+            while c.assignment():
+                await fake.append("t", 0, f"r{n}".encode())
+                n += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(c.getone(), 0.2)
+                    delivered.append(time.monotonic())
+            assert delivered, "records flowed until the session ran out"
+            # The controller heard from us last when that heartbeat arrived, and its
+            # session ran out a session later: nothing may be delivered after that.
+            deadline = fake.answered_arrivals[-1] + session_s
+            assert max(delivered) <= deadline + 0.1
+            assert not fake.sent(CommitOffsetsRequest)
+    finally:
+        await fake.close()
+
+
+class HeldJoin(FakeBroker):
+    """Applies the first heartbeat (the join) but never answers it."""
+
+    async def _handle(self, args: RequestArgs) -> tuple[dict[str, Any], list[bytes]]:
+        result = await super()._handle(args)
+        if isinstance(args, GroupHeartbeatRequest) and len(self.sent(GroupHeartbeatRequest)) == 1:
+            await asyncio.Event().wait()
+        return result
+
+
+async def test_close_during_the_first_join_still_leaves() -> None:
+    """Regression: close() sent the leave only once a join had been answered; a join
+    applied but unanswered left a member holding partitions for a whole session."""
+    fake = HeldJoin()
+    fake.create_topic("t", 2)
+    fake.start()
+    try:
+        async with _consumer(fake) as c:
+            await c.subscribe(["t"])
+            member_id = c.member_id
+            await until(lambda: member_id in fake.members, "the join applied")
+        leaves = fake.sent(GroupHeartbeatRequest, lambda r: r.leave)
+        assert [r.member_id for r in leaves] == [member_id]
+        assert not fake.members
+    finally:
+        await fake.close()
+
+
 async def test_auto_commit_commits_only_processed_records(fake: FakeBroker) -> None:
     await fake.append("t", 0, *(f"r{i}".encode() for i in range(10)))
     async with _consumer(fake, auto_commit_interval_ms=20) as consumer:
@@ -238,6 +379,61 @@ async def test_commit_position_then_fenced_once_the_partition_moved(fake: FakeBr
         fake.forget(consumer.member_id or "")
         with pytest.raises((UnknownMemberError, FencedMemberError)):
             await consumer.commit({T0: 5})
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+async def test_a_commit_past_the_end_applies_auto_offset_reset(
+    fake: FakeBroker, reset: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a committed offset beyond the partition's end (the controller knows
+    no high watermark) made the reader retry OFFSET_OUT_OF_RANGE forever."""
+    await _fill(fake, 3)
+    fake.offsets[T0] = 1000
+    caplog.set_level(logging.WARNING, "zstream.clients.consumer")
+    async with _consumer(fake, auto_offset_reset=reset, auto_commit_interval_ms=20) as c:
+        await c.subscribe(["t"])
+        await until(lambda: len(c.assignment()) == 4, "all four")
+        await until(lambda: c.position(T0) == (0 if reset == "earliest" else 3), "t/0 reset")
+        assert any("beyond the end" in r.getMessage() for r in caplog.records)
+        await fake.append("t", 0, b"new")
+        expected = [0, 1, 2, 3] if reset == "earliest" else [3]
+        t0: list[int] = []
+        for _ in range(13):  # with earliest, the 9 records of t/1..t/3 come too
+            if len(t0) == len(expected):
+                break
+            record = await c.getone()
+            if record.partition == 0:
+                t0.append(record.offset)
+        assert t0 == expected
+        # Auto-commit may move the bad offset back now: to what was processed.
+        await until(lambda: fake.offsets[T0] <= 3, "the offset committed again")
+
+
+async def test_commit_inside_on_revoke_commits_the_revoked_partitions(fake: FakeBroker) -> None:
+    """Regression: commit() skipped the partitions being revoked (marked so before
+    on_revoke ran), so the Kafka pattern "commit in on_revoke" left the new owner
+    to read again everything the old one had processed."""
+    await _fill(fake, 3)
+    consumers: list[Consumer] = []
+    revoked: list[set[TopicPartition]] = []
+
+    async def on_revoke(tps: set[TopicPartition]) -> None:
+        revoked.append(tps)
+        await consumers[0].commit()
+
+    async with _consumer(fake, enable_auto_commit=False, on_revoke=on_revoke) as a:
+        consumers.append(a)
+        await a.subscribe(["t"])
+        await until(lambda: len(a.assignment()) == 4, "a owns all four")
+        for _ in range(12):
+            await a.getone()
+        async with _consumer(fake, enable_auto_commit=False) as b:
+            await b.subscribe(["t"])
+            await until(lambda: b.assignment() == {T0, T2}, "b took two")
+            assert revoked == [{T0, T2}]
+            # b starts after a's last record: the one in hand counts as delivered.
+            assert fake.offsets[T0] == fake.offsets[T2] == 3
+            assert b.position(T0) == b.position(T2) == 3
 
 
 async def test_heartbeats_retry_through_not_controller_and_other_errors(fake: FakeBroker) -> None:
