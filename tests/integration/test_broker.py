@@ -32,7 +32,7 @@ from clients import (
     UnsubscribeRequest,
 )
 from clients._protocol import decode_reply, encode_request
-from tests.support import BrokerProcess, EtcdServer, wait_until_async
+from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
 from tests.support.malformed import malformed_messages
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ class Cluster:
 
     @property
     def bootstrap(self) -> str:
-        return ",".join(b.bootstrap for b in self.brokers)
+        return bootstrap_of(self.brokers)
 
     def by_id(self, broker_id: int) -> BrokerProcess:
         return next(b for b in self.brokers if b.broker_id == broker_id)
@@ -52,19 +52,8 @@ class Cluster:
 
 @pytest.fixture
 def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    brokers = [
-        BrokerProcess(tmp_path, i, etcd=etcd.endpoint, extra=["--bootstrap-expect=3"])
-        for i in (1, 2, 3)
-    ]
-    try:
-        for b in brokers:
-            b.launch()
-        for b in brokers:
-            b.wait_ready()
+    with running_brokers(tmp_path, etcd=etcd.endpoint) as brokers:
         yield Cluster(brokers)
-    finally:
-        for b in brokers:
-            b.stop()
 
 
 @pytest.fixture
@@ -326,27 +315,14 @@ def test_metrics_endpoint_serves_prometheus_text(lone_broker: BrokerProcess) -> 
 
 
 async def test_static_peers_cluster_without_etcd(tmp_path: Path) -> None:
-    brokers = [BrokerProcess(tmp_path, i) for i in (1, 2, 3)]
-    peers = ",".join(
-        f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in brokers
-    )
-    for b in brokers:
-        b.process.argv.append(f"--peers={peers}")
-    try:
-        for b in brokers:
-            b.launch()
-        for b in brokers:
-            b.wait_ready()
-        bootstrap = ",".join(b.bootstrap for b in brokers)
+    with running_brokers(tmp_path) as brokers:
+        bootstrap = bootstrap_of(brokers)
         await _create(bootstrap, "static", 1, 3)
         async with ClusterClient(bootstrap, timeout_s=2, retry_for_s=30) as client:
             await client.refresh()
             await _produce(client, "static", 0, b"no etcd needed")
             values = [r.value for r in await _consume_all(client, "static", 0)]
             assert values == [b"no etcd needed"]
-    finally:
-        for b in brokers:
-            b.stop()
 
 
 async def test_push_stream_on_a_real_broker(lone_broker: BrokerProcess) -> None:

@@ -11,32 +11,15 @@ from pathlib import Path
 import pytest
 
 from clients import Admin, ClusterClient, Consumer, Producer, Record, TopicPartition
-from tests.support import BrokerProcess, EtcdServer, wait_until_async
+from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[list[BrokerProcess]]:
-    brokers = [
-        BrokerProcess(
-            tmp_path, i, etcd=etcd.endpoint, extra=["--bootstrap-expect=3", "--log-level=INFO"]
-        )
-        for i in (1, 2, 3)
-    ]
-    try:
-        for b in brokers:
-            b.launch()
-        for b in brokers:
-            b.wait_ready()
+    with running_brokers(tmp_path, etcd=etcd.endpoint, extra=["--log-level=INFO"]) as brokers:
         yield brokers
-    finally:
-        for b in brokers:
-            b.stop()
-
-
-def _bootstrap(brokers: list[BrokerProcess]) -> str:
-    return ",".join(b.bootstrap for b in brokers)
 
 
 async def _create(bootstrap: str, name: str, partitions: int) -> None:
@@ -70,7 +53,7 @@ async def _take(consumer: Consumer, n: int, timeout_s: float) -> list[Record]:
 async def test_100k_records_over_six_partitions_arrive_once_and_in_order(
     three: list[BrokerProcess],
 ) -> None:
-    bootstrap = _bootstrap(three)
+    bootstrap = bootstrap_of(three)
     await _create(bootstrap, "bulk", 6)
     total = 100_000
     async with Producer(bootstrap, linger_ms=5, batch_bytes=64 * 1024) as producer:
@@ -98,7 +81,7 @@ async def test_100k_records_over_six_partitions_arrive_once_and_in_order(
 async def test_leader_killed_under_an_idempotent_producer_no_duplicate_no_loss(
     three: list[BrokerProcess],
 ) -> None:
-    bootstrap = _bootstrap(three)
+    bootstrap = bootstrap_of(three)
     await _create(bootstrap, "idem", 1)
     first = await _leader(bootstrap, "idem", 0)
     total = 3000
@@ -127,7 +110,7 @@ async def test_leader_killed_under_an_idempotent_producer_no_duplicate_no_loss(
 async def test_leader_killed_under_a_stream_consumer_no_gap_no_duplicate(
     three: list[BrokerProcess],
 ) -> None:
-    bootstrap = _bootstrap(three)
+    bootstrap = bootstrap_of(three)
     await _create(bootstrap, "watched", 1)
     first = await _leader(bootstrap, "watched", 0)
     tp = TopicPartition("watched", 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients import Admin, ClusterClient, ListTopicsRequest, ZStreamError
-from tests.support import BrokerProcess, wait_until, wait_until_async
+from tests.support import BrokerProcess, running_brokers, wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -21,21 +21,8 @@ COMPACT_AFTER = 64
 def brokers(tmp_path: Path) -> Iterator[list[BrokerProcess]]:
     config = tmp_path / "broker.toml"
     config.write_text(f"controller_compact_after = {COMPACT_AFTER}\n")
-    procs = [BrokerProcess(tmp_path, i, extra=[f"--config={config}"]) for i in (1, 2, 3)]
-    peers = ",".join(
-        f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in procs
-    )
-    for b in procs:
-        b.process.argv.append(f"--peers={peers}")
-    try:
-        for b in procs:
-            b.launch()
-        for b in procs:
-            b.wait_ready()
+    with running_brokers(tmp_path, extra=[f"--config={config}"]) as procs:
         yield procs
-    finally:
-        for b in procs:
-            b.stop()
 
 
 async def _topics_on(broker: BrokerProcess) -> list[str]:

@@ -25,7 +25,7 @@ from clients import (
     UnknownMemberError,
     ZStreamError,
 )
-from tests.support import BrokerProcess, wait_until_async
+from tests.support import BrokerProcess, running_brokers, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -48,21 +48,8 @@ class Brokers:
 
 @pytest.fixture
 def brokers(tmp_path: Path) -> Iterator[Brokers]:
-    procs = [BrokerProcess(tmp_path, i) for i in (1, 2, 3)]
-    peers = ",".join(
-        f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in procs
-    )
-    for b in procs:
-        b.process.argv.append(f"--peers={peers}")
-    try:
-        for b in procs:
-            b.launch()
-        for b in procs:
-            b.wait_ready()
+    with running_brokers(tmp_path) as procs:
         yield Brokers(procs)
-    finally:
-        for b in procs:
-            b.stop()
 
 
 class Member:

@@ -26,7 +26,14 @@ import pytest
 
 from clients import Admin, Consumer, Producer, TopicPartition
 from tests.integration._group_member import Event, group_consumer, run_member
-from tests.support import BrokerProcess, EtcdServer, ManagedProcess, wait_until_async
+from tests.support import (
+    BrokerProcess,
+    EtcdServer,
+    ManagedProcess,
+    bootstrap_of,
+    running_brokers,
+    wait_until_async,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +48,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[list[BrokerProcess]]:
-    brokers = [
-        BrokerProcess(
-            tmp_path, i, etcd=etcd.endpoint, extra=["--bootstrap-expect=3", "--log-level=INFO"]
-        )
-        for i in (1, 2, 3)
-    ]
-    try:
-        for b in brokers:
-            b.launch()
-        for b in brokers:
-            b.wait_ready()
+    with running_brokers(tmp_path, etcd=etcd.endpoint, extra=["--log-level=INFO"]) as brokers:
         yield brokers
-    finally:
-        for b in brokers:
-            b.stop()
 
 
 class ChildLog:
@@ -237,7 +231,7 @@ async def test_members_join_leave_and_die_while_consuming(
     three: list[BrokerProcess], tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    bootstrap = ",".join(b.bootstrap for b in three)
+    bootstrap = bootstrap_of(three)
     async with Admin(bootstrap) as admin:
         await admin.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3)
     child_log = ChildLog(tmp_path / "child.jsonl")

@@ -1,7 +1,7 @@
 """Helpers for tests that run real processes: free ports, condition waits, and
 processes that are always torn down by PID."""
 
-from tests.support.broker import BrokerProcess, answers_metadata
+from tests.support.broker import BrokerProcess, answers_metadata, bootstrap_of, running_brokers
 from tests.support.etcd import EtcdServer
 from tests.support.proc import ManagedProcess, free_port, wait_until, wait_until_async
 
@@ -10,7 +10,9 @@ __all__ = [
     "EtcdServer",
     "ManagedProcess",
     "answers_metadata",
+    "bootstrap_of",
     "free_port",
+    "running_brokers",
     "wait_until",
     "wait_until_async",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
@@ -97,3 +99,40 @@ class BrokerProcess:
 
     def kill(self) -> None:
         self.process.kill()
+
+
+def bootstrap_of(brokers: Sequence[BrokerProcess]) -> str:
+    """The brokers' client addresses as one bootstrap string."""
+    return ",".join(b.bootstrap for b in brokers)
+
+
+@contextmanager
+def running_brokers(
+    workdir: Path,
+    count: int = 3,
+    *,
+    etcd: str | None = None,
+    extra: Sequence[str] = (),
+) -> Iterator[list[BrokerProcess]]:
+    """``count`` brokers forming one cluster, launched together (they wait for each
+    other) and stopped by PID on the way out. With ``etcd`` they discover each other
+    there (``--bootstrap-expect``); without, through a static ``--peers`` list."""
+    brokers = [BrokerProcess(workdir, i, etcd=etcd, extra=list(extra)) for i in range(1, count + 1)]
+    if etcd is not None:
+        for b in brokers:
+            b.process.argv.append(f"--bootstrap-expect={count}")
+    else:
+        peers = ",".join(
+            f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in brokers
+        )
+        for b in brokers:
+            b.process.argv.append(f"--peers={peers}")
+    try:
+        for b in brokers:
+            b.launch()
+        for b in brokers:
+            b.wait_ready()
+        yield brokers
+    finally:
+        for b in brokers:
+            b.stop()
