@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import storage
 from broker._config import BrokerConfig, ConfigError, load_config
@@ -221,22 +221,38 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _run(coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], bootstrap: str) -> int:
+_Client = TypeVar("_Client", ClusterClient, Admin)
+
+
+def _run_client(
+    make: Callable[[], _Client],
+    coro_fn: Callable[[_Client], Coroutine[Any, Any, int]],
+    bootstrap: str,
+) -> int:
+    """Run one client command: a bad bootstrap or an unreachable cluster is a one-line
+    UserError, and the client is closed whatever happens."""
+
     async def go() -> int:
         try:
-            cluster = ClusterClient(bootstrap, timeout_s=5, retry_for_s=10)
+            client = make()
         except ValueError as exc:
             raise UserError(f"bad --bootstrap {bootstrap!r}: {exc}") from exc
         try:
-            return await coro_fn(cluster)
+            return await coro_fn(client)
         except ConnectionLostError as exc:
             raise UserError(
                 f"cannot reach a broker at {bootstrap} (is `zstream dev` running?)"
             ) from exc
         finally:
-            await cluster.close()
+            await client.close()
 
     return asyncio.run(go())
+
+
+def _run(coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], bootstrap: str) -> int:
+    return _run_client(
+        lambda: ClusterClient(bootstrap, timeout_s=5, retry_for_s=10), coro_fn, bootstrap
+    )
 
 
 def _parse_configs(items: Sequence[str]) -> dict[str, int]:
@@ -517,21 +533,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _run_admin(coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], bootstrap: str) -> int:
-    async def go() -> int:
-        try:
-            admin = Admin(bootstrap, timeout_s=5)
-        except ValueError as exc:
-            raise UserError(f"bad --bootstrap {bootstrap!r}: {exc}") from exc
-        try:
-            return await coro_fn(admin)
-        except ConnectionLostError as exc:
-            raise UserError(
-                f"cannot reach a broker at {bootstrap} (is `zstream dev` running?)"
-            ) from exc
-        finally:
-            await admin.close()
-
-    return asyncio.run(go())
+    return _run_client(lambda: Admin(bootstrap, timeout_s=5), coro_fn, bootstrap)
 
 
 def _tps(assignment: dict[str, list[int]]) -> str:
