@@ -89,6 +89,9 @@ class BrokerConfig:
     # How often topic retention (retention_bytes / retention_ms) is enforced; Kafka's
     # log.retention.check.interval.ms is 5 minutes, 30 s keeps disks tighter.
     retention_check_ms: int = 30_000
+    # Offsets of a consumer group with no members are dropped this long after its last
+    # commit or departure (Kafka's offsets.retention.minutes: 7 days).
+    offsets_retention_ms: int = 7 * 24 * 3600 * 1000
     # Compact the controller's Raft log (group 0) once this many entries sit below its
     # latest saved state; consumer-group commits are controller entries.
     controller_compact_after: int = 4096
@@ -119,6 +122,7 @@ class BrokerConfig:
         _at_least("tick_ms", self.tick_ms, 1)
         _at_least("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
         _at_least("retention_check_ms", self.retention_check_ms, 10)
+        _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
         _at_least("controller_compact_after", self.controller_compact_after, 64)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")

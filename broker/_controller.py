@@ -15,9 +15,14 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "allocate_producer_id"}
     {"op": "group_join_or_update", "group": str, "member_id": str,
      "topics": [str, ...] | None, "session_timeout_ms": int, "owned": [[str, int], ...]}
-    {"op": "group_leave", "group": str, "member_id": str}
-    {"op": "group_expire", "group": str, "member_id": str}
-    {"op": "commit_offsets", "group": str, "member_id": str, "offsets": [[str, int, int], ...]}
+    {"op": "group_leave", "group": str, "member_id": str, "now_ms": int}
+    {"op": "group_expire", "group": str, "member_id": str, "now_ms": int}
+    {"op": "commit_offsets", "group": str, "member_id": str, "offsets": [[str, int, int], ...],
+     "now_ms": int}
+    {"op": "expire_offsets", "now_ms": int, "retention_ms": int}
+
+``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
+view of the brokers: apply never reads a clock, so every replica agrees.
 
 ``live`` is the proposer's view of the live brokers when it proposed: placement
 uses it and only it, so every replica computes the same placement.
@@ -45,15 +50,18 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
   nothing is committed. Unknown topics/partitions: UNKNOWN_TOPIC/UNKNOWN_PARTITION.
 - ``create_topic``/``delete_topic`` reassign every group subscribing the topic; a
   deleted topic's committed offsets and owned entries go too.
-- A group with neither members nor offsets is dropped.
+- A group with neither members nor offsets is dropped. ``expire_offsets`` (offsets
+  retention, proposed by the controller leader) drops a group with no members whose
+  last commit or departure (``now_ms`` of those commands) is older than
+  ``retention_ms``.
 
-Snapshot: msgpack of {"v": 2, "applied_index", "brokers", "topics",
+Snapshot: msgpack of {"v": 3, "applied_index", "brokers", "topics",
 "next_group_id", "next_producer_id", "groups"}, where ``groups`` is
-``[[name, epoch, members, offsets], ...]`` sorted by name, each member
+``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
 sorted ``[[topic, partition, next_offset], ...]``. A version 1 snapshot (no
-``groups``) restores with no groups.
+``groups``) restores with no groups, a version 2 one (no ``active_ms``) with 0.
 """
 
 from __future__ import annotations
@@ -113,8 +121,8 @@ MAX_MEMBER_TOPICS = 1_000
 # group names, meets a clear error instead of growing the controller without end.
 MAX_GROUP_MEMBERS = 1_000
 MAX_GROUPS = 10_000
-_SNAPSHOT_VERSION = 2
-_SNAPSHOT_VERSIONS = (1, 2)
+_SNAPSHOT_VERSION = 3
+_SNAPSHOT_VERSIONS = (1, 2, 3)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,16 +209,16 @@ def group_join_or_update_command(
     )
 
 
-def group_leave_command(group: str, member_id: str) -> bytes:
-    return _pack({"op": "group_leave", "group": group, "member_id": member_id})
+def group_leave_command(group: str, member_id: str, now_ms: int = 0) -> bytes:
+    return _pack({"op": "group_leave", "group": group, "member_id": member_id, "now_ms": now_ms})
 
 
-def group_expire_command(group: str, member_id: str) -> bytes:
-    return _pack({"op": "group_expire", "group": group, "member_id": member_id})
+def group_expire_command(group: str, member_id: str, now_ms: int = 0) -> bytes:
+    return _pack({"op": "group_expire", "group": group, "member_id": member_id, "now_ms": now_ms})
 
 
 def commit_offsets_command(
-    group: str, member_id: str, offsets: Iterable[tuple[str, int, int]]
+    group: str, member_id: str, offsets: Iterable[tuple[str, int, int]], now_ms: int = 0
 ) -> bytes:
     return _pack(
         {
@@ -218,8 +226,13 @@ def commit_offsets_command(
             "group": group,
             "member_id": member_id,
             "offsets": [list(o) for o in offsets],
+            "now_ms": now_ms,
         }
     )
+
+
+def expire_offsets_command(now_ms: int, retention_ms: int) -> bytes:
+    return _pack({"op": "expire_offsets", "now_ms": now_ms, "retention_ms": retention_ms})
 
 
 def heartbeat_interval_ms(session_timeout_ms: int) -> int:
@@ -240,6 +253,14 @@ def validate_topic_configs(configs: Mapping[str, object]) -> dict[str, int]:
     if out.get("segment_bytes", 1 << 20) < 64 * 1024:
         raise InvalidRequestError("segment_bytes must be >= 65536")
     return out
+
+
+def _now_ms(cmd: Mapping[str, Any]) -> int:
+    """The proposer's wall clock in a command, or 0 when it carries none."""
+    value = cmd.get("now_ms", 0)
+    if type(value) is not int or value < 0:
+        raise InvalidRequestError("controller command: now_ms must be an integer >= 0")
+    return value
 
 
 def _int(cmd: Mapping[str, Any], key: str, minimum: int) -> int:
@@ -361,6 +382,8 @@ class ControllerState:
             if op == "commit_offsets":
                 self._commit_offsets(cmd)
                 return None
+            if op == "expire_offsets":
+                return self._expire_offsets(cmd)
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -491,8 +514,11 @@ class ControllerState:
         group = self.groups.get(name)
         if group is None or member_id not in group.members:
             raise UnknownMemberError(f"group {name!r} has no member {member_id!r}")
+        now_ms = _now_ms(cmd)
         del group.members[member_id]
         group.epoch += 1
+        if now_ms:
+            group.active_ms = now_ms
         rebalance(group, self._partition_counts())
         self._drop_if_empty(group)
 
@@ -528,10 +554,40 @@ class ControllerState:
                 )
         if not rows:
             return
+        now_ms = _now_ms(cmd)
         if group is None:
             group = self.groups[name] = self._new_group(name)
         for topic, p, offset in rows:
             group.offsets[(topic, p)] = offset
+        if now_ms:
+            group.active_ms = now_ms
+
+    def _expire_offsets(self, cmd: Mapping[str, Any]) -> list[str]:
+        """Offsets retention (Kafka's offsets.retention.minutes): drop every group with
+        no members whose last commit or departure is older than ``retention_ms`` before
+        the proposer's ``now_ms``. A group whose time is unknown (an older snapshot)
+        starts its clock now instead. Returns the dropped names."""
+        now_ms = _int(cmd, "now_ms", 1)
+        retention_ms = _int(cmd, "retention_ms", 0)
+        dropped = []
+        for name in sorted(self.groups):
+            group = self.groups[name]
+            if group.members:
+                continue
+            if not group.active_ms:
+                group.active_ms = now_ms
+            elif now_ms - group.active_ms > retention_ms:
+                del self.groups[name]
+                dropped.append(name)
+        return dropped
+
+    def expired_offsets(self, now_ms: int, retention_ms: int) -> bool:
+        """Would `expire_offsets` at ``now_ms`` change anything? (The leader asks before
+        proposing, so an idle cluster writes no entries.)"""
+        return any(
+            not g.members and (not g.active_ms or now_ms - g.active_ms > retention_ms)
+            for g in self.groups.values()
+        )
 
     def _load(self) -> tuple[dict[int, int], dict[int, int]]:
         leaders: dict[int, int] = {}
@@ -675,6 +731,7 @@ class ControllerState:
                             for m in sorted(g.members.values(), key=lambda m: m.member_id)
                         ],
                         [[t, p, o] for (t, p), o in sorted(g.offsets.items())],
+                        g.active_ms,
                     ]
                     for g in sorted(self.groups.values(), key=lambda g: g.name)
                 ],
@@ -701,8 +758,8 @@ class ControllerState:
                 )
             state.next_group_id = int(doc["next_group_id"])
             state.next_producer_id = int(doc["next_producer_id"])
-            for name, epoch, members, offsets in doc.get("groups", []):
-                group = Group(str(name), int(epoch))
+            for name, epoch, members, offsets, *rest in doc.get("groups", []):
+                group = Group(str(name), int(epoch), active_ms=int(rest[0]) if rest else 0)
                 for mid, topics, timeout, member_epoch, target, owned in members:
                     group.members[str(mid)] = Member(
                         str(mid),

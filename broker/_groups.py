@@ -69,6 +69,10 @@ class Group:
     epoch: int = 0
     members: dict[str, Member] = dataclasses.field(default_factory=dict)
     offsets: dict[TopicPartition, int] = dataclasses.field(default_factory=dict)
+    # Wall-clock ms (the proposer's, carried in the command) of the last commit or
+    # departure: offsets retention counts from it once the group has no members. 0:
+    # unknown (restored from an older snapshot); the next retention pass sets it.
+    active_ms: int = 0
 
     def is_empty(self) -> bool:
         return not self.members and not self.offsets

@@ -41,6 +41,7 @@ from broker._controller import (
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
+    expire_offsets_command,
     group_expire_command,
     group_join_or_update_command,
     group_leave_command,
@@ -314,6 +315,11 @@ class Controller:
             self.log = None
 
 
+def _wall_ms() -> int:
+    """Wall-clock milliseconds, for retention decisions carried in commands."""
+    return int(time.time() * 1000)
+
+
 class GroupCoordinator:
     """Consumer groups as the controller leader serves them: the group state lives in
     the controller's state machine; this adds the leader's in-memory session clocks
@@ -332,7 +338,7 @@ class GroupCoordinator:
             self._sessions.forget(group, member_id)
             if controller.state.has_member(group, member_id):
                 with contextlib.suppress(UnknownMemberError):  # it expired meanwhile
-                    await controller.propose(group_leave_command(group, member_id))
+                    await controller.propose(group_leave_command(group, member_id, _wall_ms()))
             return {  # leaving twice, or an unknown member leaving, is fine
                 "member_id": member_id,
                 "member_epoch": -1,
@@ -361,7 +367,7 @@ class GroupCoordinator:
     async def commit_offsets(self, request: CommitOffsetsRequest) -> None:
         rows = [(t, p, o) for t, pairs in request.offsets.items() for p, o in pairs]
         await self._controller.propose(
-            commit_offsets_command(request.group, request.member_id, rows)
+            commit_offsets_command(request.group, request.member_id, rows, _wall_ms())
         )
 
     async def fetch_offsets(self, request: FetchOffsetsRequest) -> dict[str, Any]:
@@ -376,6 +382,18 @@ class GroupCoordinator:
         await self._controller.caught_up()
         return self._controller.state.describe_group(name)
 
+    async def expire_offsets(self, now_ms: int, retention_ms: int) -> list[str]:
+        """As the leader, drop the groups with no members whose offsets are older than
+        ``retention_ms`` (proposed only when some group qualifies); returns them."""
+        controller = self._controller
+        if not controller.is_leader or not controller.state.expired_offsets(now_ms, retention_ms):
+            return []
+        dropped = await controller.propose(expire_offsets_command(now_ms, retention_ms))
+        assert isinstance(dropped, list)
+        for name in dropped:
+            log.info("group offsets expired group=%s", name)
+        return dropped
+
     async def expire_silent(self, now: float) -> list[tuple[str, str]]:
         """As the leader, propose ``group_expire`` for every member silent longer than
         its session timeout; returns those expired. Not the leader: forget every
@@ -389,7 +407,7 @@ class GroupCoordinator:
         expired = []
         for group, member_id in self._sessions.expired(members, handle.term, now):
             try:
-                await controller.propose(group_expire_command(group, member_id))
+                await controller.propose(group_expire_command(group, member_id, _wall_ms()))
             except UnknownMemberError:
                 pass  # it left meanwhile
             except ZStreamError as exc:
@@ -583,12 +601,17 @@ class Broker:
             await self.controller.save_snapshot()
 
     async def _retention_loop(self) -> None:
-        """Enforce topic retention every ``retention_check_ms``."""
+        """Enforce topic retention, and (as the controller leader) offsets retention of
+        groups without members, every ``retention_check_ms``."""
         interval_s = self.config.retention_check_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
             if self.partitions is not None:
-                await self.partitions.enforce_retention(int(time.time() * 1000))
+                await self.partitions.enforce_retention(_wall_ms())
+            try:
+                await self.groups.expire_offsets(_wall_ms(), self.config.offsets_retention_ms)
+            except ZStreamError as exc:
+                log.info("offsets retention deferred: %s", exc)
 
     async def _controller_duties(self) -> None:
         """As the controller leader: register live brokers, add learners to group 0."""

@@ -82,3 +82,16 @@ async def test_nothing_is_served_before_the_controller_starts(tmp_path: Path) ->
     with pytest.raises(UnavailableError):
         await groups.heartbeat(_hb("m1", topics=["t"]), now=0.0)
     assert await groups.expire_silent(now=100.0) == []
+
+
+async def test_offsets_retention_proposes_only_when_a_group_is_due(tmp_path: Path) -> None:
+    async with _running(tmp_path) as controller:
+        groups = await _setup(controller)
+        await groups.commit_offsets(CommitOffsetsRequest("idle", {"t": [[0, 4]]}))
+        applied = controller.state.applied_index
+        stamped = controller.state.groups["idle"].active_ms
+        assert stamped > 0  # the proposer's wall clock travelled in the command
+        assert await groups.expire_offsets(stamped + 50, retention_ms=100) == []
+        assert controller.state.applied_index == applied  # nothing due: no entry
+        assert await groups.expire_offsets(stamped + 101, retention_ms=100) == ["idle"]
+        assert await groups.list_groups() == []

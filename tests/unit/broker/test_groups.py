@@ -16,6 +16,7 @@ from broker._controller import (
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
+    expire_offsets_command,
     group_expire_command,
     group_join_or_update_command,
     group_leave_command,
@@ -464,3 +465,33 @@ def test_group_size_and_count_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     offsets_only = log.apply(commit_offsets_command("g4", "", [("t", 0, 1)]))
     assert isinstance(offsets_only, InvalidRequestError)
     assert sorted(log.state.groups) == ["g", "g2"]
+
+
+def test_offsets_of_an_idle_group_expire_after_the_retention() -> None:
+    log = _cluster(t=2)
+    _join(log, "a", ["t"], owned={("t", 0), ("t", 1)})
+    assert log.apply(commit_offsets_command("g", "a", [("t", 0, 5)], now_ms=1_000)) is None
+    assert log.apply(commit_offsets_command("idle", "", [("t", 1, 3)], now_ms=1_000)) is None
+    # A group with members keeps its offsets however old they are.
+    assert log.apply(expire_offsets_command(now_ms=10_000, retention_ms=100)) == ["idle"]
+    assert sorted(log.state.groups) == ["g"]
+    assert log.apply(group_leave_command("g", "a", now_ms=20_000)) is None
+    assert not log.state.expired_offsets(20_050, 100)
+    assert log.apply(expire_offsets_command(now_ms=20_050, retention_ms=100)) == []
+    assert log.state.fetch_offsets("g", None) == {"offsets": {"t": [[0, 5]]}}
+    assert log.state.expired_offsets(20_101, 100)
+    assert log.apply(expire_offsets_command(now_ms=20_101, retention_ms=100)) == ["g"]
+    assert log.state.groups == {}
+
+
+def test_an_older_snapshot_starts_the_offsets_clock_at_the_first_retention_pass() -> None:
+    log = _cluster(t=1)
+    assert log.apply(commit_offsets_command("old", "", [("t", 0, 3)])) is None  # no now_ms
+    doc = msgpack.unpackb(log.state.snapshot())
+    doc["v"] = 2
+    doc["groups"] = [g[:4] for g in doc["groups"]]  # version 2 had no active_ms
+    state = ControllerState.restore(msgpack.packb(doc))
+    assert state.groups["old"].active_ms == 0
+    assert state.apply(state.applied_index + 1, expire_offsets_command(5_000, 100)) == []
+    assert state.groups["old"].active_ms == 5_000
+    assert state.apply(state.applied_index + 1, expire_offsets_command(5_101, 100)) == ["old"]

@@ -12,6 +12,7 @@ equal state; both replicas agree. Commit results match the fencing rule.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import msgpack
@@ -26,6 +27,7 @@ from broker._controller import (
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
+    expire_offsets_command,
     group_expire_command,
     group_join_or_update_command,
     group_leave_command,
@@ -88,15 +90,31 @@ class GroupMachine(RuleBasedStateMachine):
         assert isinstance(result, dict)
         self.client_owned[member] = owned
 
-    @rule(member=st.sampled_from(MEMBERS), expire=st.booleans())
-    def leave_or_expire(self, member: str, expire: bool) -> None:
+    @rule(member=st.sampled_from(MEMBERS), expire=st.booleans(), now_ms=st.integers(0, 100))
+    def leave_or_expire(self, member: str, expire: bool, now_ms: int) -> None:
         make = group_expire_command if expire else group_leave_command
-        result = self.apply(make(GROUP, member))
+        result = self.apply(make(GROUP, member, now_ms))
         if member in self.client_owned:
             assert result is None
             del self.client_owned[member]
         else:
             assert isinstance(result, UnknownMemberError)
+
+    @rule(now_ms=st.integers(1, 200), retention_ms=st.integers(0, 100))
+    def expire_offsets(self, now_ms: int, retention_ms: int) -> None:
+        before = copy.deepcopy(self.state.groups)
+        would = self.state.expired_offsets(now_ms, retention_ms)
+        dropped = self.apply(expire_offsets_command(now_ms, retention_ms))
+        assert isinstance(dropped, list)
+        for name in dropped:  # only idle groups, past retention, go
+            assert not before[name].members
+            assert 0 < before[name].active_ms < now_ms - retention_ms
+        for name, group in before.items():
+            if name not in dropped:
+                assert self.state.groups[name].members == group.members
+                assert self.state.groups[name].offsets == group.offsets
+        assert would or not dropped
+        assert not self.state.expired_offsets(now_ms, retention_ms)
 
     @rule(data=st.data(), member=st.sampled_from(("", *MEMBERS)))
     def commit(self, data: st.DataObject, member: str) -> None:
@@ -116,10 +134,11 @@ class GroupMachine(RuleBasedStateMachine):
         elif group is None or member not in group.members:
             allowed = None  # unknown member
         else:
-            mine = group.members[member].owned | group.members[member].target
+            mine = group.members[member].owned
             others = group.owned_by_others(member)
             allowed = all(tp in mine and tp not in others for tp in tps)
-        result = self.apply(commit_offsets_command(GROUP, member, offsets))
+        now_ms = data.draw(st.integers(0, 100))
+        result = self.apply(commit_offsets_command(GROUP, member, offsets, now_ms))
         if allowed is None:
             assert isinstance(result, UnknownMemberError)
         elif allowed:
