@@ -8,10 +8,11 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,30 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Records, p50, p99 and p999 in ms of per-record latencies given in seconds."""
+    ms = sorted(x * 1000 for x in seconds)
+    return {
+        "records": len(ms),
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[int(len(ms) * 0.99) - 1],
+        "p999_ms": ms[int(len(ms) * 0.999) - 1],
+    }
+
+
+async def paced(total: int, rate: float) -> AsyncIterator[int]:
+    """Yield 0..total-1, the i-th at ``i / rate`` seconds after the start (a fixed
+    send rate that catches up after a stall instead of drifting)."""
+    import asyncio
+
+    started = time.perf_counter()
+    for i in range(total):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i
 
 
 def progress(label: str, done: float, total: float) -> None:

@@ -40,7 +40,6 @@ import collections
 import math
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +58,8 @@ from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from bench._common import (
     chart_next_to,
     cpu_seconds,
+    latency_summary,
+    paced,
     print_table,
     process_cpu_seconds,
     progress,
@@ -255,11 +256,7 @@ async def nats_latency(
 
     task = asyncio.create_task(reader())
     try:
-        started = time.perf_counter()
-        for i in range(total):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for i in paced(total, rate):
             sent_at[i] = time.perf_counter()
             acks.append(await js.publish_async(subject, i.to_bytes(8, "big") + bytes(92)))
             if i % rate == 0:
@@ -271,13 +268,7 @@ async def nats_latency(
         await asyncio.gather(task, return_exceptions=True)
         await sub.unsubscribe()
     progress("nats latency @1000/s", total, total)
-    ms = sorted(x * 1000 for x in lat)
-    return {
-        "records": len(ms),
-        "p50_ms": statistics.median(ms),
-        "p99_ms": ms[int(len(ms) * 0.99) - 1],
-        "p999_ms": ms[int(len(ms) * 0.999) - 1],
-    }
+    return latency_summary(lat)
 
 
 async def run_nats(servers: NatsServers, args: argparse.Namespace) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -44,33 +43,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (
     Panel,
     chart_next_to,
+    latency_summary,
+    paced,
     print_table,
     progress,
     write_chart,
     write_results,
 )
 from clients import Admin, Consumer, Producer, TopicPartition
-from tests.support import BrokerProcess, wait_until_async
+from tests.support import bootstrap_of, running_brokers, wait_until_async
 
 
 @contextmanager
 def cluster(root: Path, rf: int) -> Iterator[str]:
-    brokers = [BrokerProcess(root, i, extra=["--log-level=WARNING"]) for i in range(1, rf + 1)]
-    if rf > 1:
-        peers = ",".join(
-            f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in brokers
-        )
-        for b in brokers:
-            b.process.argv.append(f"--peers={peers}")
-    try:
-        for b in brokers:
-            b.launch()
-        for b in brokers:
-            b.wait_ready(60)
-        yield ",".join(b.bootstrap for b in brokers)
-    finally:
-        for b in brokers:
-            b.stop()
+    """``rf`` brokers (static peers; one runs embedded); yields their bootstrap."""
+    with running_brokers(root, rf, extra=["--log-level=WARNING"], ready_timeout_s=60) as brokers:
+        yield bootstrap_of(brokers)
 
 
 async def produce(bootstrap: str, topic: str, size: int, seconds: float) -> dict[str, Any]:
@@ -142,12 +130,7 @@ async def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict
 
         task = asyncio.create_task(reader())
         try:
-            started = time.perf_counter()
-            for i in range(total):
-                target = started + i / rate
-                delay = target - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            async for i in paced(total, rate):
                 sent_at[i] = time.perf_counter()
                 producer.send(topic, i.to_bytes(8, "big") + bytes(92), partition=0)
                 if i % rate == 0:
@@ -157,14 +140,7 @@ async def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> dict
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     progress("latency @1000/s", total, total)
-    lat.sort()
-    ms = [x * 1000 for x in lat]
-    return {
-        "records": len(ms),
-        "p50_ms": statistics.median(ms),
-        "p99_ms": ms[int(len(ms) * 0.99) - 1],
-        "p999_ms": ms[int(len(ms) * 0.999) - 1],
-    }
+    return latency_summary(lat)
 
 
 async def run_rf(bootstrap: str, rf: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -113,15 +113,17 @@ def running_brokers(
     *,
     etcd: str | None = None,
     extra: Sequence[str] = (),
+    ready_timeout_s: float = 30.0,
 ) -> Iterator[list[BrokerProcess]]:
     """``count`` brokers forming one cluster, launched together (they wait for each
     other) and stopped by PID on the way out. With ``etcd`` they discover each other
-    there (``--bootstrap-expect``); without, through a static ``--peers`` list."""
+    there (``--bootstrap-expect``); without, through a static ``--peers`` list (a lone
+    broker runs embedded)."""
     brokers = [BrokerProcess(workdir, i, etcd=etcd, extra=list(extra)) for i in range(1, count + 1)]
     if etcd is not None:
         for b in brokers:
             b.process.argv.append(f"--bootstrap-expect={count}")
-    else:
+    elif count > 1:
         peers = ",".join(
             f"{b.broker_id}@127.0.0.1:{b.client_port}@127.0.0.1:{b.peer_port}" for b in brokers
         )
@@ -131,7 +133,7 @@ def running_brokers(
         for b in brokers:
             b.launch()
         for b in brokers:
-            b.wait_ready()
+            b.wait_ready(ready_timeout_s)
         yield brokers
     finally:
         for b in brokers:
