@@ -297,12 +297,12 @@ class Controller:
             return
         if index - raft_log.first_index() < self._compact_after or index > raft_log.applied_index:
             return
-        async with host.exclusive():  # no fsync thread while segments go
+        async with host.exclusive():  # no pass, so nothing else touches group 0's log
             if self.log is not raft_log:
                 return
             try:
-                raft_log.sync()
-                raft_log.compact(index, data)
+                # fsyncs and unlinks: off the loop, like the host's own durable writes.
+                await asyncio.to_thread(_sync_and_compact, raft_log, index, data)
             except replication.RaftError:
                 log.exception("controller log compaction to %d failed", index)
                 return
@@ -313,6 +313,11 @@ class Controller:
             with contextlib.suppress(replication.RaftError, storage.StorageError):
                 self.log.close()
             self.log = None
+
+
+def _sync_and_compact(raft_log: replication.RaftLog, index: int, data: bytes) -> None:
+    raft_log.sync()
+    raft_log.compact(index, data)
 
 
 def _wall_ms() -> int:
