@@ -201,7 +201,7 @@ def run_raft_node(args: argparse.Namespace) -> None:
 async def _raft_node(args: argparse.Namespace) -> None:
     import asyncio
 
-    from replication import (
+    from zstream.replication import (
         ConfState,
         HostConfig,
         PeerTransport,
@@ -209,7 +209,7 @@ async def _raft_node(args: argparse.Namespace) -> None:
         RaftHost,
         RaftLog,
     )
-    from storage import LogConfig, encode_batch
+    from zstream.storage import LogConfig, encode_batch
 
     loop = asyncio.get_running_loop()
 

@@ -50,8 +50,8 @@ from bench._common import (
     write_chart,
     write_results,
 )
-from clients import Admin, Consumer, Producer, TopicPartition
 from tests.support import bootstrap_of, running_brokers, wait_until_async
+from zstream.clients import Admin, Consumer, Producer, TopicPartition
 
 
 @contextmanager

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from replication import (
+from zstream.replication import (
     ConfState,
     EntryType,
     MemoryStorage,

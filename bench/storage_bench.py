@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from storage import (  # noqa: E402
+from zstream.storage import (  # noqa: E402
     EntryKind,
     LogConfig,
     LogEntry,

@@ -34,7 +34,7 @@ import uvloop
 import zmq
 
 from bench._common import Child, cpu_seconds, print_table, read_request, reply, write_results
-from replication import PeerTransport, TransportConfig
+from zstream.replication import PeerTransport, TransportConfig
 
 SIZES = (1024, 16 * 1024, 64 * 1024)
 MB = 1_000_000  # MB/s in decimal megabytes

@@ -4,6 +4,6 @@ etcd discovery, configuration and the ``zstream`` CLI.
 Nothing imports ``broker``.
 """
 
-from broker._config import BrokerConfig, ConfigError, PeerSpec, load_config
+from zstream.broker._config import BrokerConfig, ConfigError, PeerSpec, load_config
 
 __all__ = ["BrokerConfig", "ConfigError", "PeerSpec", "load_config"]

@@ -72,8 +72,8 @@ from typing import Any
 
 import msgpack
 
-from broker._groups import Group, Member, TopicPartition, partition_map, rebalance
-from clients import (
+from zstream.broker._groups import Group, Member, TopicPartition, partition_map, rebalance
+from zstream.clients import (
     FencedMemberError,
     InvalidRequestError,
     TopicExistsError,
@@ -84,7 +84,7 @@ from clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import (
+from zstream.clients._protocol import (
     MAX_MEMBER_ID_CHARS,
     MAX_SESSION_TIMEOUT_MS,
     MIN_SESSION_TIMEOUT_MS,

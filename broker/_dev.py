@@ -21,8 +21,8 @@ from typing import IO
 
 import zmq
 
-from clients import MetadataRequest, ZStreamError
-from clients._protocol import decode_reply, encode_request
+from zstream.clients import MetadataRequest, ZStreamError
+from zstream.clients._protocol import decode_reply, encode_request
 
 __all__ = ["run_dev"]
 
@@ -115,7 +115,7 @@ def _answers_metadata(ctx: zmq.Context[zmq.Socket[bytes]], addr: str) -> bool:
 
 
 def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
-    from broker.cli import DEV_CLIENT_PORT, UserError
+    from zstream.broker.cli import DEV_CLIENT_PORT, UserError
 
     etcd = shutil.which("etcd")
     if etcd is None:
@@ -168,7 +168,7 @@ def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
             argv = [
                 sys.executable,
                 "-m",
-                "broker.cli",
+                "zstream.broker.cli",
                 "broker",
                 f"--id={i}",
                 f"--data-dir={data_dir / f'broker-{i}'}",

@@ -45,8 +45,8 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
-import storage
-from clients import (
+from zstream import storage
+from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CorruptBatchError,
@@ -73,7 +73,7 @@ from clients import (
     UnsubscribeRequest,
     ZStreamError,
 )
-from clients._protocol import (
+from zstream.clients._protocol import (
     Buffer,
     Request,
     decode_request,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from clients import OutOfOrderSequenceError
+from zstream.clients import OutOfOrderSequenceError
 
 __all__ = ["KEEP", "Duplicate", "ProducerTable"]
 

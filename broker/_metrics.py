@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from clients import ZStreamError
+from zstream.clients import ZStreamError
 
 __all__ = ["BrokerMetrics", "JsonLogFormatter", "configure_logging"]
 

@@ -27,11 +27,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import replication
-import storage
-from broker._controller import ControllerState, PartitionAssignment, TopicRecord
-from broker._idempotence import ProducerTable
-from clients import (
+from zstream import replication, storage
+from zstream.broker._controller import ControllerState, PartitionAssignment, TopicRecord
+from zstream.broker._idempotence import ProducerTable
+from zstream.clients import (
     Acks,
     NotLeaderError,
     OffsetOutOfRangeError,
@@ -40,7 +39,7 @@ from clients import (
     UnknownServerError,
     ZStreamError,
 )
-from clients._protocol import Buffer
+from zstream.clients._protocol import Buffer
 
 __all__ = ["PartitionManager", "RaftReplica", "log_config_for", "translate_raft_error"]
 

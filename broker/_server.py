@@ -30,10 +30,9 @@ from typing import Any
 
 import msgpack
 
-import replication
-import storage
-from broker._config import BrokerConfig
-from broker._controller import (
+from zstream import replication, storage
+from zstream.broker._config import BrokerConfig
+from zstream.broker._controller import (
     CONTROLLER_GROUP_ID,
     ControllerState,
     TopicRecord,
@@ -49,18 +48,18 @@ from broker._controller import (
     register_broker_command,
     validate_topic_configs,
 )
-from broker._discovery import (
+from zstream.broker._discovery import (
     BrokerInfo,
     EtcdRegistry,
     Members,
     StaticRegistry,
     parse_endpoints,
 )
-from broker._frontend import Frontend
-from broker._groups import Sessions
-from broker._metrics import BrokerMetrics
-from broker._partitions import PartitionManager, RaftReplica, translate_raft_error
-from clients import (
+from zstream.broker._frontend import Frontend
+from zstream.broker._groups import Sessions
+from zstream.broker._metrics import BrokerMetrics
+from zstream.broker._partitions import PartitionManager, RaftReplica, translate_raft_error
+from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
@@ -75,7 +74,7 @@ from clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import MIN_SESSION_TIMEOUT_MS, Buffer
+from zstream.clients._protocol import MIN_SESSION_TIMEOUT_MS, Buffer
 
 __all__ = ["Broker", "Controller", "GroupCoordinator"]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import storage
-from broker._config import BrokerConfig, ConfigError, load_config
-from clients import (
+from zstream import __version__, storage
+from zstream.broker._config import BrokerConfig, ConfigError, load_config
+from zstream.clients import (
     Acks,
     Admin,
     ClusterClient,
@@ -76,6 +76,7 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zstream", description="zstream event-streaming server")
+    parser.add_argument("--version", action="version", version=f"zstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     b = sub.add_parser("broker", help="run one broker", description="Run one broker.")
@@ -179,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from broker._metrics import configure_logging
-    from broker._server import Broker, install_signal_handlers
+    from zstream.broker._metrics import configure_logging
+    from zstream.broker._server import Broker, install_signal_handlers
 
     flags = {
         k: getattr(args, k)
@@ -594,7 +595,7 @@ def _group(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from broker._dev import run_dev
+    from zstream.broker._dev import run_dev
 
     code: int = run_dev(args.data_dir, args.brokers, args.port_base)
     return code

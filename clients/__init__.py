@@ -4,11 +4,11 @@ protocol shared with the broker.
 Depends on ``storage`` only (for the record-batch format).
 """
 
-from clients._admin import Admin
-from clients._cluster import ClusterClient
-from clients._connection import Connection
-from clients._consumer import Consumer, Record, TopicPartition
-from clients._errors import (
+from zstream.clients._admin import Admin
+from zstream.clients._cluster import ClusterClient
+from zstream.clients._connection import Connection
+from zstream.clients._consumer import Consumer, Record, TopicPartition
+from zstream.clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
     DuplicateSequenceError,
@@ -34,8 +34,8 @@ from clients._errors import (
     ZStreamError,
     error_for_code,
 )
-from clients._producer import BlockingProducer, Producer, RecordFuture, RecordMetadata
-from clients._protocol import (
+from zstream.clients._producer import BlockingProducer, Producer, RecordFuture, RecordMetadata
+from zstream.clients._protocol import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clients._cluster import ClusterClient
-from clients._errors import ZStreamError
-from clients._protocol import (
+from zstream.clients._cluster import ClusterClient
+from zstream.clients._errors import ZStreamError
+from zstream.clients._protocol import (
     CommitOffsetsRequest,
     CreateTopicRequest,
     DeleteTopicRequest,

@@ -17,8 +17,8 @@ from typing import Any
 
 import zmq.asyncio
 
-from clients._connection import Connection, normalize_address
-from clients._errors import (
+from zstream.clients._connection import Connection, normalize_address
+from zstream.clients._errors import (
     ConnectionLostError,
     NotControllerError,
     NotLeaderError,
@@ -27,7 +27,7 @@ from clients._errors import (
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import Buffer, MetadataRequest, Reply, RequestArgs
+from zstream.clients._protocol import Buffer, MetadataRequest, Reply, RequestArgs
 
 __all__ = ["ClusterClient", "parse_bootstrap"]
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import zmq
 import zmq.asyncio
 
-from clients._errors import ConnectionLostError, RequestTimedOutError, ZStreamError
-from clients._protocol import (
+from zstream.clients._errors import ConnectionLostError, RequestTimedOutError, ZStreamError
+from zstream.clients._protocol import (
     Buffer,
     Push,
     Reply,

@@ -55,9 +55,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
-import storage
-from clients._cluster import ClusterClient
-from clients._errors import (
+from zstream import storage
+from zstream.clients._cluster import ClusterClient
+from zstream.clients._errors import (
     CorruptBatchError,
     InvalidRequestError,
     OffsetOutOfRangeError,
@@ -66,8 +66,8 @@ from clients._errors import (
     ZStreamError,
     error_for_code,
 )
-from clients._group import TP, Coordinator, Membership, committed_offsets
-from clients._protocol import (
+from zstream.clients._group import TP, Coordinator, Membership, committed_offsets
+from zstream.clients._protocol import (
     MAX_SESSION_TIMEOUT_MS,
     MIN_SESSION_TIMEOUT_MS,
     Buffer,

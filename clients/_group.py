@@ -67,7 +67,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-from clients._errors import (
+from zstream.clients._errors import (
     ConnectionLostError,
     FencedMemberError,
     NotControllerError,
@@ -76,7 +76,7 @@ from clients._errors import (
     UnknownMemberError,
     ZStreamError,
 )
-from clients._protocol import FetchOffsetsRequest, GroupHeartbeatRequest, Reply, RequestArgs
+from zstream.clients._protocol import FetchOffsetsRequest, GroupHeartbeatRequest, Reply, RequestArgs
 
 __all__ = ["Coordinator", "GroupHost", "Membership", "Work", "partition_map"]
 

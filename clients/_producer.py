@@ -53,9 +53,9 @@ from typing import Any
 
 import crc32c
 
-import storage
-from clients._cluster import ClusterClient
-from clients._errors import (
+from zstream import storage
+from zstream.clients._cluster import ClusterClient
+from zstream.clients._errors import (
     InvalidRequestError,
     NotLeaderError,
     OutOfOrderSequenceError,
@@ -64,7 +64,7 @@ from clients._errors import (
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import Acks, InitProducerRequest, ProduceRequest
+from zstream.clients._protocol import Acks, InitProducerRequest, ProduceRequest
 
 __all__ = ["BlockingProducer", "Producer", "RecordFuture", "RecordMetadata"]
 

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, TypeAlias, Union, get_args, get_origin, get_ty
 
 import msgpack
 
-from clients._errors import (
+from zstream.clients._errors import (
     ErrorCode,
     InvalidRequestError,
     UnsupportedVersionError,

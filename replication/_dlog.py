@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from storage import (
+from zstream.storage import (
     LogConfig,
     OffsetOutOfRange,
     atomic_write,

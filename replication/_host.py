@@ -67,7 +67,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from storage import CorruptBatchError, decode_batch_header
+from zstream.storage import CorruptBatchError, decode_batch_header
 
 from ._codec import decode_conf_change, message_from_wire, message_to_wire
 from ._errors import CodecError, ConfigError, NotLeaderError, RaftError

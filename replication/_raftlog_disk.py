@@ -63,7 +63,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from storage import (
+from zstream.storage import (
     BATCH_HEADER_SIZE,
     CorruptChunkError,
     CorruptSegmentError,

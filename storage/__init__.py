@@ -3,7 +3,7 @@
 This package imports no other zstream package.
 """
 
-from storage._batch import (
+from zstream.storage._batch import (
     BATCH_HEADER_SIZE,
     BatchHeader,
     NewRecord,
@@ -15,8 +15,8 @@ from storage._batch import (
     stamp_base_offset,
     verify_batch,
 )
-from storage._entry import EntryKind, LogEntry, RawChunk, iter_raw_entries
-from storage._errors import (
+from zstream.storage._entry import EntryKind, LogEntry, RawChunk, iter_raw_entries
+from zstream.storage._errors import (
     ConfigError,
     CorruptBatchError,
     CorruptChunkError,
@@ -29,8 +29,8 @@ from storage._errors import (
     StorageIOError,
     TruncateBelowFloorError,
 )
-from storage._files import atomic_write, read_file_if_exists
-from storage._log import LogConfig, SegmentedLog
+from zstream.storage._files import atomic_write, read_file_if_exists
+from zstream.storage._log import LogConfig, SegmentedLog
 
 __all__ = [
     "BATCH_HEADER_SIZE",

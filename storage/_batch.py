@@ -43,7 +43,7 @@ from typing import NamedTuple
 import crc32c
 import msgpack
 
-from storage._errors import CorruptBatchError
+from zstream.storage._errors import CorruptBatchError
 
 __all__ = [
     "BATCH_HEADER_SIZE",

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import crc32c
 
-from storage._errors import CorruptChunkError
+from zstream.storage._errors import CorruptChunkError
 
 __all__ = [
     "ENTRY_HEADER",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from storage._errors import StorageIOError
+from zstream.storage._errors import StorageIOError
 
 __all__ = ["atomic_write", "fsync_directory", "read_file_if_exists"]
 

@@ -40,7 +40,7 @@ from typing import Self
 
 import crc32c
 
-from storage._entry import (
+from zstream.storage._entry import (
     ENTRY_HEADER,
     ENTRY_TAIL,
     SEGMENT_HEADER,
@@ -48,7 +48,7 @@ from storage._entry import (
     LogEntry,
     RawChunk,
 )
-from storage._errors import (
+from zstream.storage._errors import (
     ConfigError,
     CorruptSegmentError,
     IndexOutOfRange,
@@ -59,8 +59,8 @@ from storage._errors import (
     StorageIOError,
     TruncateBelowFloorError,
 )
-from storage._files import atomic_write, fsync_directory, read_file_if_exists
-from storage._segment import IndexMismatch, ScanState, Segment, locate_entry
+from zstream.storage._files import atomic_write, fsync_directory, read_file_if_exists
+from zstream.storage._segment import IndexMismatch, ScanState, Segment, locate_entry
 
 __all__ = ["LogConfig", "SegmentedLog"]
 

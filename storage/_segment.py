@@ -15,7 +15,7 @@ from pathlib import Path
 
 import crc32c
 
-from storage._entry import (
+from zstream.storage._entry import (
     ENTRY_HEADER,
     INDEX_RECORD,
     KIND_COUNT,
@@ -27,8 +27,8 @@ from storage._entry import (
     encode_segment_header,
     make_entry,
 )
-from storage._errors import CorruptSegmentError
-from storage._files import fsync_directory
+from zstream.storage._errors import CorruptSegmentError
+from zstream.storage._files import fsync_directory
 
 __all__ = ["ScanState", "Segment", "scan_buffer"]
 

@@ -14,8 +14,8 @@ import random
 import sys
 import threading
 
-from storage import EntryKind, LogConfig, LogEntry, SegmentedLog
 from tests.unit.storage.helpers import payload_for
+from zstream.storage import EntryKind, LogConfig, LogEntry, SegmentedLog
 
 CONFIG = LogConfig(segment_bytes=64 * 1024, index_interval_bytes=1024)
 

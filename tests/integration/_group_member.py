@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clients import Consumer, FencedMemberError, TopicPartition, UnknownMemberError
+from zstream.clients import Consumer, FencedMemberError, TopicPartition, UnknownMemberError
 
 Event = dict[str, Any]
 BATCH = 100  # records between two synchronous commits

@@ -13,7 +13,7 @@ import sys
 
 import uvloop
 
-from replication import PeerTransport
+from zstream.replication import PeerTransport
 
 
 async def serve(node_id: int, bind_addr: str, peer_id: int, peer_addr: str) -> None:

@@ -14,8 +14,10 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-import storage
-from clients import (
+from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
+from tests.support.malformed import malformed_messages
+from zstream import storage
+from zstream.clients import (
     Acks,
     Admin,
     ClusterClient,
@@ -31,9 +33,7 @@ from clients import (
     UnknownTopicError,
     UnsubscribeRequest,
 )
-from clients._protocol import decode_reply, encode_request
-from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
-from tests.support.malformed import malformed_messages
+from zstream.clients._protocol import decode_reply, encode_request
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import storage
-from clients import (
+from tests.support import BrokerProcess, wait_until_async
+from zstream import storage
+from zstream.clients import (
     Acks,
     Admin,
     BlockingProducer,
@@ -25,7 +26,6 @@ from clients import (
     TopicPartition,
     UnknownTopicError,
 )
-from tests.support import BrokerProcess, wait_until_async
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clients import Admin, ClusterClient, Consumer, Producer, Record, TopicPartition
 from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
+from zstream.clients import Admin, ClusterClient, Consumer, Producer, Record, TopicPartition
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clients import Admin, ClusterClient, ListTopicsRequest, ZStreamError
 from tests.support import BrokerProcess, running_brokers, wait_until, wait_until_async
+from zstream.clients import Admin, ClusterClient, ListTopicsRequest, ZStreamError
 
 pytestmark = pytest.mark.integration
 

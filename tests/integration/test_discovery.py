@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from broker._discovery import BrokerInfo, EtcdRegistry, Members, parse_endpoints
 from tests.support import EtcdServer
+from zstream.broker._discovery import BrokerInfo, EtcdRegistry, Members, parse_endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,7 @@ async def test_deregister_removes_the_key_at_once(etcd: EtcdServer) -> None:
 
 
 def test_bad_endpoints_are_rejected() -> None:
-    from broker._discovery import DiscoveryError
+    from zstream.broker._discovery import DiscoveryError
 
     for bad in ("", "host", "host:x", ":2379", "h:0"):
         with pytest.raises(DiscoveryError):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import storage
-from clients import (
+from tests.support import BrokerProcess, running_brokers, wait_until_async
+from zstream import storage
+from zstream.clients import (
     Acks,
     Admin,
     ClusterClient,
@@ -25,7 +26,6 @@ from clients import (
     UnknownMemberError,
     ZStreamError,
 )
-from tests.support import BrokerProcess, running_brokers, wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -194,7 +194,7 @@ async def test_groups_assign_fence_expire_and_survive_a_controller_kill(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "broker.cli",
+            "zstream.broker.cli",
             "group",
             "describe",
             "g",

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from clients import Admin, Consumer, Producer, TopicPartition
 from tests.integration._group_member import Event, group_consumer, run_member
 from tests.support import (
     BrokerProcess,
@@ -34,6 +33,7 @@ from tests.support import (
     running_brokers,
     wait_until_async,
 )
+from zstream.clients import Admin, Consumer, Producer, TopicPartition
 
 pytestmark = pytest.mark.integration
 

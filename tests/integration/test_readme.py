@@ -38,7 +38,7 @@ def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "broker.cli",
+            "zstream.broker.cli",
             "dev",
             "--port-base=0",
             f"--data-dir={tmp_path / 'dev'}",

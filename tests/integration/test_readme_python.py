@@ -55,7 +55,7 @@ def test_readme_producer_and_consumer_run_as_written(tmp_path: Path) -> None:
         # replication_factor=3 does not fit one broker: create the topic first
         # as the dev cluster would have it, with what one broker can hold.
         run(
-            "import asyncio, os\nfrom clients import Admin\n"
+            "import asyncio, os\nfrom zstream import Admin\n"
             "async def m():\n"
             "    async with Admin(os.environ['ZSTREAM_BOOTSTRAP']) as a:\n"
             "        await a.create_topic('greetings', partitions=3, replication_factor=1)\n"

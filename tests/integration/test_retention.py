@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clients import (
+from tests.support import BrokerProcess, wait_until_async
+from zstream.clients import (
     Admin,
     Consumer,
     FetchRequest,
@@ -17,7 +18,6 @@ from clients import (
     Producer,
     TopicPartition,
 )
-from tests.support import BrokerProcess, wait_until_async
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from replication import PeerMessage, PeerTransport
+from zstream.replication import PeerMessage, PeerTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 10.0

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from replication import Entry, EntryType, Role
+from zstream.replication import Entry, EntryType, Role
 
 from ._host import Host, Record
 

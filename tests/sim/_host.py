@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from replication import (
+from zstream.replication import (
     ConfState,
     Entry,
     EntryType,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import msgpack  # type: ignore[import-untyped]
 
-from replication import (
+from zstream.replication import (
     ConfChange,
     ConfChangeInProgressError,
     ConfChangeType,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import zmq
 
-from clients import MetadataRequest, ZStreamError
-from clients._protocol import decode_reply, encode_request
 from tests.support.proc import ManagedProcess, free_port, wait_until
+from zstream.clients import MetadataRequest, ZStreamError
+from zstream.clients._protocol import decode_reply, encode_request
 
 
 def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
@@ -51,7 +51,7 @@ class BrokerProcess:
         argv = [
             sys.executable,
             "-m",
-            "broker.cli",
+            "zstream.broker.cli",
             "broker",
             f"--id={broker_id}",
             f"--data-dir={self.data_dir}",

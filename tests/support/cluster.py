@@ -33,11 +33,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from storage import LogConfig, SegmentedLog
 from tests.support.checker import Append, LeaderClaim, Read, Watermark
 from tests.support.lognode import LogNode, LogNodeError
 from tests.support.netns import Network
 from tests.support.proc import free_port, wait_until
+from zstream.storage import LogConfig, SegmentedLog
 
 __all__ = ["AppendWorkload", "Cluster", "ClusterNode", "DiskEntry", "ReadMonitor"]
 

@@ -86,14 +86,14 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from replication import (
+from tests.support.proc import ManagedProcess, free_port
+from zstream.replication import (
     DistributedLog,
     DistributedLogConfig,
     NotLeaderError,
     ProposalTimeoutError,
 )
-from storage import LogConfig, OffsetOutOfRange
-from tests.support.proc import ManagedProcess, free_port
+from zstream.storage import LogConfig, OffsetOutOfRange
 
 __all__ = ["LogNode", "LogNodeClient", "LogNodeError", "main"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import msgpack
 from hypothesis import strategies as st
 
-import storage
-from clients import ZStreamError
-from clients._protocol import decode_request
+from zstream import storage
+from zstream.clients import ZStreamError
+from zstream.clients._protocol import decode_request
 
 _scalars = st.one_of(
     st.none(),

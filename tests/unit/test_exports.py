@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-LIBRARY_PACKAGES = ("clients", "storage")
+LIBRARY_PACKAGES = ("zstream", "zstream.clients", "zstream.storage")
 
 
 @pytest.mark.parametrize("name", LIBRARY_PACKAGES)

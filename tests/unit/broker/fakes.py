@@ -9,8 +9,8 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-import storage
-from broker._controller import (
+from zstream import storage
+from zstream.broker._controller import (
     ControllerState,
     commit_offsets_command,
     create_topic_command,
@@ -19,8 +19,8 @@ from broker._controller import (
     group_leave_command,
     register_broker_command,
 )
-from broker._frontend import Frontend
-from clients import (
+from zstream.broker._frontend import Frontend
+from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
@@ -35,7 +35,7 @@ from clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import Buffer
+from zstream.clients._protocol import Buffer
 
 T = TypeVar("T")
 

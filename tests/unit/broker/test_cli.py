@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-import storage
-from broker.cli import build_parser, main
-from clients import (
+from tests.support import free_port
+from tests.unit.broker.fakes import LiveFrontend
+from zstream import storage
+from zstream.broker.cli import build_parser, main
+from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
     GroupHeartbeatRequest,
 )
-from tests.support import free_port
-from tests.unit.broker.fakes import LiveFrontend
 
 SUBCOMMANDS = [
     ["broker"],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import BrokerConfig, ConfigError, load_config
+from zstream.broker import BrokerConfig, ConfigError, load_config
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

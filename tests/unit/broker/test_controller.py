@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker._controller import (
+from zstream.broker._controller import (
     BrokerRecord,
     ControllerState,
     TopicRecord,
@@ -18,7 +18,7 @@ from broker._controller import (
     delete_topic_command,
     register_broker_command,
 )
-from clients import (
+from zstream.clients import (
     InvalidRequestError,
     TopicExistsError,
     UnavailableError,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import replication
-from broker._controller import (
+from zstream import replication
+from zstream.broker._controller import (
     TopicRecord,
     allocate_producer_id_command,
     commit_offsets_command,
@@ -20,8 +20,8 @@ from broker._controller import (
     group_join_or_update_command,
     register_broker_command,
 )
-from broker._server import Controller
-from clients import FencedMemberError, TopicExistsError
+from zstream.broker._server import Controller
+from zstream.clients import FencedMemberError, TopicExistsError
 
 
 @asynccontextmanager

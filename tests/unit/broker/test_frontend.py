@@ -10,9 +10,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-import storage
-from broker._frontend import Frontend
-from clients import (
+from tests.unit.broker.fakes import FakeBackend
+from zstream import storage
+from zstream.broker._frontend import Frontend
+from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CorruptBatchError,
@@ -41,9 +42,8 @@ from clients import (
     UnknownTopicError,
     UnsubscribeRequest,
 )
-from clients._connection import Connection
-from clients._protocol import decode_reply
-from tests.unit.broker.fakes import FakeBackend
+from zstream.clients._connection import Connection
+from zstream.clients._protocol import decode_reply
 
 MAX_BYTES = 64 * 1024
 

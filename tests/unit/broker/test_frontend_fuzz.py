@@ -10,10 +10,10 @@ import pytest
 import zmq
 from hypothesis import given, settings
 
-from clients import ErrorCode, MetadataRequest
-from clients._protocol import decode_reply, encode_request
 from tests.support.malformed import malformed_messages
 from tests.unit.broker.fakes import FakePartition, LiveFrontend
+from zstream.clients import ErrorCode, MetadataRequest
+from zstream.clients._protocol import decode_reply, encode_request
 
 MAX_BYTES = 64 * 1024
 

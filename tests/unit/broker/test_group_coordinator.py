@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from broker._controller import create_topic_command, register_broker_command
-from broker._server import Controller, GroupCoordinator
-from clients import (
+from tests.unit.broker.test_controller_group import _running
+from zstream.broker._controller import create_topic_command, register_broker_command
+from zstream.broker._server import Controller, GroupCoordinator
+from zstream.clients import (
     CommitOffsetsRequest,
     FetchOffsetsRequest,
     GroupHeartbeatRequest,
@@ -18,7 +19,6 @@ from clients import (
     UnknownGroupError,
     UnknownMemberError,
 )
-from tests.unit.broker.test_controller_group import _running
 
 
 def _hb(member: str, **kwargs: object) -> GroupHeartbeatRequest:

@@ -10,8 +10,9 @@ from typing import Any
 import msgpack
 import pytest
 
-import broker._controller as controller_module
-from broker._controller import (
+import zstream.broker._controller as controller_module
+from tests.unit.broker.test_controller import Log
+from zstream.broker._controller import (
     ControllerState,
     commit_offsets_command,
     create_topic_command,
@@ -23,8 +24,8 @@ from broker._controller import (
     heartbeat_interval_ms,
     register_broker_command,
 )
-from broker._groups import Sessions
-from clients import (
+from zstream.broker._groups import Sessions
+from zstream.clients import (
     FencedMemberError,
     InvalidRequestError,
     UnknownGroupError,
@@ -32,7 +33,6 @@ from clients import (
     UnknownPartitionError,
     UnknownTopicError,
 )
-from tests.unit.broker.test_controller import Log
 
 TP = tuple[str, int]
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from broker._controller import (
+from zstream.broker._controller import (
     BrokerRecord,
     ControllerState,
     TopicRecord,
@@ -33,7 +33,7 @@ from broker._controller import (
     group_leave_command,
     register_broker_command,
 )
-from clients import FencedMemberError, UnknownMemberError, ZStreamError
+from zstream.clients import FencedMemberError, UnknownMemberError, ZStreamError
 
 TP = tuple[str, int]
 GROUP = "g"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker._idempotence import KEEP, Duplicate, ProducerTable
-from clients import OutOfOrderSequenceError
+from zstream.broker._idempotence import KEEP, Duplicate, ProducerTable
+from zstream.clients import OutOfOrderSequenceError
 
 
 def _appended(table: ProducerTable, pid: int, seq: int, count: int, base: int) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import storage
-from broker._partitions import RaftReplica
-from clients import Acks
-from replication import ConfState, HostConfig, PeerTransport, RaftConfig, RaftHost, RaftLog
+from zstream import storage
+from zstream.broker._partitions import RaftReplica
+from zstream.clients import Acks
+from zstream.replication import ConfState, HostConfig, PeerTransport, RaftConfig, RaftHost, RaftLog
 
 
 async def _until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:

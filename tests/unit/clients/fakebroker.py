@@ -23,8 +23,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-import storage
-from clients import (
+from zstream import storage
+from zstream.clients import (
     CommitOffsetsRequest,
     FencedMemberError,
     FetchOffsetsRequest,
@@ -36,7 +36,7 @@ from clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from clients._protocol import (
+from zstream.clients._protocol import (
     RequestArgs,
     decode_request,
     encode_error_reply,

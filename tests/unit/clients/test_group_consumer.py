@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from clients import (
+from tests.support import wait_until_async
+from tests.unit.clients.fakebroker import FakeBroker, FakeMember
+from zstream.clients import (
     CommitOffsetsRequest,
     Consumer,
     FencedMemberError,
@@ -24,9 +26,7 @@ from clients import (
     UnknownMemberError,
     UnknownServerError,
 )
-from clients._protocol import RequestArgs
-from tests.support import wait_until_async
-from tests.unit.clients.fakebroker import FakeBroker, FakeMember
+from zstream.clients._protocol import RequestArgs
 
 T0, T1, T2, T3 = (TopicPartition("t", p) for p in range(4))
 

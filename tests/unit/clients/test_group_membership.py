@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clients._group import TP, Coordinator, Membership, Work, committed_offsets
-from clients._protocol import GroupHeartbeatRequest, Reply, RequestArgs
+from zstream.clients._group import TP, Coordinator, Membership, Work, committed_offsets
+from zstream.clients._protocol import GroupHeartbeatRequest, Reply, RequestArgs
 
 
 def _member() -> Membership:

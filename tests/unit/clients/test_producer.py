@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-import storage
-from broker._frontend import Frontend
-from broker._idempotence import KEEP, ProducerTable
-from clients import (
+from tests.support import wait_until_async
+from tests.unit.broker.fakes import FakeBackend, FakePartition
+from zstream import storage
+from zstream.broker._frontend import Frontend
+from zstream.broker._idempotence import KEEP, ProducerTable
+from zstream.clients import (
     Acks,
     NotLeaderError,
     Producer,
@@ -21,9 +23,7 @@ from clients import (
     RecordMetadata,
     RequestTimedOutError,
 )
-from clients._protocol import Buffer
-from tests.support import wait_until_async
-from tests.unit.broker.fakes import FakeBackend, FakePartition
+from zstream.clients._protocol import Buffer
 
 
 class Leader(FakePartition):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients import (
+from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
@@ -31,7 +31,7 @@ from clients import (
     ZStreamError,
     error_for_code,
 )
-from clients._protocol import (
+from zstream.clients._protocol import (
     PROTOCOL_VERSION,
     Push,
     Reply,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from replication import (
+from zstream.replication import (
     BlockingDistributedLog,
     ConfigError,
     DistributedLog,
@@ -18,7 +18,7 @@ from replication import (
     RaftLogError,
     Server,
 )
-from storage import LogConfig, OffsetOutOfRange
+from zstream.storage import LogConfig, OffsetOutOfRange
 
 ANY = "tcp://127.0.0.1:0"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgpack  # type: ignore[import-untyped]
 import pytest
 
-from replication import (
+from zstream.replication import (
     ConfState,
     Entry,
     EntryType,
@@ -30,7 +30,7 @@ from replication import (
     Snapshot,
     message_to_wire,
 )
-from storage import LogConfig, encode_batch
+from zstream.storage import LogConfig, encode_batch
 
 IDS = (1, 2, 3)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replication import (
+from zstream.replication import (
     CompactedError,
     ConfState,
     Entry,
@@ -22,7 +22,7 @@ from replication import (
     SnapshotMetadata,
     UnavailableError,
 )
-from storage import (
+from zstream.storage import (
     LogConfig,
     OffsetOutOfRange,
     decode_batch_header,

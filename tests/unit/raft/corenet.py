@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from replication import (
+from zstream.replication import (
     ConfState,
     Entry,
     EntryType,

@@ -20,7 +20,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
-from replication import (
+from tests.sim import Checker, Host, SnapshotRegistry
+from zstream.replication import (
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -33,7 +34,6 @@ from replication import (
     RaftNode,
     Role,
 )
-from tests.sim import Checker, Host, SnapshotRegistry
 
 
 class Cluster:

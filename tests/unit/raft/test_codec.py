@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replication import (
+from zstream.replication import (
     CodecError,
     ConfChange,
     ConfChangeType,

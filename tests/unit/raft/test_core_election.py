@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from replication import (
+from tests.unit.raft.corenet import Net
+from zstream.replication import (
     ConfState,
     EntryType,
     MemoryStorage,
@@ -17,7 +18,6 @@ from replication import (
     RaftNode,
     Role,
 )
-from tests.unit.raft.corenet import Net
 
 
 def test_single_node_elects_itself_and_commits_its_first_entry() -> None:

@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replication import (
+from zstream.replication import (
     CompactedError,
     ConfState,
     Entry,

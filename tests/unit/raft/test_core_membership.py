@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from replication import (
+from tests.unit.raft.corenet import Net
+from zstream.replication import (
     ConfChange,
     ConfChangeInProgressError,
     ConfChangeType,
@@ -15,7 +16,6 @@ from replication import (
     ProposalDroppedError,
     Role,
 )
-from tests.unit.raft.corenet import Net
 
 ADD = ConfChangeType.ADD_VOTER
 LEARNER = ConfChangeType.ADD_LEARNER

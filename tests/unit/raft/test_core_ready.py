@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from replication import (
+from tests.unit.raft.corenet import Net
+from zstream.replication import (
     CompactedError,
     ConfigError,
     ConfState,
@@ -23,7 +24,6 @@ from replication import (
     SoftState,
     UnavailableError,
 )
-from tests.unit.raft.corenet import Net
 
 CONF = ConfState(voters=frozenset({1, 2, 3}))
 

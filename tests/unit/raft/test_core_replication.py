@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from replication import (
+from tests.unit.raft.corenet import Net
+from zstream.replication import (
     Entry,
     EntryType,
     Message,
@@ -13,7 +14,6 @@ from replication import (
     NotLeaderError,
     ProgressState,
 )
-from tests.unit.raft.corenet import Net
 
 
 def appends(net: Net, to: int | None = None) -> list[Message]:

@@ -3,7 +3,8 @@ Figure 13's rule decides whether the log after the snapshot survives."""
 
 from __future__ import annotations
 
-from replication import (
+from tests.unit.raft.corenet import Net
+from zstream.replication import (
     ConfState,
     Entry,
     EntryType,
@@ -13,7 +14,6 @@ from replication import (
     Snapshot,
     SnapshotMetadata,
 )
-from tests.unit.raft.corenet import Net
 
 
 def test_lagging_follower_is_caught_up_by_a_snapshot() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from replication import (
+from tests.unit.raft.corenet import Net
+from zstream.replication import (
     ConfigError,
     MessageType,
     NotLeaderError,
@@ -12,7 +13,6 @@ from replication import (
     ReadState,
     Role,
 )
-from tests.unit.raft.corenet import Net
 
 
 def test_transfer_to_an_up_to_date_follower() -> None:

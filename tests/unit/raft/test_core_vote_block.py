@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from replication import (
+from tests.unit.raft.harness import Cluster
+from zstream.replication import (
     LOST_ENTRIES,
     ConfState,
     MemoryStorage,
@@ -12,7 +13,6 @@ from replication import (
     RaftNode,
     Role,
 )
-from tests.unit.raft.harness import Cluster
 
 
 def test_blocked_node_neither_campaigns_nor_grants_votes_until_caught_up() -> None:

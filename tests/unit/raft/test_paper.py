@@ -12,7 +12,8 @@ import random
 
 import pytest
 
-from replication import (
+from tests.unit.raft.harness import Cluster, history
+from zstream.replication import (
     ConfChangeInProgressError,
     ConfChangeType,
     ConfState,
@@ -25,7 +26,6 @@ from replication import (
     RaftNode,
     Role,
 )
-from tests.unit.raft.harness import Cluster, history
 
 MT = MessageType
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from replication import (
+from tests.unit.raft.harness import Cluster
+from zstream.replication import (
     ConfChangeType,
     ConfState,
     EntryType,
@@ -22,7 +23,6 @@ from replication import (
     Snapshot,
     SnapshotMetadata,
 )
-from tests.unit.raft.harness import Cluster
 
 MT = MessageType
 

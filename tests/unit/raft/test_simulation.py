@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from replication import Entry, EntryType
 from tests.sim import Checker, InvariantError, SimConfig, run_seed
+from zstream.replication import Entry, EntryType
 
 STEPS = 3000
 CHUNKS = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from storage import EntryKind, LogEntry, SegmentedLog
+from zstream.storage import EntryKind, LogEntry, SegmentedLog
 
 
 def payload_for(index: int, size: int) -> bytes:

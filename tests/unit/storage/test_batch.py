@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage import (
+from zstream.storage import (
     BATCH_HEADER_SIZE,
     CorruptBatchError,
     NewRecord,

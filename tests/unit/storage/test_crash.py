@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from storage import EntryKind, SegmentedLog
 from tests.storage_crash_child import CONFIG, kind_for, records_for, size_for
 from tests.unit.storage.helpers import payload_for, read_all
+from zstream.storage import EntryKind, SegmentedLog
 
 ROOT = Path(__file__).resolve().parents[3]
 KILLS = 24

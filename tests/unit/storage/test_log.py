@@ -10,7 +10,8 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from storage import (
+from tests.unit.storage.helpers import as_tuples, make_entries, read_all
+from zstream.storage import (
     ConfigError,
     CorruptSegmentError,
     EntryKind,
@@ -26,7 +27,6 @@ from storage import (
     atomic_write,
     read_file_if_exists,
 )
-from tests.unit.storage.helpers import as_tuples, make_entries, read_all
 
 SMALL = LogConfig(segment_bytes=1024, index_interval_bytes=200)
 MIXED = (EntryKind.DATA, EntryKind.DATA, EntryKind.NOOP, EntryKind.DATA, EntryKind.CONFIG)
@@ -321,7 +321,7 @@ def test_interrupted_reset_is_completed_on_open(tmp_path: Path) -> None:
 
 
 def test_public_surface() -> None:
-    import storage
+    from zstream import storage
 
     contract = {
         "encode_batch", "decode_batch_header", "verify_batch", "stamp_base_offset",

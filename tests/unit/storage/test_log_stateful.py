@@ -11,7 +11,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from storage import (
+from tests.unit.storage.helpers import as_tuples, payload_for
+from zstream.storage import (
     EntryKind,
     IndexOutOfRange,
     LogConfig,
@@ -21,7 +22,6 @@ from storage import (
     TruncateBelowFloorError,
     iter_raw_entries,
 )
-from tests.unit.storage.helpers import as_tuples, payload_for
 
 HEADER_BYTES = 45
 Row = tuple[int, int, int, int, int, bytes]

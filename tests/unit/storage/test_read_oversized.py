@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage import EntryKind, LogConfig, LogEntry, SegmentedLog, encode_batch
+from zstream.storage import EntryKind, LogConfig, LogEntry, SegmentedLog, encode_batch
 
 
 def _log_of_big_batches(path: Path, count: int) -> SegmentedLog:

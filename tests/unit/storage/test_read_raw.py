@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage import (
+from tests.unit.storage.helpers import make_entries, read_all
+from zstream.storage import (
     CorruptChunkError,
     CorruptSegmentError,
     EntryKind,
@@ -31,7 +32,6 @@ from storage import (
     StorageIOError,
     iter_raw_entries,
 )
-from tests.unit.storage.helpers import make_entries, read_all
 
 SMALL = LogConfig(segment_bytes=1024, index_interval_bytes=200)
 MIXED = (EntryKind.DATA, EntryKind.DATA, EntryKind.NOOP, EntryKind.DATA, EntryKind.CONFIG)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage import CorruptSegmentError, EntryKind, LogConfig, SegmentedLog
 from tests.unit.storage.helpers import as_tuples, make_entries, read_all
+from zstream.storage import CorruptSegmentError, EntryKind, LogConfig, SegmentedLog
 
 SMALL = LogConfig(segment_bytes=1024, index_interval_bytes=200)
 SEGMENT_HEADER_BYTES = 32

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from replication import PeerMessage, PeerTransport, TransportConfig
+from zstream.replication import PeerMessage, PeerTransport, TransportConfig
 
 LOOPBACK = "tcp://127.0.0.1:0"
 PROBE = b"probe"

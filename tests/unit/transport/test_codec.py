@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import replication
-from replication import (
+from zstream import replication
+from zstream.replication import (
     TransportConfig,
     TransportDecodeError,
     TransportError,

@@ -13,7 +13,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replication import (
+from zstream.replication import (
     PeerMessage,
     PeerTransport,
     TransportConfig,
@@ -128,7 +128,7 @@ async def test_spoofed_sender_is_rejected() -> None:
 
 
 async def test_garbage_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="replication._transport")
+    caplog.set_level(logging.WARNING, logger="zstream.replication._transport")
     async with PeerTransport(2, "tcp://127.0.0.1:0") as b:
         with raw_dealer(b"77", b.address) as dealer:
             for _ in range(50):
@@ -137,6 +137,6 @@ async def test_garbage_warnings_are_rate_limited(caplog: pytest.LogCaptureFixtur
                 lambda: b.recv_batch_nowait() == [] and b.stats.decode_errors == 50,
                 "garbage counted",
             )
-    warnings = [r for r in caplog.records if r.name == "replication._transport"]
+    warnings = [r for r in caplog.records if r.name == "zstream.replication._transport"]
     assert 1 <= len(warnings) <= 2
     assert "b'77'" in warnings[0].getMessage()

@@ -9,7 +9,7 @@ import time
 import pytest
 import zmq
 
-from replication import (
+from zstream.replication import (
     PeerTransport,
     TransportClosedError,
     TransportConfig,
