@@ -11,6 +11,7 @@ from zstream.clients._consumer import Consumer, Record, TopicPartition
 from zstream.clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
+    DeserializationError,
     DuplicateSequenceError,
     ErrorCode,
     FencedMemberError,
@@ -22,6 +23,7 @@ from zstream.clients._errors import (
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
     RequestTimedOutError,
+    SerializationError,
     ThrottledError,
     TopicExistsError,
     UnavailableError,
@@ -54,6 +56,7 @@ from zstream.clients._protocol import (
     SubscribeRequest,
     UnsubscribeRequest,
 )
+from zstream.clients._serde import json_deserializer, json_serializer
 
 __all__ = [
     "Acks",
@@ -70,6 +73,7 @@ __all__ = [
     "DeleteTopicRequest",
     "DescribeGroupRequest",
     "DescribeTopicRequest",
+    "DeserializationError",
     "DuplicateSequenceError",
     "ErrorCode",
     "FencedMemberError",
@@ -93,6 +97,7 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "RequestTimedOutError",
+    "SerializationError",
     "SubscribeRequest",
     "ThrottledError",
     "TopicExistsError",
@@ -107,4 +112,6 @@ __all__ = [
     "UnsupportedVersionError",
     "ZStreamError",
     "error_for_code",
+    "json_deserializer",
+    "json_serializer",
 ]

@@ -20,6 +20,7 @@ from zstream.clients import (
     ConnectionLostError,
     Consumer,
     CorruptBatchError,
+    DeserializationError,
     DuplicateSequenceError,
     ErrorCode,
     FencedMemberError,
@@ -35,6 +36,7 @@ from zstream.clients import (
     RecordFuture,
     RecordMetadata,
     RequestTimedOutError,
+    SerializationError,
     ThrottledError,
     TopicExistsError,
     TopicPartition,
@@ -47,6 +49,8 @@ from zstream.clients import (
     UnsupportedVersionError,
     ZStreamError,
     error_for_code,
+    json_deserializer,
+    json_serializer,
 )
 
 try:
@@ -61,6 +65,7 @@ __all__ = [
     "ConnectionLostError",
     "Consumer",
     "CorruptBatchError",
+    "DeserializationError",
     "DuplicateSequenceError",
     "ErrorCode",
     "FencedMemberError",
@@ -76,6 +81,7 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "RequestTimedOutError",
+    "SerializationError",
     "ThrottledError",
     "TopicExistsError",
     "TopicPartition",
@@ -89,4 +95,6 @@ __all__ = [
     "ZStreamError",
     "__version__",
     "error_for_code",
+    "json_deserializer",
+    "json_serializer",
 ]
