@@ -185,7 +185,7 @@ class _Chunk:
         self.records: list[Any] = []
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)  # compared (and hashed) by identity
 class _PartitionState:
     tp: TopicPartition
     position: int | None = None  # next offset for the application
