@@ -597,7 +597,29 @@ class Consumer(Generic[K, V]):
             self._held = []
 
     async def __anext__(self) -> Record[K, V]:
-        if self._held_chunk is not None or self._held:
+        # The hot path: the next record of the chunk the last one came from, already
+        # built. (While a chunk is held, no getmany ran since: nothing else is held
+        # and no credit is due.)
+        chunk = self._held_chunk
+        if chunk is not None:
+            state = chunk.state
+            if state.generation == chunk.generation:  # not sought, paused or revoked
+                state.processed = state.position
+                i = chunk.index
+                records = chunk.records
+                if i < len(records) and (
+                    self._coordinator is None or not self._coordinator.stale()
+                ):
+                    chunk.index = i + 1
+                    state.position = chunk.base + i + 1
+                    record: Record[K, V] = records[i]
+                    return record
+            self._held_chunk = None
+        return await self._next()
+
+    async def _next(self) -> Record[K, V]:
+        """`__anext__` from a new chunk (or waiting for one)."""
+        if self._held:
             self._release_held()
         if self._spent:
             await self._grant_spent()
@@ -619,7 +641,7 @@ class Consumer(Generic[K, V]):
                     chunk.index = i + 1
                     chunk.state.position = chunk.base + i + 1
                     self._held_chunk = chunk
-                    record: Record[K, V] = records[i]
+                    record: Record[K, V] = chunk.records[i]
                     return record
                 ready.popleft()
                 self._finish(chunk)
