@@ -21,6 +21,7 @@ from zstream import (
     Consumer,
     DeserializationError,
     Producer,
+    SerializationError,
     TopicPartition,
     json_deserializer,
     json_serializer,
@@ -49,11 +50,19 @@ async def test_json_round_trip_through_every_delivery_call(bootstrap: str) -> No
     topic = await _topic(bootstrap, 2)
     docs = [{"n": i, "name": f"zoë-{i}"} for i in range(30)]
     async with Producer[str, dict[str, Any]](
-        bootstrap, key_serializer=str.encode, value_serializer=json_serializer
+        bootstrap, linger_ms=1000, key_serializer=str.encode, value_serializer=json_serializer
     ) as producer:
-        futures = [producer.send(topic, d, key=f"user-{d['n'] % 3}") for d in docs]
+        futures = []
+        for d in docs:
+            futures.append(producer.send(topic, d, key=f"user-{d['n'] % 3}"))
+            with pytest.raises(SerializationError, match="value serializer failed"):
+                producer.send(topic, {"bad": {1, 2}}, key=f"user-{d['n'] % 3}")  # a set
         await producer.flush()
         metas = [await f for f in futures]
+    # The failed sends left no trace: each partition's batch holds the good records only.
+    for p in {m.partition for m in metas}:
+        offsets = [m.offset for m in metas if m.partition == p]
+        assert offsets == list(range(len(offsets)))
     by_partition: dict[int, list[dict[str, Any]]] = {}
     for meta, doc in zip(metas, docs, strict=True):
         by_partition.setdefault(meta.partition, []).append(doc)
