@@ -132,6 +132,9 @@ class Record(NamedTuple, Generic[K, V]):
 
 
 _new_tuple = tuple.__new__
+# Records the per-record path builds at a time: few enough that most are dropped by
+# the application before a GC generation-0 collection (700 allocations) sees them.
+_ITER_BLOCK = 256
 _T = TypeVar("_T")
 
 
@@ -149,11 +152,13 @@ RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 class _Chunk:
     """One batch's records waiting for the application: ``rows[index:]`` are still to
     be delivered, the row at ``i`` has offset ``base + i``. ``records`` holds the
-    Record objects built so far (from row 0; built on first per-record or getmany
-    use)."""
+    Record objects the per-record path built last, for ``rows[cached_at:]`` (a block
+    at a time: records are tuple subclasses, which the cyclic GC never untracks, so
+    building a whole chunk ahead keeps thousands of them alive through collections)."""
 
     __slots__ = (
         "base",
+        "cached_at",
         "first_ts",
         "generation",
         "index",
@@ -183,6 +188,7 @@ class _Chunk:
         self.stream = stream  # the push stream it came on (0 for fetch)
         self.index = 0
         self.records: list[Any] = []
+        self.cached_at = 0
 
 
 @dataclasses.dataclass(slots=True, eq=False)  # compared (and hashed) by identity
@@ -606,13 +612,14 @@ class Consumer(Generic[K, V]):
             if state.generation == chunk.generation:  # not sought, paused or revoked
                 state.processed = state.position
                 i = chunk.index
+                j = i - chunk.cached_at
                 records = chunk.records
-                if i < len(records) and (
+                if j < len(records) and (
                     self._coordinator is None or not self._coordinator.stale()
                 ):
                     chunk.index = i + 1
                     state.position = chunk.base + i + 1
-                    record: Record[K, V] = records[i]
+                    record: Record[K, V] = records[j]
                     return record
             self._held_chunk = None
         return await self._next()
@@ -635,13 +642,15 @@ class Consumer(Generic[K, V]):
                         if self._closed:
                             raise StopAsyncIteration
                         continue  # lost (its chunks are dropped) or fresh
-                    records = chunk.records
-                    if i >= len(records):
-                        self._build(chunk)  # raises DeserializationError for record i
+                    j = i - chunk.cached_at
+                    if not 0 <= j < len(chunk.records):
+                        # raises DeserializationError when record i cannot be built
+                        chunk.records = self._build(chunk, i, _ITER_BLOCK)
+                        chunk.cached_at, j = i, 0
                     chunk.index = i + 1
                     chunk.state.position = chunk.base + i + 1
                     self._held_chunk = chunk
-                    record: Record[K, V] = chunk.records[i]
+                    record: Record[K, V] = chunk.records[j]
                     return record
                 ready.popleft()
                 self._finish(chunk)
@@ -769,9 +778,11 @@ class Consumer(Generic[K, V]):
 
     def _take_records(self, chunk: _Chunk, n: int) -> list[Record[K, V]]:
         i = chunk.index
-        if i >= len(chunk.records):
-            self._build(chunk)  # raises DeserializationError for record i
-        return chunk.records[i : i + n]
+        j = i - chunk.cached_at
+        if 0 <= j < len(chunk.records):  # built by getone already: those first
+            cached: list[Record[K, V]] = chunk.records[j : j + n]
+            return cached
+        return self._build(chunk, i, n)  # raises DeserializationError for record i
 
     def _take_values(self, chunk: _Chunk, n: int) -> list[V]:
         i = chunk.index
@@ -793,13 +804,13 @@ class Consumer(Generic[K, V]):
                     break
             return out
 
-    def _build(self, chunk: _Chunk) -> None:
-        """Extend ``chunk.records`` (Record objects, deserialized) from where it ends
-        to the chunk's end, or up to the first record a deserializer fails on; raises
-        DeserializationError when that is the very first one to build."""
-        built = chunk.records
-        start = len(built)
-        rows = chunk.rows[start:] if start else chunk.rows
+    def _build(self, chunk: _Chunk, start: int, n: int) -> list[Record[K, V]]:
+        """Record objects (deserialized) for ``rows[start:start + n]``, built in C, or
+        up to the first record a deserializer fails on; raises DeserializationError
+        when that is the very first one."""
+        rows = chunk.rows
+        if start or n < len(rows):
+            rows = rows[start : start + n]
         topic, partition = chunk.state.tp
         base = chunk.base + start
         deltas, keys, values, headers = zip(*rows, strict=True)
@@ -810,9 +821,8 @@ class Consumer(Generic[K, V]):
             if value_de is not None:
                 values = tuple(map(value_de, values))
         except Exception:  # noqa: BLE001 - the application's deserializer: which record?
-            self._build_one_by_one(chunk, rows, start)
-            return
-        built.extend(
+            return self._build_one_by_one(chunk, rows, start)
+        return list(
             map(
                 _new_tuple,
                 repeat(Record),
@@ -828,22 +838,24 @@ class Consumer(Generic[K, V]):
             )
         )
 
-    def _build_one_by_one(self, chunk: _Chunk, rows: Rows, start: int) -> None:
+    def _build_one_by_one(self, chunk: _Chunk, rows: Rows, start: int) -> list[Record[K, V]]:
         key_de, value_de = self._key_deserializer, self._value_deserializer
         topic, partition = chunk.state.tp
+        out: list[Record[K, V]] = []
         for j, (delta, key, value, headers) in enumerate(rows):
             field = "key"
             try:
-                k = key if key_de is None or key is None else key_de(key)
+                k: Any = key if key_de is None or key is None else key_de(key)
                 field = "value"
-                v = value if value_de is None else value_de(value)
+                v: Any = value if value_de is None else value_de(value)
             except Exception as exc:
                 if j == 0:
                     raise self._deserialization_error(chunk, start, field, exc) from exc
-                return
+                break
             offset = chunk.base + start + j
             ts = chunk.first_ts + delta
-            chunk.records.append(Record(topic, partition, offset, ts, k, v, headers))
+            out.append(Record(topic, partition, offset, ts, k, v, headers))
+        return out
 
     def _deserialization_error(
         self, chunk: _Chunk, index: int, field: str, exc: Exception
