@@ -9,9 +9,9 @@ rows of its records with ``offset >= fetch_offset``, see clients/_records.py) to
 arrival-ordered deque that the delivery calls drain: ``async for`` / `getone` one
 record at a time from the oldest chunk, `getmany` / `getmany_values` everything
 buffered (or ``max_records``) in one call, per partition in offset order. Record
-objects are built only when asked for, for a whole chunk at once in C
-(``map``/``zip``), with the deserializers applied there; `getmany_values` builds
-none. A partition's reader waits while its chunks not yet delivered hold more than
+objects are built only when asked for, in C (``map``/``zip``; the per-record path
+256 at a time), with the deserializers applied there; `getmany_values` builds none.
+A partition's reader waits while its chunks not yet delivered hold more than
 ``max(credit_bytes, 2 * fetch_max_bytes)``, so a partition the application does not
 ask for does not hold up the others. Every chunk carries the partition's generation:
 `seek`, `pause` and re-assignment bump it and drop the partition's chunks, so records
@@ -678,7 +678,9 @@ class Consumer(Generic[K, V]):
         Everything returned counts as handed out: ``position`` moves past it, and it is
         processed (auto-commit) once the application asks for more. A record whose
         deserializer fails ends its partition's list; the next call raises
-        DeserializationError for it."""
+        DeserializationError for it. Without ``max_records`` one call may hand out
+        ``credit_bytes`` worth of records per partition: a few thousand at a time
+        keeps the garbage collector's work (and the latency of a call) small."""
         return await self._many(partitions, timeout_ms, max_records, self._take_records)
 
     async def getmany_values(
