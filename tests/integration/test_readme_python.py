@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess
+from zstream.testing import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_examples_are_ten_lines_or_so() -> None:
 
 def test_readme_producer_and_consumer_run_as_written(tmp_path: Path) -> None:
     producer, consumer = readme_examples()
-    broker = BrokerProcess(tmp_path, 1, extra=["--log-level=WARNING"])
+    broker = Broker(tmp_path, 1, log_level="WARNING")
     broker.start()
     try:
         env = {**os.environ, "ZSTREAM_BOOTSTRAP": broker.bootstrap}

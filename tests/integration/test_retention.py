@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, wait_until_async
+from tests.support import wait_until_async
 from zstream.clients import (
     Admin,
     Consumer,
@@ -18,6 +18,7 @@ from zstream.clients import (
     Producer,
     TopicPartition,
 )
+from zstream.testing import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +27,10 @@ RETENTION_BYTES = 2 * SEGMENT_BYTES
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+def broker(tmp_path: Path) -> Iterator[Broker]:
     config = tmp_path / "broker.toml"
     config.write_text("retention_check_ms = 100\n")
-    node = BrokerProcess(tmp_path, 1, extra=["--log-level=WARNING", f"--config={config}"])
+    node = Broker(tmp_path, 1, extra_args=[f"--config={config}"], log_level="WARNING")
     node.start()
     try:
         yield node
@@ -38,7 +39,7 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 
 
 async def test_retention_bytes_moves_the_log_start_and_consumers_follow(
-    broker: BrokerProcess,
+    broker: Broker,
 ) -> None:
     topic, tp = "retained", TopicPartition("retained", 0)
     async with Admin(broker.bootstrap) as admin:
