@@ -66,7 +66,7 @@ def test_settings_of_the_callers_environment_do_not_reach_the_brokers(
     # Would fail validation in the broker if it were read there.
     monkeypatch.setenv("ZSTREAM_CLUSTER_NAME", "not a valid name!")
     c = zstream_cluster_factory()
-    assert c.broker(1).running
+    assert c.broker(1).running()
 
 
 async def test_three_brokers_survive_a_kill_and_the_restarted_one_serves_again(
@@ -83,10 +83,10 @@ async def test_three_brokers_survive_a_kill_and_the_restarted_one_serves_again(
         victim = c.broker(leader)
         port, old_pid = victim.client_port, victim.pid
         c.kill(leader)
-        assert not victim.running
+        assert not victim.running()
         await producer.send("kept", b"while down")
         await asyncio.to_thread(c.restart, leader)
-        assert victim.running
+        assert victim.running()
         assert victim.pid != old_pid
         assert victim.client_port == port
         await producer.send("kept", b"after")
@@ -97,9 +97,9 @@ async def test_three_brokers_survive_a_kill_and_the_restarted_one_serves_again(
 def test_cluster_context_manager_removes_its_temporary_directory() -> None:
     with cluster() as c:
         root, broker = c.root, c.broker(1)
-        assert broker.running
+        assert broker.running()
         asyncio.run(_round_trip(c.bootstrap, "cm", [b"x"]))
-    assert not broker.running
+    assert not broker.running()
     assert broker.pid is None
     assert not root.exists()
 
@@ -110,7 +110,7 @@ def test_a_broker_that_cannot_start_fails_with_its_log_and_leaves_nothing(
     c = Cluster(2, path=tmp_path, extra_args=[f"--config={tmp_path / 'missing.toml'}"])
     with pytest.raises(RuntimeError, match=r"(?s)exited with .*missing\.toml"):
         c.start()
-    assert not any(b.running for b in c.brokers)
+    assert not any(b.running() for b in c.brokers)
     assert tmp_path.exists()  # a given path is the caller's: kept, logs included
 
 
