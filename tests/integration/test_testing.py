@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,9 @@ def test_uses_the_fixture(zstream_cluster: Cluster) -> None:
 
 def test_needs_no_cluster() -> None:
     pass
+
+def test_fails_on_purpose(zstream_cluster: Cluster) -> None:
+    assert zstream_cluster.bootstrap == "elsewhere"
 """
 
 
@@ -150,9 +154,12 @@ def _pytest_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_plugin_loads_from_its_entry_point_and_can_be_switched_off(tmp_path: Path) -> None:
     on = _pytest_in(tmp_path)
-    assert on.returncode == 0, on.stdout + on.stderr
-    assert "2 passed" in on.stdout
+    assert on.returncode == 1, on.stdout + on.stderr
+    assert "1 failed, 2 passed" in on.stdout
+    # The failed test's report ends with its broker's log.
+    assert re.search(r"zstream broker 1 log \(.*broker-1\.log\)", on.stdout), on.stdout
+    assert "broker ready id=1" in on.stdout
     off = _pytest_in(tmp_path, "-p", "no:zstream")
     assert off.returncode == 1, off.stdout + off.stderr
     assert "fixture 'zstream_cluster' not found" in off.stdout
-    assert "1 passed" in off.stdout
+    assert "1 passed, 2 errors" in off.stdout
