@@ -4,7 +4,6 @@ segments, a consumer behind it skips to the new start, and the newest records st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from zstream.clients import (
     Producer,
     TopicPartition,
 )
-from zstream.testing import Broker
+from zstream.testing import Broker, ClusterFactory
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,10 @@ RETENTION_BYTES = 2 * SEGMENT_BYTES
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
+def broker(tmp_path: Path, zstream_cluster_factory: ClusterFactory) -> Broker:
     config = tmp_path / "broker.toml"
     config.write_text("retention_check_ms = 100\n")
-    node = Broker(tmp_path, 1, extra_args=[f"--config={config}"], log_level="WARNING")
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+    return zstream_cluster_factory(extra_args=[f"--config={config}"]).broker(1)
 
 
 async def test_retention_bytes_moves_the_log_start_and_consumers_follow(
