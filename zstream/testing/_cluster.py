@@ -84,11 +84,12 @@ class Broker:
         extra_args: Sequence[str] = (),
         log_level: str = "INFO",
     ) -> None:
+        root = Path(root).absolute()  # the same place after a chdir, for a restart too
         self.broker_id = broker_id
         self.client_port = free_port() if client_port is None else client_port
         self.peer_port = free_port() if peer_port is None else peer_port
         self.metrics_port = free_port() if metrics_port is None else metrics_port
-        self.data_dir = Path(root) / f"broker-{broker_id}"
+        self.data_dir = root / f"broker-{broker_id}"
         argv = [
             sys.executable,
             "-m",
@@ -109,7 +110,7 @@ class Broker:
         # The caller's ZSTREAM_* settings (a ZSTREAM_DATA_DIR, a ZSTREAM_ETCD_ENDPOINTS)
         # would reconfigure the broker behind the test's back: they do not reach it.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTREAM_")}
-        self._process = ManagedProcess(f"broker-{broker_id}", argv, Path(root), env=env)
+        self._process = ManagedProcess(f"broker-{broker_id}", argv, root, env=env)
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running() else "down"
@@ -214,7 +215,8 @@ class Cluster:
         if brokers < 1:
             raise ValueError(f"a cluster needs at least one broker, not {brokers}")
         self._own_root = path is None
-        self.root = Path(tempfile.mkdtemp(prefix="zstream-test-")) if path is None else Path(path)
+        chosen = tempfile.mkdtemp(prefix="zstream-test-") if path is None else path
+        self.root = Path(chosen).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
         self.ready_timeout_s = ready_timeout_s
         ports = {i: (free_port(), free_port(), free_port()) for i in range(1, brokers + 1)}
