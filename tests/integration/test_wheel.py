@@ -119,7 +119,10 @@ def test_the_wheel_holds_the_zstream_package_only(installed: Installed) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == {"zstream"}
     for layer in LAYERS:
         modules = {p for p in names if p.startswith(f"zstream/{layer}/") and p.endswith(".py")}
-        expected = {f"zstream/{layer}/{p.name}" for p in (ROOT / layer).glob("*.py")}
+        expected = {
+            f"zstream/{layer}/{p.relative_to(ROOT / layer).as_posix()}"
+            for p in (ROOT / layer).rglob("*.py")
+        }
         assert modules == expected, layer  # copied through the symlinks, every module
     for name in ("zstream/py.typed", "zstream/testing/__init__.py", "zstream/testing/_plugin.py"):
         assert name in names
