@@ -3,7 +3,8 @@ fresh virtual environment outside this repository (no system site-packages, noth
 of the repository on sys.path), and used from a directory outside it: the CLI, the
 ``zstream`` namespace with no top-level ``clients``/``storage``/``broker``/
 ``replication``, a producer/consumer round trip against ``zstream.testing.cluster``,
-and a user's own pytest file on the plugin's fixtures, kill and restart included."""
+and a user's own pytest file on the plugin's fixtures, kill and restart included,
+which mypy --strict also checks against the installed (py.typed) package."""
 
 from __future__ import annotations
 
@@ -104,7 +105,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # The base interpreter's venv module, not this test run's venv: nothing inherited.
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
-    _pip(venv / "bin" / "python", "install", str(wheel), "pytest", "pytest-asyncio", cwd=base)
+    _pip(
+        venv / "bin" / "python",
+        "install",
+        str(wheel),
+        "pytest",
+        "pytest-asyncio",
+        "mypy",
+        cwd=base,
+    )
     workdir = base / "user"
     workdir.mkdir()
     return Installed(wheel, venv, workdir)
@@ -211,14 +220,19 @@ async def test_three_brokers_kill_and_restart(zstream_cluster_factory: ClusterFa
 """
 
 
-def test_a_users_pytest_run_on_the_plugins_fixtures(installed: Installed) -> None:
-    project = installed.workdir / "project"
+def _user_project(installed: Installed, name: str) -> Path:
+    project = installed.workdir / name
     project.mkdir()
     (project / "test_with_zstream.py").write_text(textwrap.dedent(USER_TESTS))
     (project / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
         "filterwarnings = error\n"
     )
+    return project
+
+
+def test_a_users_pytest_run_on_the_plugins_fixtures(installed: Installed) -> None:
+    project = _user_project(installed, "project")
     result = subprocess.run(
         [str(installed.python), "-m", "pytest", "-v", "-p", "no:cacheprovider"],
         cwd=project,
@@ -231,3 +245,25 @@ def test_a_users_pytest_run_on_the_plugins_fixtures(installed: Installed) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
     assert "test_three_brokers_kill_and_restart PASSED" in result.stdout
+
+
+MISTYPED = """
+from zstream.testing import ClusterFactory
+
+def test_mistyped(zstream_cluster_factory: ClusterFactory) -> None:
+    zstream_cluster_factory(3).restart("2")
+"""
+
+
+def test_a_users_code_type_checks_against_the_installed_package(installed: Installed) -> None:
+    """py.typed is in the wheel and the surface is typed: mypy --strict passes the
+    user's tests and the round-trip script, and catches a wrong argument."""
+    project = _user_project(installed, "typed")
+    (project / "round_trip.py").write_text(ROUND_TRIP)
+    mypy: list[str | Path] = [installed.python, "-m", "mypy", "--strict", "--cache-dir"]
+    mypy.append(project / ".mypy")
+    _checked(installed.run(*mypy, project / "test_with_zstream.py", project / "round_trip.py"))
+    (project / "test_mistyped.py").write_text(MISTYPED)
+    wrong = installed.run(*mypy, project / "test_mistyped.py")
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert 'Argument 1 to "restart" of "Cluster" has incompatible type "str"' in wrong.stdout
