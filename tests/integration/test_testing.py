@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import wait_until_async
+from tests.support import answers_metadata, bootstrap_of, running_brokers, wait_until_async
 from zstream import Admin, Consumer, Producer, TopicPartition
 from zstream.testing import Cluster, ClusterFactory, cluster
 
@@ -113,6 +113,19 @@ def test_a_broker_that_cannot_start_fails_with_its_log_and_leaves_nothing(
         c.start()
     assert not any(b.running() for b in c.brokers)
     assert tmp_path.exists()  # a given path is the caller's: kept, logs included
+
+
+def test_the_suites_former_broker_helpers_still_work(tmp_path: Path) -> None:
+    with running_brokers(tmp_path, 1) as brokers:
+        (b,) = brokers
+        assert bootstrap_of(brokers) == b.bootstrap
+        assert answers_metadata(b.addr)
+        assert b.stop() == 0
+        assert not answers_metadata(b.addr, timeout_ms=100)
+        b.launch()
+        b.wait_ready()
+        assert b.output().count("broker ready id=1") == 2  # one log across the restart
+    assert not b.running()
 
 
 def test_a_cluster_needs_a_broker() -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import zmq
 
@@ -202,6 +202,10 @@ class Cluster:
     directory, removed by `close`.
     """
 
+    # The class of its brokers: a subclass may name a Broker subclass with helpers of
+    # its own (it takes Broker's constructor arguments).
+    broker_type: ClassVar[type[Broker]] = Broker
+
     def __init__(
         self,
         brokers: int = 1,
@@ -229,7 +233,7 @@ class Cluster:
                 f"{i}@127.0.0.1:{client}@127.0.0.1:{peer}" for i, (client, peer, _) in ports.items()
             )
         self.brokers: list[Broker] = [
-            Broker(
+            self.broker_type(
                 self.root,
                 i,
                 client_port=client,
