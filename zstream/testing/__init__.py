@@ -4,8 +4,8 @@ A plain context manager, for any test runner::
 
     import zstream.testing
 
-    with zstream.testing.cluster(brokers=1) as c:
-        async with zstream.Producer(c.bootstrap) as producer: ...
+    with zstream.testing.cluster(brokers=3) as c:
+        asyncio.run(exercise_my_app(c.bootstrap))  # Producer(c.bootstrap), ...
 
 and a pytest plugin, loaded by the ``pytest11`` entry point once zstream is
 installed, with the fixtures ``zstream_cluster`` (one broker) and

@@ -356,7 +356,7 @@ def cluster(
     """A running cluster of real brokers for the length of the ``with`` block::
 
         with zstream.testing.cluster(brokers=3) as c:
-            async with Producer(c.bootstrap) as producer: ...
+            asyncio.run(exercise_my_app(c.bootstrap))  # Producer(c.bootstrap), ...
 
     One broker runs embedded, several as a static cluster (no etcd), unless ``etcd``
     names an etcd endpoint to discover each other through. Data and logs go to
