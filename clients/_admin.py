@@ -11,13 +11,16 @@ from zstream.clients._errors import ZStreamError
 from zstream.clients._protocol import (
     CommitOffsetsRequest,
     CreateTopicRequest,
+    DeleteGroupRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
     DescribeTopicRequest,
     FetchOffsetsRequest,
+    FetchRequest,
     ListGroupsRequest,
     ListTopicsRequest,
     MetadataRequest,
+    OffsetsForTimeRequest,
 )
 
 __all__ = ["Admin"]
@@ -133,6 +136,37 @@ class Admin:
         for (topic, p), offset in sorted(offsets.items()):
             by_topic.setdefault(topic, []).append([p, offset])
         await self._cluster.call_controller(CommitOffsetsRequest(group, by_topic, member_id))
+
+    async def delete_group(self, group: str) -> None:
+        """Delete a group that has no members, with its committed offsets.
+        GroupNotEmptyError while it has members; UnknownGroupError if there is none."""
+        await self._cluster.call_controller(DeleteGroupRequest(group))
+
+    async def partition_bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(log start, high watermark) of every partition of ``topic``, each from its
+        leader (a zero-byte fetch, so the figures are the leader's own, not metadata's).
+        UnknownTopicError if there is no such topic."""
+        await self._cluster.refresh([topic])
+        out: dict[int, tuple[int, int]] = {}
+        for p in self._partitions(topic):
+            probe = FetchRequest(topic, p, 0, max_bytes=1, max_wait_ms=0)
+            result = (await self._cluster.call_leader(topic, p, probe)).result
+            out[p] = (result["log_start"], result["hwm"])
+        return out
+
+    async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        """For every partition of ``topic``, the first offset whose record timestamp is
+        >= ``timestamp_ms`` (the high watermark when none is that recent); see
+        OffsetsForTimeRequest for how the leader searches."""
+        await self._cluster.refresh([topic])
+        out: dict[int, int] = {}
+        for p in self._partitions(topic):
+            request = OffsetsForTimeRequest(topic, p, timestamp_ms)
+            out[p] = (await self._cluster.call_leader(topic, p, request)).result["offset"]
+        return out
+
+    def _partitions(self, topic: str) -> list[int]:
+        return sorted(p["partition"] for p in self._cluster.topic(topic)["partitions"])
 
     async def _leader_offsets(
         self, topics: Sequence[str]

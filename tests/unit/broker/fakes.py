@@ -15,6 +15,7 @@ from zstream.broker._controller import (
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
+    group_delete_command,
     group_join_or_update_command,
     group_leave_command,
     register_broker_command,
@@ -225,6 +226,9 @@ class FakeBackend:
     async def describe_group(self, name: str) -> dict[str, Any]:
         self._check_controller()
         return self.controller.describe_group(name)
+
+    async def delete_group(self, name: str) -> None:
+        self._propose(group_delete_command(name))
 
 
 class LiveFrontend:
