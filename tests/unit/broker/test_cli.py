@@ -29,6 +29,8 @@ SUBCOMMANDS = [
     ["group"],
     ["group", "list"],
     ["group", "describe"],
+    ["group", "reset-offsets"],
+    ["group", "delete"],
 ]
 
 
@@ -99,3 +101,26 @@ def test_describe_unknown_group_is_one_line(capsys: pytest.CaptureFixture[str]) 
         assert main(["group", "describe", "nope", "--bootstrap", live.addr]) == 1
     err = capsys.readouterr().err
     assert err == "zstream group: error: unknown group 'nope'\n"
+
+
+def test_reset_offsets_needs_exactly_one_target(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["group", "reset-offsets", "g", "--topic", "t"],
+        ["group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--to-latest"],
+        ["group", "reset-offsets", "g", "--to-earliest"],
+        ["group", "reset-offsets", "g", "--topic", "t", "--to-offset", "-1"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+    capsys.readouterr()
+
+
+def test_produce_flags_that_do_not_mix_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "t", "--count", "3", "--header", "a=b"]) == 1
+    assert "--count sends synthetic values" in capsys.readouterr().err
+    assert main(["produce", "t", "--header", "nosep", "--bootstrap", "127.0.0.1:1"]) == 1
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["consume", "t", "--format", "%s", "--output", "json"])
+    capsys.readouterr()
