@@ -46,6 +46,7 @@ from zstream.clients import (
     UnknownGroupError,
     ZStreamError,
 )
+from zstream.clients._admin import partition_bounds
 
 __all__ = ["DEV_BOOTSTRAP", "build_parser", "main"]
 
@@ -570,10 +571,7 @@ def _consume(args: argparse.Namespace) -> int:
         positions: dict[int, int] = {}
         stop_at: dict[int, int] = {}
         for p in partitions:
-            probe = await cluster.call_leader(
-                args.topic, p, FetchRequest(args.topic, p, 0, max_bytes=1, max_wait_ms=0)
-            )
-            start, hwm = probe.result["log_start"], probe.result["hwm"]
+            start, hwm = await partition_bounds(cluster, args.topic, p)
             positions[p] = start if args.from_beginning else hwm
             stop_at[p] = hwm
         while True:
@@ -624,10 +622,7 @@ async def _consume_in_group(
         raise UserError("--group takes the partitions the group assigns: drop --partition")
     ends: dict[TopicPartition, int] = {}
     for p in partitions:
-        probe = await cluster.call_leader(
-            args.topic, p, FetchRequest(args.topic, p, 0, max_bytes=1, max_wait_ms=0)
-        )
-        ends[TopicPartition(args.topic, p)] = probe.result["hwm"]
+        ends[TopicPartition(args.topic, p)] = (await partition_bounds(cluster, args.topic, p))[1]
     out = sys.stdout.buffer
     printed = 0
     consumer = Consumer(

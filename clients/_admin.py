@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zstream.clients._cluster import ClusterClient
-from zstream.clients._errors import ZStreamError
+from zstream.clients._errors import OffsetOutOfRangeError, ZStreamError
 from zstream.clients._protocol import (
     CommitOffsetsRequest,
     CreateTopicRequest,
@@ -23,10 +23,25 @@ from zstream.clients._protocol import (
     OffsetsForTimeRequest,
 )
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "partition_bounds"]
 
 # Each broker's report of the partitions it leads (for lag): a dead broker costs this.
 _REPORT_TIMEOUT_S = 2.0
+
+
+async def partition_bounds(cluster: ClusterClient, topic: str, partition: int) -> tuple[int, int]:
+    """(log start, high watermark) of one partition, from its leader: a one-byte fetch
+    at offset 0, whose OFFSET_OUT_OF_RANGE (once retention moved the start) carries
+    the same two figures."""
+    probe = FetchRequest(topic, partition, 0, max_bytes=1, max_wait_ms=0)
+    try:
+        result = (await cluster.call_leader(topic, partition, probe)).result
+    except OffsetOutOfRangeError as exc:
+        start, end = exc.details.get("start"), exc.details.get("end")
+        if isinstance(start, int) and isinstance(end, int):
+            return start, end
+        raise
+    return int(result["log_start"]), int(result["hwm"])
 
 
 class Admin:
@@ -147,12 +162,7 @@ class Admin:
         leader (a zero-byte fetch, so the figures are the leader's own, not metadata's).
         UnknownTopicError if there is no such topic."""
         await self._cluster.refresh([topic])
-        out: dict[int, tuple[int, int]] = {}
-        for p in self._partitions(topic):
-            probe = FetchRequest(topic, p, 0, max_bytes=1, max_wait_ms=0)
-            result = (await self._cluster.call_leader(topic, p, probe)).result
-            out[p] = (result["log_start"], result["hwm"])
-        return out
+        return {p: await partition_bounds(self._cluster, topic, p) for p in self._partitions(topic)}
 
     async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         """For every partition of ``topic``, the first offset whose record timestamp is

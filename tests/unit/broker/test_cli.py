@@ -124,3 +124,25 @@ def test_produce_flags_that_do_not_mix_are_one_line(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["consume", "t", "--format", "%s", "--output", "json"])
     capsys.readouterr()
+
+
+def test_reset_offsets_and_consume_after_retention_moved_the_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with LiveFrontend() as live:
+        backend = live.backend
+        live.run(backend.create_topic(CreateTopicRequest("t", 2, 1)))
+        for p in range(2):
+            part = backend.partition("t", p)
+            batch = storage.encode_batch([(b"k", b"v%d" % i) for i in range(10)])
+            live.run(part.produce(batch, Acks.ALL, 1))
+            part.start = 4  # the fetch probe at offset 0 now gets OFFSET_OUT_OF_RANGE
+        reset = ["group", "reset-offsets", "g", "--topic", "t", "--bootstrap", live.addr]
+        assert main([*reset, "--to-earliest"]) == 0
+        assert backend.controller.fetch_offsets("g", None) == {"offsets": {"t": [[0, 4], [1, 4]]}}
+        assert main([*reset, "--to-offset", "1"]) == 0  # clamped up to the start
+        assert backend.controller.fetch_offsets("g", None) == {"offsets": {"t": [[0, 4], [1, 4]]}}
+        capsys.readouterr()
+        consume = ["consume", "t", "--partition", "1", "--from-beginning", "--bootstrap", live.addr]
+        assert main([*consume, "--format", r"%o:%k:%s\n"]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{o}:k:v{o}" for o in range(4, 10)]
