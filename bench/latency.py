@@ -37,9 +37,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import uvloop
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,7 +61,17 @@ from zstream.clients import Admin, Consumer, Producer, RecordFuture, TopicPartit
 
 TOPIC = "bench-latency"
 SIZE = 100
+_T = TypeVar("_T")
 _NS = 1e-6  # ns -> ms
+
+
+def _run(main: Coroutine[Any, Any, _T]) -> _T:
+    """The clients' loop: the standard one, as in the other benchmarks and most
+    applications; ``BENCH_CLIENT_LOOP=uvloop`` for uvloop (the brokers' own choice is
+    ``ZSTREAM_EVENT_LOOP``, uvloop by default)."""
+    if os.environ.get("BENCH_CLIENT_LOOP", "asyncio") == "uvloop":
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 # ----------------------------------------------------------------------------- floor
@@ -116,7 +128,7 @@ def raw_fsync_ms(directory: Path, count: int) -> list[float]:
 
 
 def consumer_child() -> None:
-    asyncio.run(_consumer_child())
+    _run(_consumer_child())
 
 
 async def _consumer_child() -> None:
@@ -332,8 +344,8 @@ def main() -> None:
                 ) as brokers:
                     os.environ.pop("ZSTREAM_TRACE_DIR", None)
                     bootstrap = bootstrap_of(brokers)
-                    asyncio.run(prepare(bootstrap))
-                    run = asyncio.run(run_rate(bootstrap, rate, seconds[n]))
+                    _run(prepare(bootstrap))
+                    run = _run(run_rate(bootstrap, rate, seconds[n]))
             finally:
                 os.environ.pop("ZSTREAM_TRACE_DIR", None)
             produce, e2e = latencies(run)
