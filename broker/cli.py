@@ -98,6 +98,16 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def default_dev_data_dir() -> Path:
+    """``zstream dev``'s data: ``$ZSTREAM_DEV_DATA``, else the XDG data directory (an
+    installed zstream has no source tree to keep it in)."""
+    explicit = os.environ.get("ZSTREAM_DEV_DATA")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "zstream" / "dev"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zstream", description="zstream event-streaming server")
     parser.add_argument("--version", action="version", version=f"zstream {__version__}")
@@ -129,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run etcd and a local cluster in the foreground",
         description="Start etcd and N brokers on local ports; Ctrl-C stops them all.",
     )
-    d.add_argument("--data-dir", type=Path, default=Path("zstream-dev-data"))
+    d.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where etcd's and the brokers' data and logs go (default: $ZSTREAM_DEV_DATA, "
+        "else $XDG_DATA_HOME/zstream/dev, i.e. ~/.local/share/zstream/dev)",
+    )
     d.add_argument("--brokers", type=_positive_int, default=DEV_DEFAULT_BROKERS)
     d.add_argument(
         "--port-base",
@@ -849,7 +865,7 @@ def _group(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from zstream.broker._dev import run_dev
 
-    code: int = run_dev(args.data_dir, args.brokers, args.port_base)
+    code: int = run_dev(args.data_dir or default_dev_data_dir(), args.brokers, args.port_base)
     return code
 
 

@@ -7,7 +7,7 @@ import pytest
 from tests.support import free_port
 from tests.unit.broker.fakes import LiveFrontend
 from zstream import storage
-from zstream.broker.cli import build_parser, main
+from zstream.broker.cli import build_parser, default_dev_data_dir, main
 from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
@@ -146,3 +146,15 @@ def test_reset_offsets_and_consume_after_retention_moved_the_start(
         consume = ["consume", "t", "--partition", "1", "--from-beginning", "--bootstrap", live.addr]
         assert main([*consume, "--format", r"%o:%k:%s\n"]) == 0
         assert capsys.readouterr().out.splitlines() == [f"{o}:k:v{o}" for o in range(4, 10)]
+
+
+def test_dev_data_goes_to_a_documented_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZSTREAM_DEV_DATA", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", "/somewhere/share")
+    assert str(default_dev_data_dir()) == "/somewhere/share/zstream/dev"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", "/home/u")
+    assert str(default_dev_data_dir()) == "/home/u/.local/share/zstream/dev"
+    monkeypatch.setenv("ZSTREAM_DEV_DATA", "/data/dev")
+    assert str(default_dev_data_dir()) == "/data/dev"
+    assert build_parser().parse_args(["dev"]).data_dir is None  # resolved at run time
