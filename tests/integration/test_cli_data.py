@@ -19,7 +19,8 @@ from tests.support import BrokerProcess, bootstrap_of, running_brokers, wait_unt
 from zstream import storage
 from zstream.clients import Admin, ClusterClient, Consumer, ProduceRequest, UnknownGroupError
 
-pytestmark = pytest.mark.integration
+# The first test also waits for the module's cluster to form.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 # Two batches per partition: five records stamped OLD, then five stamped NEW.
 OLD_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z

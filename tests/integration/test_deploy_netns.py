@@ -29,7 +29,7 @@ from tests.support import ManagedProcess, wait_until
 from tests.support.netns import Network, NetworkUnavailable
 from zstream.broker._config import BrokerConfig, load_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -173,6 +173,7 @@ def _status(hosts: Hosts) -> str:
     return result.stdout.decode() if result.returncode == 0 else ""
 
 
+@pytest.mark.timeout(400)  # three etcd members and three brokers forming, on a shared box
 def test_three_hosts_from_the_documented_files(hosts: Hosts) -> None:
     for n in HOSTS:
         hosts.start_etcd(n)
