@@ -30,7 +30,7 @@ bench-deps:
 	@sh scripts/bench-deps.sh
 
 run: $(STAMP) system-deps
-	$(VENV)/bin/zstream dev
+	$(VENV)/bin/zstream dev --data-dir zstream-dev-data
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PACKAGES) tests bench

@@ -50,15 +50,16 @@ from bench._common import (
     write_chart,
     write_results,
 )
-from tests.support import bootstrap_of, running_brokers, wait_until_async
+from tests.support import wait_until_async
 from zstream.clients import Admin, Consumer, Producer, TopicPartition
+from zstream.testing import cluster as running_cluster
 
 
 @contextmanager
 def cluster(root: Path, rf: int) -> Iterator[str]:
     """``rf`` brokers (static peers; one runs embedded); yields their bootstrap."""
-    with running_brokers(root, rf, extra=["--log-level=WARNING"], ready_timeout_s=60) as brokers:
-        yield bootstrap_of(brokers)
+    with running_cluster(rf, path=root, log_level="WARNING", ready_timeout_s=60) as brokers:
+        yield brokers.bootstrap
 
 
 async def produce(bootstrap: str, topic: str, size: int, seconds: float) -> dict[str, Any]:

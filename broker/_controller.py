@@ -20,6 +20,7 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "commit_offsets", "group": str, "member_id": str, "offsets": [[str, int, int], ...],
      "now_ms": int}
     {"op": "expire_offsets", "now_ms": int, "retention_ms": int}
+    {"op": "group_delete", "group": str}
 
 ``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
 view of the brokers: apply never reads a clock, so every replica agrees.
@@ -54,6 +55,9 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
   retention, proposed by the controller leader) drops a group with no members whose
   last commit or departure (``now_ms`` of those commands) is older than
   ``retention_ms``.
+- ``group_delete`` (an operator's ``zstream group delete``) drops a group with no
+  members, its committed offsets with it: GROUP_NOT_EMPTY while it has members,
+  UNKNOWN_GROUP if there is no such group. A snapshot simply no longer lists it.
 
 Snapshot: msgpack of {"v": 3, "applied_index", "brokers", "topics",
 "next_group_id", "next_producer_id", "groups"}, where ``groups`` is
@@ -75,6 +79,7 @@ import msgpack
 from zstream.broker._groups import Group, Member, TopicPartition, partition_map, rebalance
 from zstream.clients import (
     FencedMemberError,
+    GroupNotEmptyError,
     InvalidRequestError,
     TopicExistsError,
     UnavailableError,
@@ -103,6 +108,7 @@ __all__ = [
     "commit_offsets_command",
     "create_topic_command",
     "delete_topic_command",
+    "group_delete_command",
     "group_expire_command",
     "group_join_or_update_command",
     "group_leave_command",
@@ -215,6 +221,10 @@ def group_leave_command(group: str, member_id: str, now_ms: int = 0) -> bytes:
 
 def group_expire_command(group: str, member_id: str, now_ms: int = 0) -> bytes:
     return _pack({"op": "group_expire", "group": group, "member_id": member_id, "now_ms": now_ms})
+
+
+def group_delete_command(group: str) -> bytes:
+    return _pack({"op": "group_delete", "group": group})
 
 
 def commit_offsets_command(
@@ -384,6 +394,9 @@ class ControllerState:
                 return None
             if op == "expire_offsets":
                 return self._expire_offsets(cmd)
+            if op == "group_delete":
+                self._group_delete(cmd)
+                return None
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -580,6 +593,18 @@ class ControllerState:
                 del self.groups[name]
                 dropped.append(name)
         return dropped
+
+    def _group_delete(self, cmd: Mapping[str, Any]) -> None:
+        name = _group_name(cmd)
+        group = self.groups.get(name)
+        if group is None:
+            raise UnknownGroupError(f"unknown group {name!r}")
+        if group.members:
+            raise GroupNotEmptyError(
+                f"group {name!r} has {len(group.members)} member(s): stop its consumers "
+                "(or wait for their session timeout) before deleting it"
+            )
+        del self.groups[name]
 
     def expired_offsets(self, now_ms: int, retention_ms: int) -> bool:
         """Would `expire_offsets` at ``now_ms`` change anything? (The leader asks before

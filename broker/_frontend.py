@@ -52,6 +52,7 @@ from zstream.clients import (
     CorruptBatchError,
     CreateTopicRequest,
     CreditRequest,
+    DeleteGroupRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
     DescribeTopicRequest,
@@ -65,6 +66,7 @@ from zstream.clients import (
     MessageTooLargeError,
     MetadataRequest,
     OffsetOutOfRangeError,
+    OffsetsForTimeRequest,
     ProduceRequest,
     RequestTimedOutError,
     SubscribeRequest,
@@ -83,7 +85,7 @@ from zstream.clients._protocol import (
     peek_correlation_id,
 )
 
-__all__ = ["Backend", "Frontend", "FrontendStats", "PartitionBackend"]
+__all__ = ["Backend", "Frontend", "FrontendStats", "PartitionBackend", "offset_for_time"]
 
 log = logging.getLogger("zstream.frontend")
 
@@ -99,6 +101,7 @@ _SLOW_OPS = (
     FetchOffsetsRequest,
     ListGroupsRequest,
     DescribeGroupRequest,
+    DeleteGroupRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -170,6 +173,8 @@ class Backend(Protocol):
     async def list_groups(self) -> list[str]: ...
 
     async def describe_group(self, name: str) -> dict[str, Any]: ...
+
+    async def delete_group(self, name: str) -> None: ...
 
 
 @dataclasses.dataclass
@@ -377,6 +382,13 @@ class Frontend:
                 return {"groups": await backend.list_groups()}, ()
             case DescribeGroupRequest():
                 return await backend.describe_group(args.group), ()
+            case DeleteGroupRequest():
+                await backend.delete_group(args.group)
+                return {}, ()
+            case OffsetsForTimeRequest():
+                partition = backend.partition(args.topic, args.partition)
+                partition.check_leader()
+                return offset_for_time(partition, args.timestamp_ms), ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():
@@ -520,3 +532,36 @@ class Frontend:
         result = {"err": int(error.code), "msg": error.message, **error.details}
         result["next_offset"] = stream.offset
         await self._send(stream.identity, encode_push(stream.id, "closed", result))
+
+
+def offset_for_time(partition: PartitionBackend, timestamp_ms: int) -> dict[str, Any]:
+    """The OffsetsForTimeRequest reply (see clients/_protocol.py): a binary search over
+    the committed batches by their header's ``max_timestamp_ms`` (one small read per
+    step, headers only), then the records of the one batch found. The search keeps
+    ``lo <= answer's batch <= hi``: a batch reaching ``timestamp_ms`` moves ``hi`` to
+    its base offset, one that does not moves ``lo`` past it; ``hi`` left at the high
+    watermark means no record is that recent."""
+    start, hwm = partition.log_start_offset, partition.high_watermark
+    lo, hi = start, hwm
+    try:
+        while lo < hi:
+            batches = partition.read((lo + hi) // 2, 1)
+            if not batches:
+                break
+            header = storage.decode_batch_header(batches[0])
+            if header.max_timestamp_ms >= timestamp_ms:
+                hi = header.base_offset
+            else:
+                lo = header.next_offset
+        if hi < hwm:
+            for record in storage.decode_records(partition.read(hi, 1)[0]):
+                if record.timestamp_ms >= timestamp_ms:
+                    return {
+                        "offset": record.offset,
+                        "timestamp_ms": record.timestamp_ms,
+                        "log_start": start,
+                        "hwm": hwm,
+                    }
+    except storage.CorruptBatchError as exc:
+        raise CorruptBatchError(f"offsets_for_time: stored batch is corrupt: {exc}") from exc
+    return {"offset": hwm, "timestamp_ms": None, "log_start": start, "hwm": hwm}

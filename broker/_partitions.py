@@ -210,9 +210,12 @@ class RaftReplica:
         except (replication.RaftError, storage.StorageError) as exc:
             raise translate_raft_error(exc) from exc
         try:
-            return self.log.offset_after(index) - count
+            base = self.log.offset_after(index) - count
         except replication.RaftError as exc:  # compacted already: the offset is gone
             raise translate_raft_error(exc) from exc
+        if replication.trace is not None:
+            replication.trace.mark("offset", self.handle.group_id, index, base)
+        return base
 
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
         hwm = self.high_watermark

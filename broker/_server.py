@@ -41,6 +41,7 @@ from zstream.broker._controller import (
     create_topic_command,
     delete_topic_command,
     expire_offsets_command,
+    group_delete_command,
     group_expire_command,
     group_join_or_update_command,
     group_leave_command,
@@ -385,6 +386,10 @@ class GroupCoordinator:
     async def describe_group(self, name: str) -> dict[str, Any]:
         await self._controller.caught_up()
         return self._controller.state.describe_group(name)
+
+    async def delete_group(self, name: str) -> None:
+        await self._controller.propose(group_delete_command(name))
+        log.info("group deleted group=%s", name)
 
     async def expire_offsets(self, now_ms: int, retention_ms: int) -> list[str]:
         """As the leader, drop the groups with no members whose offsets are older than
@@ -828,6 +833,9 @@ class Broker:
 
     async def describe_group(self, name: str) -> dict[str, Any]:
         return await self.groups.describe_group(name)
+
+    async def delete_group(self, name: str) -> None:
+        await self.groups.delete_group(name)
 
 
 def install_signal_handlers(broker: Broker) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
 import sys
 import time
@@ -16,6 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from zstream import __version__, storage
+from zstream.broker._cli_format import (
+    FormatError,
+    InputRecord,
+    Template,
+    parse_header_flags,
+    parse_json_line,
+    parse_text_line,
+    record_json,
+)
 from zstream.broker._config import BrokerConfig, ConfigError, load_config
 from zstream.clients import (
     Acks,
@@ -26,13 +36,17 @@ from zstream.clients import (
     CreateTopicRequest,
     DeleteTopicRequest,
     DescribeTopicRequest,
+    FencedMemberError,
     FetchRequest,
     ListTopicsRequest,
     MetadataRequest,
+    Producer,
     ProduceRequest,
     TopicPartition,
+    UnknownGroupError,
     ZStreamError,
 )
+from zstream.clients._admin import partition_bounds
 
 __all__ = ["DEV_BOOTSTRAP", "build_parser", "main"]
 
@@ -64,6 +78,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
 def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap",
@@ -72,6 +96,16 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
         help="brokers to contact (default: $ZSTREAM_BOOTSTRAP, else where `zstream dev` "
         f"listens: {DEV_BOOTSTRAP})",
     )
+
+
+def default_dev_data_dir() -> Path:
+    """``zstream dev``'s data: ``$ZSTREAM_DEV_DATA``, else the XDG data directory (an
+    installed zstream has no source tree to keep it in)."""
+    explicit = os.environ.get("ZSTREAM_DEV_DATA")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "zstream" / "dev"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run etcd and a local cluster in the foreground",
         description="Start etcd and N brokers on local ports; Ctrl-C stops them all.",
     )
-    d.add_argument("--data-dir", type=Path, default=Path("zstream-dev-data"))
+    d.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where etcd's and the brokers' data and logs go (default: $ZSTREAM_DEV_DATA, "
+        "else $XDG_DATA_HOME/zstream/dev, i.e. ~/.local/share/zstream/dev)",
+    )
     d.add_argument("--brokers", type=_positive_int, default=DEV_DEFAULT_BROKERS)
     d.add_argument(
         "--port-base",
@@ -147,6 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=_positive_int, help="send N synthetic records instead")
     p.add_argument("--size", type=_positive_int, default=100, help="synthetic record bytes")
     p.add_argument("--batch", type=_positive_int, default=500, help="records per batch")
+    p.add_argument(
+        "--input",
+        choices=["lines", "jsonl"],
+        default="lines",
+        help="lines: each stdin line is a value (default); jsonl: each line is a JSON "
+        'object {"key", "value", "headers", "partition"} (see docs/cli.md)',
+    )
+    p.add_argument(
+        "--key-separator",
+        metavar="SEP",
+        help="lines input: split each line at the first SEP into KEY and VALUE "
+        "(a line without SEP has no key; \\t means a tab)",
+    )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="add this header to every record (repeatable)",
+    )
     _add_bootstrap(p)
 
     c = sub.add_parser("consume", help="print one record value per line")
@@ -160,12 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="consume as a member of this consumer group: start from its committed "
         "offsets (else as --from-beginning says), commit what was printed on exit",
     )
+    shape = c.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--format",
+        metavar="TEMPLATE",
+        help="print each record as TEMPLATE, as kcat -f: %%s value, %%k key, %%t topic, "
+        "%%p partition, %%o offset, %%T timestamp ms, %%h headers, %%S/%%K value/key "
+        "length, %%%% a %%; \\n \\t \\r \\\\ escapes (e.g. '%%k\\t%%s\\n')",
+    )
+    shape.add_argument(
+        "--output",
+        choices=["value", "json"],
+        default="value",
+        help="value: each value and a newline (default); json: one JSON object per "
+        "record per line (topic, partition, offset, timestamp_ms, key, value, headers)",
+    )
     _add_bootstrap(c)
 
     s = sub.add_parser("status", help="brokers, controller and partitions")
     _add_bootstrap(s)
 
-    g = sub.add_parser("group", help="list or describe consumer groups")
+    g = sub.add_parser(
+        "group", help="list, describe, reset the offsets of, or delete consumer groups"
+    )
     gsub = g.add_subparsers(dest="group_command", metavar="ACTION", required=True)
     _add_bootstrap(gsub.add_parser("list", help="list consumer groups"))
     gd = gsub.add_parser(
@@ -173,6 +250,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gd.add_argument("name")
     _add_bootstrap(gd)
+    gr = gsub.add_parser(
+        "reset-offsets",
+        help="set a stopped group's committed offsets on every partition of a topic",
+        description="Commit new offsets for GROUP on every partition of --topic. Refused "
+        "while the group has members: stop its consumers first.",
+    )
+    gr.add_argument("name", metavar="GROUP")
+    gr.add_argument("--topic", required=True)
+    to = gr.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="each partition's log start")
+    to.add_argument("--to-latest", action="store_true", help="each partition's end (hwm)")
+    to.add_argument(
+        "--to-offset",
+        type=_non_negative_int,
+        metavar="N",
+        help="offset N on every partition (clamped to each partition's [log start, end])",
+    )
+    to.add_argument(
+        "--to-datetime",
+        metavar="ISO",
+        help="the first record at or after this time, e.g. 2026-12-06T20:00:00Z "
+        "(ISO 8601; no zone means UTC); the end where none is that recent",
+    )
+    _add_bootstrap(gr)
+    gdel = gsub.add_parser(
+        "delete",
+        help="delete a group with no members and its committed offsets",
+        description="Delete GROUP and its committed offsets. Refused while it has members.",
+    )
+    gdel.add_argument("name", metavar="GROUP")
+    _add_bootstrap(gdel)
     return parser
 
 
@@ -340,6 +448,12 @@ class _Progress:
 
 
 def _produce(args: argparse.Namespace) -> int:
+    plain = args.input == "lines" and args.key_separator is None and not args.header
+    if args.count is not None and not plain:
+        raise UserError("--count sends synthetic values: drop --input, --key-separator, --header")
+    if not plain:
+        return _produce_records(args)
+
     async def go(cluster: ClusterClient) -> int:
         await cluster.refresh([args.topic])
         partitions = _partitions_of(cluster, args.topic, args.partition)
@@ -381,21 +495,99 @@ def _produce(args: argparse.Namespace) -> int:
     return _run(go, args.bootstrap)
 
 
+def _produce_records(args: argparse.Namespace) -> int:
+    """Keys, headers or JSON lines: records go through a Producer (idempotent, keys
+    placed by their hash as any client places them)."""
+    try:
+        headers = parse_header_flags(args.header)
+    except FormatError as exc:
+        raise UserError(str(exc)) from exc
+    separator = None
+    if args.key_separator is not None:
+        if not args.key_separator:
+            raise UserError("--key-separator must not be empty")
+        separator = args.key_separator.replace("\\t", "\t").encode()
+
+    def parse(line: bytes) -> InputRecord | None:
+        if args.input == "jsonl":
+            return parse_json_line(line, headers)
+        return parse_text_line(line, separator, headers)
+
+    async def go(cluster: ClusterClient) -> int:
+        await cluster.refresh([args.topic])
+        count = len(_partitions_of(cluster, args.topic, None))
+        _partitions_of(cluster, args.topic, args.partition)  # checks --partition
+        interactive = sys.stdin.isatty()
+        sent = 0
+        async with Producer(args.bootstrap, acks=args.acks) as producer:
+            pending = []
+            number = 0
+            while line := await asyncio.to_thread(sys.stdin.buffer.readline):
+                number += 1
+                try:
+                    record = parse(line.rstrip(b"\r\n"))
+                except FormatError as exc:
+                    raise UserError(f"input line {number}: {exc}") from exc
+                if record is None:
+                    continue
+                partition = args.partition if record.partition is None else record.partition
+                if partition is not None and partition >= count:
+                    raise UserError(
+                        f"input line {number}: topic {args.topic!r} has no partition "
+                        f"{partition} (it has {count})"
+                    )
+                pending.append(
+                    producer.send(
+                        args.topic,
+                        record.value,
+                        key=record.key,
+                        headers=record.headers or None,
+                        partition=partition,
+                    )
+                )
+                if interactive or len(pending) >= args.batch:
+                    for future in pending:
+                        await future
+                    sent += len(pending)
+                    pending = []
+            for future in pending:
+                await future
+            sent += len(pending)
+        print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
+        return 0
+
+    return _run(go, args.bootstrap)
+
+
+_Printer = Callable[[str, int, int, int, bytes | None, bytes, Sequence[tuple[str, bytes]]], bytes]
+
+
+def _printer(args: argparse.Namespace) -> _Printer:
+    """How `zstream consume` writes one record (see broker/_cli_format.py)."""
+    if args.format is not None:
+        try:
+            return Template(args.format).render
+        except FormatError as exc:
+            raise UserError(str(exc)) from exc
+    if args.output == "json":
+        return record_json
+    return lambda topic, partition, offset, ts, key, value, headers: value + b"\n"
+
+
 def _consume(args: argparse.Namespace) -> int:
+    show = _printer(args)
+
     async def go(cluster: ClusterClient) -> int:
         await cluster.refresh([args.topic])
         partitions = _partitions_of(cluster, args.topic, args.partition)
         if args.group is not None:
-            return await _consume_in_group(args, cluster, partitions)
+            return await _consume_in_group(args, cluster, partitions, show)
         out = sys.stdout.buffer
         printed = 0
         positions: dict[int, int] = {}
         stop_at: dict[int, int] = {}
         for p in partitions:
-            probe = await cluster.call_leader(
-                args.topic, p, FetchRequest(args.topic, p, 0, max_bytes=1, max_wait_ms=0)
-            )
-            start, hwm = probe.result["log_start"], probe.result["hwm"]
+            start, hwm = await partition_bounds(cluster, args.topic, p)
             positions[p] = start if args.from_beginning else hwm
             stop_at[p] = hwm
         while True:
@@ -410,7 +602,17 @@ def _consume(args: argparse.Namespace) -> int:
                     for record in storage.decode_records(frame):
                         if record.offset < positions[p]:
                             continue
-                        out.write(record.value + b"\n")
+                        out.write(
+                            show(
+                                args.topic,
+                                p,
+                                record.offset,
+                                record.timestamp_ms,
+                                record.key,
+                                record.value,
+                                record.headers,
+                            )
+                        )
                         printed += 1
                         positions[p] = record.offset + 1
                         if args.max is not None and printed >= args.max:
@@ -430,16 +632,13 @@ _GROUP_IDLE_S = 10.0
 
 
 async def _consume_in_group(
-    args: argparse.Namespace, cluster: ClusterClient, partitions: list[int]
+    args: argparse.Namespace, cluster: ClusterClient, partitions: list[int], show: _Printer
 ) -> int:
     if args.partition is not None:
         raise UserError("--group takes the partitions the group assigns: drop --partition")
     ends: dict[TopicPartition, int] = {}
     for p in partitions:
-        probe = await cluster.call_leader(
-            args.topic, p, FetchRequest(args.topic, p, 0, max_bytes=1, max_wait_ms=0)
-        )
-        ends[TopicPartition(args.topic, p)] = probe.result["hwm"]
+        ends[TopicPartition(args.topic, p)] = (await partition_bounds(cluster, args.topic, p))[1]
     out = sys.stdout.buffer
     printed = 0
     consumer = Consumer(
@@ -466,7 +665,17 @@ async def _consume_in_group(
                 if all((consumer.position(tp) or 0) >= ends.get(tp, 0) for tp in owned):
                     break
                 continue
-            out.write(record.value + b"\n")
+            out.write(
+                show(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp_ms,
+                    record.key,
+                    record.value,
+                    record.headers,
+                )
+            )
             printed += 1
         out.flush()
         await consumer.commit()
@@ -581,14 +790,73 @@ def _format_group(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def parse_datetime_ms(text: str) -> int:
+    """``--to-datetime``: ISO 8601 to milliseconds since the epoch; no zone is UTC."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(
+            f"--to-datetime {text!r}: expected ISO 8601, e.g. 2026-12-06T20:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    ms = int(when.timestamp() * 1000)
+    if ms < 0:
+        raise UserError(f"--to-datetime {text!r} is before 1970")
+    return ms
+
+
+async def _reset_offsets(args: argparse.Namespace, admin: Admin) -> int:
+    group, topic = args.name, args.topic
+    try:
+        members = (await admin.describe_group(group))["members"]
+    except UnknownGroupError:
+        members = []  # no such group yet: the commit creates it
+    if members:
+        ids = ", ".join(m["member_id"] for m in members)
+        raise UserError(
+            f"group {group!r} has {len(members)} member(s) ({ids}): stop its consumers "
+            "before resetting its offsets"
+        )
+    bounds = await admin.partition_bounds(topic)
+    if args.to_earliest:
+        target = {p: start for p, (start, _) in bounds.items()}
+    elif args.to_latest:
+        target = {p: hwm for p, (_, hwm) in bounds.items()}
+    elif args.to_offset is not None:
+        target = {p: min(max(args.to_offset, start), hwm) for p, (start, hwm) in bounds.items()}
+    else:
+        target = await admin.offsets_for_time(topic, parse_datetime_ms(args.to_datetime))
+    before = await admin.fetch_offsets(group, [topic])
+    try:
+        await admin.commit_offsets(group, {(topic, p): o for p, o in target.items()})
+    except FencedMemberError as exc:
+        # The controller refuses a non-member's commit into a group with members:
+        # one joined since the check above. Nothing was committed.
+        raise UserError(
+            f"group {group!r} gained a member meanwhile: nothing was committed"
+        ) from exc
+    print(f"group {group}: offsets of topic {topic} reset")
+    print(f"  {'partition':>9}  {'old':>9}  {'new':>9}")
+    for p in sorted(target):
+        old = before.get((topic, p))
+        print(f"  {p:>9}  {_cell(old):>9}  {target[p]:>9}")
+    return 0
+
+
 def _group(args: argparse.Namespace) -> int:
     async def go(admin: Admin) -> int:
         if args.group_command == "list":
             for name in await admin.list_groups():
                 print(name)
-        else:
+        elif args.group_command == "describe":
             for line in _format_group(await admin.describe_group(args.name)):
                 print(line)
+        elif args.group_command == "reset-offsets":
+            return await _reset_offsets(args, admin)
+        else:
+            await admin.delete_group(args.name)
+            print(f"deleted group {args.name}")
         return 0
 
     return _run_admin(go, args.bootstrap)
@@ -597,7 +865,7 @@ def _group(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from zstream.broker._dev import run_dev
 
-    code: int = run_dev(args.data_dir, args.brokers, args.port_base)
+    code: int = run_dev(args.data_dir or default_dev_data_dir(), args.brokers, args.port_base)
     return code
 
 

@@ -7,23 +7,41 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zstream.clients._cluster import ClusterClient
-from zstream.clients._errors import ZStreamError
+from zstream.clients._errors import OffsetOutOfRangeError, ZStreamError
 from zstream.clients._protocol import (
     CommitOffsetsRequest,
     CreateTopicRequest,
+    DeleteGroupRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
     DescribeTopicRequest,
     FetchOffsetsRequest,
+    FetchRequest,
     ListGroupsRequest,
     ListTopicsRequest,
     MetadataRequest,
+    OffsetsForTimeRequest,
 )
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "partition_bounds"]
 
 # Each broker's report of the partitions it leads (for lag): a dead broker costs this.
 _REPORT_TIMEOUT_S = 2.0
+
+
+async def partition_bounds(cluster: ClusterClient, topic: str, partition: int) -> tuple[int, int]:
+    """(log start, high watermark) of one partition, from its leader: a one-byte fetch
+    at offset 0, whose OFFSET_OUT_OF_RANGE (once retention moved the start) carries
+    the same two figures."""
+    probe = FetchRequest(topic, partition, 0, max_bytes=1, max_wait_ms=0)
+    try:
+        result = (await cluster.call_leader(topic, partition, probe)).result
+    except OffsetOutOfRangeError as exc:
+        start, end = exc.details.get("start"), exc.details.get("end")
+        if isinstance(start, int) and isinstance(end, int):
+            return start, end
+        raise
+    return int(result["log_start"]), int(result["hwm"])
 
 
 class Admin:
@@ -133,6 +151,32 @@ class Admin:
         for (topic, p), offset in sorted(offsets.items()):
             by_topic.setdefault(topic, []).append([p, offset])
         await self._cluster.call_controller(CommitOffsetsRequest(group, by_topic, member_id))
+
+    async def delete_group(self, group: str) -> None:
+        """Delete a group that has no members, with its committed offsets.
+        GroupNotEmptyError while it has members; UnknownGroupError if there is none."""
+        await self._cluster.call_controller(DeleteGroupRequest(group))
+
+    async def partition_bounds(self, topic: str) -> dict[int, tuple[int, int]]:
+        """(log start, high watermark) of every partition of ``topic``, each from its
+        leader (a zero-byte fetch, so the figures are the leader's own, not metadata's).
+        UnknownTopicError if there is no such topic."""
+        await self._cluster.refresh([topic])
+        return {p: await partition_bounds(self._cluster, topic, p) for p in self._partitions(topic)}
+
+    async def offsets_for_time(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        """For every partition of ``topic``, the first offset whose record timestamp is
+        >= ``timestamp_ms`` (the high watermark when none is that recent); see
+        OffsetsForTimeRequest for how the leader searches."""
+        await self._cluster.refresh([topic])
+        out: dict[int, int] = {}
+        for p in self._partitions(topic):
+            request = OffsetsForTimeRequest(topic, p, timestamp_ms)
+            out[p] = (await self._cluster.call_leader(topic, p, request)).result["offset"]
+        return out
+
+    def _partitions(self, topic: str) -> list[int]:
+        return sorted(p["partition"] for p in self._cluster.topic(topic)["partitions"])
 
     async def _leader_offsets(
         self, topics: Sequence[str]

@@ -27,6 +27,7 @@ __all__ = [
     "DuplicateSequenceError",
     "ErrorCode",
     "FencedMemberError",
+    "GroupNotEmptyError",
     "InvalidRequestError",
     "MessageTooLargeError",
     "NotAuthorizedError",
@@ -75,6 +76,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_GROUP = 18
     UNKNOWN_MEMBER = 19
     FENCED_MEMBER = 20
+    GROUP_NOT_EMPTY = 21
     # Never sent by a broker: raised by the client when the connection fails.
     CONNECTION_LOST = 100
     # Never sent by a broker: raised by the client around the application's
@@ -209,6 +211,13 @@ class FencedMemberError(ZStreamError):
     code = ErrorCode.FENCED_MEMBER
 
 
+class GroupNotEmptyError(ZStreamError):
+    """An operation that needs a group with no members (delete it, or reset its
+    offsets) met a group that has some: stop its consumers first."""
+
+    code = ErrorCode.GROUP_NOT_EMPTY
+
+
 class ConnectionLostError(ZStreamError):
     """The client could not reach the broker, or lost the connection mid-request."""
 
@@ -262,6 +271,7 @@ for _cls in (
     UnknownGroupError,
     UnknownMemberError,
     FencedMemberError,
+    GroupNotEmptyError,
     ConnectionLostError,
     SerializationError,
     DeserializationError,

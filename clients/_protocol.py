@@ -61,6 +61,7 @@ __all__ = [
     "CommitOffsetsRequest",
     "CreateTopicRequest",
     "CreditRequest",
+    "DeleteGroupRequest",
     "DeleteTopicRequest",
     "DescribeGroupRequest",
     "DescribeTopicRequest",
@@ -71,6 +72,7 @@ __all__ = [
     "ListGroupsRequest",
     "ListTopicsRequest",
     "MetadataRequest",
+    "OffsetsForTimeRequest",
     "ProduceRequest",
     "Push",
     "Reply",
@@ -215,6 +217,32 @@ class FetchRequest:
         _non_negative("offset", self.offset)
         _positive("max_bytes", self.max_bytes)
         _non_negative("max_wait_ms", self.max_wait_ms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OffsetsForTimeRequest:
+    """The first offset of a partition whose record timestamp is >= ``timestamp_ms``
+    (Kafka's ListOffsets by timestamp), answered by the partition leader from the
+    committed log. Reply ``res``::
+
+        {"offset": int, "timestamp_ms": int | None, "log_start": int, "hwm": int}
+
+    ``timestamp_ms`` is the found record's timestamp; when no committed record is
+    that recent, ``offset`` is the high watermark and ``timestamp_ms`` None. The
+    leader searches by each batch's ``max_timestamp_ms``, assuming that timestamps
+    grow with offsets, as they do when producers stamp the time of sending (the
+    default); with timestamps out of order the answer is an offset whose batch
+    reaches ``timestamp_ms``, not necessarily the first such."""
+
+    op: ClassVar[str] = "offsets_for_time"
+    topic: str
+    partition: int
+    timestamp_ms: int
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.topic)
+        _non_negative("partition", self.partition)
+        _non_negative("timestamp_ms", self.timestamp_ms)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -422,6 +450,19 @@ class DescribeGroupRequest:
         validate_group_name(self.group)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeleteGroupRequest:
+    """Delete a consumer group with no members, and with it its committed offsets
+    (Kafka's DeleteGroups). GROUP_NOT_EMPTY while it has members, UNKNOWN_GROUP if it
+    has neither members nor offsets. Reply ``res``: ``{}``."""
+
+    op: ClassVar[str] = "delete_group"
+    group: str
+
+    def __post_init__(self) -> None:
+        validate_group_name(self.group)
+
+
 RequestArgs: TypeAlias = (
     MetadataRequest
     | CreateTopicRequest
@@ -439,6 +480,8 @@ RequestArgs: TypeAlias = (
     | FetchOffsetsRequest
     | ListGroupsRequest
     | DescribeGroupRequest
+    | DeleteGroupRequest
+    | OffsetsForTimeRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -460,6 +503,8 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         FetchOffsetsRequest,
         ListGroupsRequest,
         DescribeGroupRequest,
+        DeleteGroupRequest,
+        OffsetsForTimeRequest,
     )
 }
 

@@ -45,6 +45,7 @@ from ._host import (
 from ._raft import ProgressState, RaftConfig, RaftNode
 from ._raftlog_disk import RaftLog, RaftLogError
 from ._storage import MemoryStorage, Storage
+from ._trace import Trace, trace
 from ._transport import (
     PeerMessage,
     PeerTransport,
@@ -121,6 +122,7 @@ __all__ = [
     "SnapshotTemporarilyUnavailableError",
     "SoftState",
     "Storage",
+    "Trace",
     "TransportClosedError",
     "TransportConfig",
     "TransportDecodeError",
@@ -140,4 +142,5 @@ __all__ = [
     "message_from_wire",
     "message_to_wire",
     "node_routing_id",
+    "trace",
 ]

@@ -60,6 +60,7 @@ import concurrent.futures
 import contextlib
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, fields, replace
@@ -69,6 +70,7 @@ import msgpack
 
 from zstream.storage import CorruptBatchError, decode_batch_header
 
+from . import _trace
 from ._codec import decode_conf_change, message_from_wire, message_to_wire
 from ._errors import CodecError, ConfigError, NotLeaderError, RaftError
 from ._raft import RaftConfig, RaftNode
@@ -103,6 +105,8 @@ _HOST = -1
 _LIVENESS = 0
 _QUIESCE = 1
 _CONF_CHANGE = EntryType.CONF_CHANGE
+_APPEND = MessageType.APPEND
+_APPEND_RESP = MessageType.APPEND_RESP
 _LEADER = Role.LEADER
 # Messages that a quiesced group steps without waking: the tail of the last heartbeat
 # round and acknowledgements, which cross the quiesce notice on the wire.
@@ -223,6 +227,7 @@ class _Group:
         "on_snapshot",
         "pending",
         "pending_futs",
+        "pending_ts",
         "proposals",
         "quiesced",
         "read_seq",
@@ -256,6 +261,7 @@ class _Group:
         self.proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
         self.pending: list[bytes] = []
         self.pending_futs: list[asyncio.Future[int]] = []
+        self.pending_ts: list[int] = []  # when each was queued; only while tracing
         # (deadline, first index, last index) of each batch of proposals, in order.
         self.timeouts: deque[tuple[float, int, int]] = deque()
         self.waiters: list[tuple[int, int, asyncio.Future[int]]] = []
@@ -298,6 +304,8 @@ class GroupHandle:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         g.pending.append(data)
         g.pending_futs.append(fut)
+        if _trace.trace is not None:
+            g.pending_ts.append(time.monotonic_ns())
         host._wake(g)
         host._touch(g)
         return fut
@@ -640,12 +648,14 @@ class RaftHost:
             n += 1
             if budget <= 0:
                 break
+        queued = g.pending_ts
         if n < len(datas):
             g.pending, g.pending_futs = datas[n:], futs[n:]
-            datas, futs = datas[:n], futs[:n]
+            g.pending_ts = queued[n:]
+            datas, futs, queued = datas[:n], futs[:n], queued[:n]
             self._dirty[g.id] = g
         else:
-            g.pending, g.pending_futs = [], []
+            g.pending, g.pending_futs, g.pending_ts = [], [], []
         try:
             first = g.node.propose_batch(datas)
         except RaftError as exc:
@@ -653,6 +663,11 @@ class RaftHost:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        tr = _trace.trace
+        if tr is not None:
+            for index, t_ns in enumerate(queued, first):
+                tr.mark("queued", g.id, index, t_ns)
+            tr.mark_range("proposed", g.id, first, first + len(futs) - 1)
         term = g.node.term
         proposals = g.proposals
         for index, fut in enumerate(futs, first):
@@ -756,6 +771,9 @@ class RaftHost:
             if msg.frm != frm:
                 self._bad_item(frm)
                 continue
+            if _trace.trace is not None and msg.type == _APPEND and msg.entries:
+                first, last = msg.entries[0].index, msg.entries[-1].index
+                _trace.trace.mark_range("received", gid, first, last)
             if g.quiesced and not (
                 msg.type in _BENIGN and msg.term == g.node.term and not msg.reject
             ):
@@ -858,6 +876,7 @@ class RaftHost:
             stats.state_writes += len(writes)
             await asyncio.gather(*writes)
         synced: list[_Group] = []
+        tr = _trace.trace
         for g, rd in work:
             if rd.soft_state is not None:
                 self._leader_changed(g, rd.soft_state.leader)
@@ -882,10 +901,14 @@ class RaftHost:
                     g.durable = min(g.durable, rd.entries[0].index - 1)
                 g.log.append(rd.entries)
                 synced.append(g)
+                if tr is not None:
+                    tr.mark_range("appended", g.id, rd.entries[0].index, rd.entries[-1].index)
                 if not self._cfg.fsync:
                     g.durable = g.log.last_index()
             if rd.hard_state is not None:
                 g.log.set_commit(rd.hard_state.commit)
+                if tr is not None:
+                    tr.mark("committed", g.id, rd.hard_state.commit)
             if rd.messages:
                 self._send_all(g, rd.messages)
         # 4. The leader's appends leave now, while its own fsync runs.
@@ -894,7 +917,15 @@ class RaftHost:
         syncs: asyncio.Future[list[int]] | None = None
         if synced and self._cfg.fsync:
             stats.fsyncs += len(synced)
-            syncs = asyncio.gather(*(loop.run_in_executor(self._pool, g.log.sync) for g in synced))
+            pool = self._pool
+            syncs = asyncio.gather(
+                *(
+                    loop.run_in_executor(pool, g.log.sync)
+                    if tr is None
+                    else loop.run_in_executor(pool, _traced_sync, g)
+                    for g in synced
+                )
+            )
             syncs.add_done_callback(self._wake_on_sync)
         # Committed entries durable here already need not wait for this pass's fsync.
         early = [self._apply_early(g, rd) for g, rd in work]
@@ -965,9 +996,14 @@ class RaftHost:
             for (g, rd), early in zip(work, batch.early, strict=True)
             if groups.get(g.id) is g
         ]
+        tr = _trace.trace
         for g, rd, _ in live:
             if rd.messages_after_append:
                 self._send_all(g, rd.messages_after_append)
+                if tr is not None:
+                    for m in rd.messages_after_append:
+                        if m.type == _APPEND_RESP and not m.reject:
+                            tr.mark("acked", g.id, m.index)
         self._transport.flush()
         conf_saves: list[_Group] = []
         for g, rd, early in live:
@@ -1004,6 +1040,8 @@ class RaftHost:
                 log.record_conf_state(e.index, cs)
                 conf_changed = True
         last = entries[-1].index
+        if _trace.trace is not None:
+            _trace.trace.mark("applied", g.id, last)
         if g.proposals:
             proposals = g.proposals
             for e in entries:
@@ -1055,6 +1093,13 @@ class RaftHost:
                     cb(leader, node.term)
                 except Exception:  # noqa: BLE001 - the application's bug must not stop the host
                     _log.exception("group %s: leader callback failed", g.id)
+
+
+def _traced_sync(g: _Group) -> int:
+    durable = g.log.sync()
+    if _trace.trace is not None:
+        _trace.trace.mark("synced", g.id, durable)
+    return durable
 
 
 def _release_waiters(g: _Group) -> None:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
+from tests.support import EtcdServer, wait_until_async
 from tests.support.malformed import malformed_messages
 from zstream import storage
 from zstream.clients import (
@@ -34,26 +34,15 @@ from zstream.clients import (
     UnsubscribeRequest,
 )
 from zstream.clients._protocol import decode_reply, encode_request
+from zstream.testing import Broker, Cluster, cluster
 
 pytestmark = pytest.mark.integration
 
 
-class Cluster:
-    def __init__(self, brokers: list[BrokerProcess]) -> None:
-        self.brokers = brokers
-
-    @property
-    def bootstrap(self) -> str:
-        return bootstrap_of(self.brokers)
-
-    def by_id(self, broker_id: int) -> BrokerProcess:
-        return next(b for b in self.brokers if b.broker_id == broker_id)
-
-
 @pytest.fixture
 def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
-    with running_brokers(tmp_path, etcd=etcd.endpoint) as brokers:
-        yield Cluster(brokers)
+    with cluster(3, path=tmp_path, etcd=etcd.endpoint) as brokers:
+        yield brokers
 
 
 @pytest.fixture
@@ -167,7 +156,7 @@ async def test_leader_killed_while_producing_loses_nothing_acknowledged(
     task = asyncio.create_task(producer())
     try:
         await wait_until_async(_holds(lambda: len(acked) >= 60), 30, "60 acknowledged records")
-        three.by_id(first_leader).kill()  # SIGKILL the partition's leader
+        three.kill(first_leader)  # SIGKILL the partition's leader
         acked_at_kill = len(acked)
         await asyncio.wait_for(task, 90)
     finally:
@@ -190,7 +179,7 @@ async def test_broker_restarted_with_same_id_rejoins_and_catches_up(
     leader = await _leader_of(client, "kept", 0)
     # Stop the partition's leader gracefully: it hands leadership to another replica
     # before it exits, and snapshots the controller state.
-    follower = three.by_id(leader)
+    follower = three.broker(leader)
     assert follower.stop() == 0  # SIGTERM
     assert (follower.data_dir / "controller-state").exists()
     assert await _leader_of(client, "kept", 0) != leader
@@ -200,7 +189,7 @@ async def test_broker_restarted_with_same_id_rejoins_and_catches_up(
     hwm = 31
 
     async def caught_up() -> bool:
-        conn = client.connection(follower.addr)
+        conn = client.connection(follower.client_addr)
         try:
             meta = (await conn.call(MetadataRequest(["kept"]), timeout_s=2)).result
         except (ConnectionLostError, RequestTimedOutError):
@@ -249,10 +238,10 @@ async def test_etcd_outage_service_continues_and_registration_recovers(
 
 
 @pytest.fixture(scope="module")
-def lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+def lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One embedded broker (no etcd, no peers): the single-node default."""
-    node = BrokerProcess(
-        tmp_path_factory.mktemp("fuzz"), 1, extra=["--log-level=WARNING", "--no-fsync"]
+    node = Broker(
+        tmp_path_factory.mktemp("fuzz"), 1, extra_args=["--no-fsync"], log_level="WARNING"
     )
     node.start()
     try:
@@ -262,13 +251,13 @@ def lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProc
 
 
 @pytest.fixture(scope="module")
-def raw_client(lone_broker: BrokerProcess) -> Iterator[zmq.Socket[bytes]]:
+def raw_client(lone_broker: Broker) -> Iterator[zmq.Socket[bytes]]:
     asyncio.run(_create(lone_broker.bootstrap, "fuzz", 1, 1))
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.connect(lone_broker.addr)
+    sock.connect(lone_broker.client_addr)
     try:
         yield sock
     finally:
@@ -299,7 +288,7 @@ def test_malformed_frames_never_stop_a_real_broker(
             return
 
 
-def test_metrics_endpoint_serves_prometheus_text(lone_broker: BrokerProcess) -> None:
+def test_metrics_endpoint_serves_prometheus_text(lone_broker: Broker) -> None:
     url = f"http://127.0.0.1:{lone_broker.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         body = response.read().decode()
@@ -315,8 +304,8 @@ def test_metrics_endpoint_serves_prometheus_text(lone_broker: BrokerProcess) -> 
 
 
 async def test_static_peers_cluster_without_etcd(tmp_path: Path) -> None:
-    with running_brokers(tmp_path) as brokers:
-        bootstrap = bootstrap_of(brokers)
+    with cluster(3, path=tmp_path) as brokers:
+        bootstrap = brokers.bootstrap
         await _create(bootstrap, "static", 1, 3)
         async with ClusterClient(bootstrap, timeout_s=2, retry_for_s=30) as client:
             await client.refresh()
@@ -325,12 +314,12 @@ async def test_static_peers_cluster_without_etcd(tmp_path: Path) -> None:
             assert values == [b"no etcd needed"]
 
 
-async def test_push_stream_on_a_real_broker(lone_broker: BrokerProcess) -> None:
+async def test_push_stream_on_a_real_broker(lone_broker: Broker) -> None:
     await _create(lone_broker.bootstrap, "pushed", 1, 1)
     async with ClusterClient(lone_broker.bootstrap, timeout_s=5, retry_for_s=20) as client:
         await client.refresh()
         await _produce(client, "pushed", 0, b"first")
-        conn = client.connection(lone_broker.addr)
+        conn = client.connection(lone_broker.client_addr)
         reply = await conn.call(SubscribeRequest("pushed", 0, 0, credit_bytes=1 << 20))
         queue = conn.stream_queue(reply.result["stream"])
         seen: list[bytes] = []
@@ -343,7 +332,7 @@ async def test_push_stream_on_a_real_broker(lone_broker: BrokerProcess) -> None:
         await conn.call(UnsubscribeRequest(reply.result["stream"]))
 
 
-async def test_fetch_of_batches_larger_than_the_byte_budget(lone_broker: BrokerProcess) -> None:
+async def test_fetch_of_batches_larger_than_the_byte_budget(lone_broker: Broker) -> None:
     await _create(lone_broker.bootstrap, "big", 1, 1)
     async with ClusterClient(lone_broker.bootstrap, timeout_s=5, retry_for_s=20) as client:
         await client.refresh()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, wait_until_async
+from tests.support import wait_until_async
 from zstream import storage
 from zstream.clients import (
     Acks,
@@ -26,6 +26,7 @@ from zstream.clients import (
     TopicPartition,
     UnknownTopicError,
 )
+from zstream.testing import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ _names = (f"t{i}" for i in itertools.count())
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    node = BrokerProcess(tmp_path_factory.mktemp("clients"), 1, extra=["--log-level=WARNING"])
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    node = Broker(tmp_path_factory.mktemp("clients"), 1, log_level="WARNING")
     node.start()
     try:
         yield node
@@ -42,7 +43,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         node.stop()
 
 
-async def _topic(broker: BrokerProcess, partitions: int = 1) -> str:
+async def _topic(broker: Broker, partitions: int = 1) -> str:
     name = next(_names)
     async with Admin(broker.bootstrap) as admin:
         await admin.create_topic(name, partitions=partitions, replication_factor=1)
@@ -57,7 +58,7 @@ async def _take(consumer: Consumer, n: int, timeout_s: float = 20) -> list[Recor
 
 
 async def test_send_returns_offsets_and_consumer_reads_keys_values_headers(
-    broker: BrokerProcess,
+    broker: Broker,
 ) -> None:
     topic = await _topic(broker, partitions=3)
     async with Producer(broker.bootstrap, linger_ms=20) as producer:
@@ -77,7 +78,7 @@ async def test_send_returns_offsets_and_consumer_reads_keys_values_headers(
     assert [r.offset for r in records] == list(range(10))
 
 
-async def test_keyless_records_stick_to_a_partition_per_batch(broker: BrokerProcess) -> None:
+async def test_keyless_records_stick_to_a_partition_per_batch(broker: Broker) -> None:
     topic = await _topic(broker, partitions=4)
     async with Producer(broker.bootstrap, linger_ms=1000, batch_bytes=1000) as producer:
         futures = [producer.send(topic, bytes(100)) for _ in range(40)]
@@ -90,7 +91,7 @@ async def test_keyless_records_stick_to_a_partition_per_batch(broker: BrokerProc
     assert all(r >= 8 for r in runs[:-1])
 
 
-async def test_send_many_and_fetch_mode_and_seek(broker: BrokerProcess) -> None:
+async def test_send_many_and_fetch_mode_and_seek(broker: Broker) -> None:
     topic = await _topic(broker)
     async with Producer(broker.bootstrap, batch_bytes=4096) as producer:
         bases = await asyncio.gather(
@@ -113,7 +114,7 @@ async def test_send_many_and_fetch_mode_and_seek(broker: BrokerProcess) -> None:
 
 
 async def test_stream_consumer_follows_new_records_pause_resume_and_lag(
-    broker: BrokerProcess,
+    broker: Broker,
 ) -> None:
     topic = await _topic(broker)
     tp = TopicPartition(topic, 0)
@@ -145,7 +146,7 @@ async def test_stream_consumer_follows_new_records_pause_resume_and_lag(
         assert consumer.lag(tp) == 0
 
 
-async def test_latest_reset_skips_old_records(broker: BrokerProcess) -> None:
+async def test_latest_reset_skips_old_records(broker: Broker) -> None:
     topic = await _topic(broker)
     async with Producer(broker.bootstrap) as producer:
         await producer.send(topic, b"old")
@@ -161,7 +162,7 @@ async def test_latest_reset_skips_old_records(broker: BrokerProcess) -> None:
             assert (await _take(consumer, 1))[0].value == b"new"
 
 
-async def test_unknown_topic_is_a_clear_error(broker: BrokerProcess) -> None:
+async def test_unknown_topic_is_a_clear_error(broker: Broker) -> None:
     async with Producer(broker.bootstrap, metadata_wait_ms=300, retry_backoff_ms=20) as producer:
         record = producer.send("no-such-topic", b"x")
         many = producer.send_many("no-such-topic", [b"y", b"z"])
@@ -173,7 +174,7 @@ async def test_unknown_topic_is_a_clear_error(broker: BrokerProcess) -> None:
             await producer.partitions_for("no-such-topic")
 
 
-async def test_send_to_a_topic_created_after_start(broker: BrokerProcess) -> None:
+async def test_send_to_a_topic_created_after_start(broker: Broker) -> None:
     old = await _topic(broker)
     async with Producer(broker.bootstrap, linger_ms=0) as producer:
         assert (await producer.send(old, b"before")).offset == 0
@@ -192,7 +193,7 @@ async def test_send_to_a_topic_created_after_start(broker: BrokerProcess) -> Non
         assert [r.value for r in await _take(consumer, 3)] == [b"b", b"c", b"d"]
 
 
-def test_blocking_producer(broker: BrokerProcess) -> None:
+def test_blocking_producer(broker: Broker) -> None:
     topic = asyncio.run(_topic(broker))
     with BlockingProducer(broker.bootstrap) as producer:
         assert producer.send(topic, b"a").offset == 0
@@ -203,7 +204,7 @@ def test_blocking_producer(broker: BrokerProcess) -> None:
 
 
 async def test_leader_answers_a_duplicate_with_its_offset_and_refuses_a_gap(
-    broker: BrokerProcess, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     topic = await _topic(broker)
 
@@ -234,7 +235,7 @@ async def test_leader_answers_a_duplicate_with_its_offset_and_refuses_a_gap(
         assert await produce(batch(3, b"d")) == 5
 
 
-async def test_send_many_of_exactly_full_batches_and_bad_types(broker: BrokerProcess) -> None:
+async def test_send_many_of_exactly_full_batches_and_bad_types(broker: Broker) -> None:
     topic = await _topic(broker)
     async with Producer(broker.bootstrap, batch_bytes=1000) as producer:
         # 9 records of 100 B close a batch exactly: no empty batch may be left open
@@ -248,7 +249,7 @@ async def test_send_many_of_exactly_full_batches_and_bad_types(broker: BrokerPro
         assert good.offset == 9
 
 
-async def test_close_ends_an_iteration_waiting_for_records(broker: BrokerProcess) -> None:
+async def test_close_ends_an_iteration_waiting_for_records(broker: Broker) -> None:
     topic = await _topic(broker)
     consumer = Consumer(broker.bootstrap)
     await consumer.start()

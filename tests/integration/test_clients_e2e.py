@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
+from tests.support import EtcdServer, wait_until_async
 from zstream.clients import Admin, ClusterClient, Consumer, Producer, Record, TopicPartition
+from zstream.testing import Cluster, cluster
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[list[BrokerProcess]]:
-    with running_brokers(tmp_path, etcd=etcd.endpoint, extra=["--log-level=INFO"]) as brokers:
+def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
+    with cluster(3, path=tmp_path, etcd=etcd.endpoint) as brokers:
         yield brokers
 
 
@@ -51,9 +52,9 @@ async def _take(consumer: Consumer, n: int, timeout_s: float) -> list[Record]:
 
 
 async def test_100k_records_over_six_partitions_arrive_once_and_in_order(
-    three: list[BrokerProcess],
+    three: Cluster,
 ) -> None:
-    bootstrap = bootstrap_of(three)
+    bootstrap = three.bootstrap
     await _create(bootstrap, "bulk", 6)
     total = 100_000
     async with Producer(bootstrap, linger_ms=5, batch_bytes=64 * 1024) as producer:
@@ -79,9 +80,9 @@ async def test_100k_records_over_six_partitions_arrive_once_and_in_order(
 
 
 async def test_leader_killed_under_an_idempotent_producer_no_duplicate_no_loss(
-    three: list[BrokerProcess],
+    three: Cluster,
 ) -> None:
-    bootstrap = bootstrap_of(three)
+    bootstrap = three.bootstrap
     await _create(bootstrap, "idem", 1)
     first = await _leader(bootstrap, "idem", 0)
     total = 3000
@@ -93,7 +94,7 @@ async def test_leader_killed_under_an_idempotent_producer_no_duplicate_no_loss(
             if i % 50 == 49:
                 await futures[-1]  # pace the sender: batches keep flowing through the kill
             if i == 1000:
-                next(b for b in three if b.broker_id == first).kill()  # SIGKILL
+                three.kill(first)  # SIGKILL
                 killed = True
         await p.flush()
         metas = [await f for f in futures]
@@ -108,9 +109,9 @@ async def test_leader_killed_under_an_idempotent_producer_no_duplicate_no_loss(
 
 
 async def test_leader_killed_under_a_stream_consumer_no_gap_no_duplicate(
-    three: list[BrokerProcess],
+    three: Cluster,
 ) -> None:
-    bootstrap = bootstrap_of(three)
+    bootstrap = three.bootstrap
     await _create(bootstrap, "watched", 1)
     first = await _leader(bootstrap, "watched", 0)
     tp = TopicPartition("watched", 0)
@@ -123,7 +124,7 @@ async def test_leader_killed_under_a_stream_consumer_no_gap_no_duplicate(
             producer.send("watched", f"v{i}".encode())
         await producer.flush()
         seen = await _take(consumer, 500, 30)
-        next(b for b in three if b.broker_id == first).kill()  # SIGKILL under the stream
+        three.kill(first)  # SIGKILL under the stream
         for i in range(1000, 2000):
             producer.send("watched", f"v{i}".encode())
         await producer.flush()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, running_brokers, wait_until, wait_until_async
+from tests.support import wait_until, wait_until_async
 from zstream.clients import Admin, ClusterClient, ListTopicsRequest, ZStreamError
+from zstream.testing import Broker, cluster
 
 pytestmark = pytest.mark.integration
 
@@ -18,22 +19,22 @@ COMPACT_AFTER = 64
 
 
 @pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[list[BrokerProcess]]:
+def brokers(tmp_path: Path) -> Iterator[list[Broker]]:
     config = tmp_path / "broker.toml"
     config.write_text(f"controller_compact_after = {COMPACT_AFTER}\n")
-    with running_brokers(tmp_path, extra=[f"--config={config}"]) as procs:
-        yield procs
+    with cluster(3, path=tmp_path, extra_args=[f"--config={config}"]) as procs:
+        yield procs.brokers
 
 
-async def _topics_on(broker: BrokerProcess) -> list[str]:
+async def _topics_on(broker: Broker) -> list[str]:
     async with ClusterClient(broker.bootstrap, timeout_s=2) as client:
-        reply = await client.connection(broker.addr).call(ListTopicsRequest())
+        reply = await client.connection(broker.client_addr).call(ListTopicsRequest())
         topics: list[str] = reply.result["topics"]
         return topics
 
 
 async def test_a_broker_behind_the_compacted_controller_log_gets_a_snapshot(
-    brokers: list[BrokerProcess],
+    brokers: list[Broker],
 ) -> None:
     b1, b2, b3 = brokers
     bootstrap = f"{b1.bootstrap},{b2.bootstrap}"
@@ -45,13 +46,13 @@ async def test_a_broker_behind_the_compacted_controller_log_gets_a_snapshot(
         for i in range(3 * COMPACT_AFTER):
             await admin.commit_offsets("offsets-only", {("late", i % 2): i})
         wait_until(
-            lambda: any("controller log compacted" in b.process.output() for b in (b1, b2)),
+            lambda: any("controller log compacted" in b.output() for b in (b1, b2)),
             20,
             "the controller leader to compact its log",
         )
         b3.start()
         await wait_until_async(lambda: _has(b3, "late"), 30, "broker 3 to learn 'late'")
-        assert "controller state installed from a snapshot" in b3.process.output()
+        assert "controller state installed from a snapshot" in b3.output()
         offsets = await admin.fetch_offsets("offsets-only")
         last = 3 * COMPACT_AFTER - 1
         assert offsets == {("late", last % 2): last, ("late", (last - 1) % 2): last - 1}
@@ -59,11 +60,11 @@ async def test_a_broker_behind_the_compacted_controller_log_gets_a_snapshot(
     b3.stop()
     b1.stop()
     b2.stop()
-    b3.start(timeout_s=30)
+    b3.start(timeout_s=30, controller=False)  # alone: no majority, no controller
     assert {"early", "late"} <= set(await _topics_on(b3))
 
 
-async def _has(broker: BrokerProcess, topic: str) -> bool:
+async def _has(broker: Broker, topic: str) -> bool:
     try:
         return topic in await _topics_on(broker)
     except ZStreamError:  # not serving yet

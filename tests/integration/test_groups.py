@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, running_brokers, wait_until_async
+from tests.support import wait_until_async
 from zstream import storage
 from zstream.clients import (
     Acks,
@@ -26,6 +26,7 @@ from zstream.clients import (
     UnknownMemberError,
     ZStreamError,
 )
+from zstream.testing import Cluster, cluster
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +36,14 @@ PARTITIONS = 4
 RECORDS_PER_PARTITION = 10
 
 
-class Brokers:
-    def __init__(self, brokers: list[BrokerProcess]) -> None:
-        self.brokers = brokers
-
-    def bootstrap(self, *, without: int | None = None) -> str:
-        return ",".join(b.bootstrap for b in self.brokers if b.broker_id != without)
-
-    def by_id(self, broker_id: int) -> BrokerProcess:
-        return next(b for b in self.brokers if b.broker_id == broker_id)
-
-
 @pytest.fixture
-def brokers(tmp_path: Path) -> Iterator[Brokers]:
-    with running_brokers(tmp_path) as procs:
-        yield Brokers(procs)
+def brokers(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(3, path=tmp_path) as procs:
+        yield procs
+
+
+def _bootstrap_without(brokers: Cluster, broker_id: int) -> str:
+    return ",".join(b.bootstrap for b in brokers.brokers if b.broker_id != broker_id)
 
 
 class Member:
@@ -107,9 +101,9 @@ async def _members(bootstrap: str) -> set[str]:
 
 
 async def test_groups_assign_fence_expire_and_survive_a_controller_kill(
-    brokers: Brokers,
+    brokers: Cluster,
 ) -> None:
-    bootstrap = brokers.bootstrap()
+    bootstrap = brokers.bootstrap
     async with Admin(bootstrap) as admin:
         await admin.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3)
     client = ClusterClient(bootstrap, timeout_s=2, retry_for_s=30)
@@ -176,8 +170,8 @@ async def test_groups_assign_fence_expire_and_survive_a_controller_kill(
         meta = await client.refresh()
         leader = meta["controller"]
         assert isinstance(leader, int)
-        brokers.by_id(leader).kill()
-        survivors = brokers.bootstrap(without=leader)
+        brokers.kill(leader)
+        survivors = _bootstrap_without(brokers, leader)
         async with Admin(survivors, timeout_s=2) as admin:
             assert await admin.fetch_offsets("g") == commit
         await wait_until_async(

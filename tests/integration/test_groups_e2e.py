@@ -25,15 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration._group_member import Event, group_consumer, run_member
-from tests.support import (
-    BrokerProcess,
-    EtcdServer,
-    ManagedProcess,
-    bootstrap_of,
-    running_brokers,
-    wait_until_async,
-)
+from tests.support import EtcdServer, ManagedProcess, wait_until_async
 from zstream.clients import Admin, Consumer, Producer, TopicPartition
+from zstream.testing import Cluster, cluster
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[list[BrokerProcess]]:
-    with running_brokers(tmp_path, etcd=etcd.endpoint, extra=["--log-level=INFO"]) as brokers:
+def three(tmp_path: Path, etcd: EtcdServer) -> Iterator[Cluster]:
+    with cluster(3, path=tmp_path, etcd=etcd.endpoint) as brokers:
         yield brokers
 
 
@@ -227,11 +221,9 @@ def _check(events: list[Event], produced: dict[int, tuple[int, int]]) -> None:
                 last[p] = o
 
 
-async def test_members_join_leave_and_die_while_consuming(
-    three: list[BrokerProcess], tmp_path: Path
-) -> None:
+async def test_members_join_leave_and_die_while_consuming(three: Cluster, tmp_path: Path) -> None:
     began = time.monotonic()
-    bootstrap = bootstrap_of(three)
+    bootstrap = three.bootstrap
     async with Admin(bootstrap) as admin:
         await admin.create_topic(TOPIC, partitions=PARTITIONS, replication_factor=3)
     child_log = ChildLog(tmp_path / "child.jsonl")

@@ -1,5 +1,6 @@
 """The README's Python producer and consumer examples, run exactly as written
-against a real broker (ZSTREAM_BOOTSTRAP set as the README tells the user)."""
+against three real brokers from zstream.testing, as `zstream dev` runs them
+(ZSTREAM_BOOTSTRAP set as the README tells the user)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess
+from zstream.testing import ClusterFactory
 
 pytestmark = pytest.mark.integration
 
@@ -32,39 +33,29 @@ def test_examples_are_ten_lines_or_so() -> None:
         assert len([line for line in block.splitlines() if line.strip()]) <= 12
 
 
-def test_readme_producer_and_consumer_run_as_written(tmp_path: Path) -> None:
+def test_readme_producer_and_consumer_run_as_written(
+    zstream_cluster_factory: ClusterFactory,
+) -> None:
     producer, consumer = readme_examples()
-    broker = BrokerProcess(tmp_path, 1, extra=["--log-level=WARNING"])
-    broker.start()
-    try:
-        env = {**os.environ, "ZSTREAM_BOOTSTRAP": broker.bootstrap}
+    # Three brokers, as `zstream dev` runs them: the example's replication_factor=3 fits.
+    three = zstream_cluster_factory(3)
+    env = {**os.environ, "ZSTREAM_BOOTSTRAP": three.bootstrap}
 
-        def run(code: str) -> str:
-            result = subprocess.run(
-                [sys.executable, "-c", code],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
-            return result.stdout
-
-        # replication_factor=3 does not fit one broker: create the topic first
-        # as the dev cluster would have it, with what one broker can hold.
-        run(
-            "import asyncio, os\nfrom zstream import Admin\n"
-            "async def m():\n"
-            "    async with Admin(os.environ['ZSTREAM_BOOTSTRAP']) as a:\n"
-            "        await a.create_topic('greetings', partitions=3, replication_factor=1)\n"
-            "asyncio.run(m())\n"
+    def run(code: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        sent = run(producer).strip()
-        assert re.fullmatch(r"\[\((\d), 0\), \(\1, 1\), \(\1, 2\)\]", sent), sent
-        lines = run(consumer).splitlines()
-        partition = sent[2]
-        assert lines == [f"{partition} {i} hello {i}" for i in range(3)]
-    finally:
-        broker.stop()
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    sent = run(producer).strip()
+    assert re.fullmatch(r"\[\((\d), 0\), \(\1, 1\), \(\1, 2\)\]", sent), sent
+    lines = run(consumer).splitlines()
+    partition = sent[2]
+    assert lines == [f"{partition} {i} hello {i}" for i in range(3)]

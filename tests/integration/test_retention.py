@@ -4,12 +4,11 @@ segments, a consumer behind it skips to the new start, and the newest records st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, wait_until_async
+from tests.support import wait_until_async
 from zstream.clients import (
     Admin,
     Consumer,
@@ -18,6 +17,7 @@ from zstream.clients import (
     Producer,
     TopicPartition,
 )
+from zstream.testing import Broker, ClusterFactory
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +26,14 @@ RETENTION_BYTES = 2 * SEGMENT_BYTES
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+def broker(tmp_path: Path, zstream_cluster_factory: ClusterFactory) -> Broker:
     config = tmp_path / "broker.toml"
     config.write_text("retention_check_ms = 100\n")
-    node = BrokerProcess(tmp_path, 1, extra=["--log-level=WARNING", f"--config={config}"])
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()
+    return zstream_cluster_factory(extra_args=[f"--config={config}"]).broker(1)
 
 
 async def test_retention_bytes_moves_the_log_start_and_consumers_follow(
-    broker: BrokerProcess,
+    broker: Broker,
 ) -> None:
     topic, tp = "retained", TopicPartition("retained", 0)
     async with Admin(broker.bootstrap) as admin:

@@ -1,5 +1,7 @@
 """Helpers for tests that run real processes: free ports, condition waits, and
-processes that are always torn down by PID."""
+processes that are always torn down by PID. Brokers come from `zstream.testing`
+(``cluster``, ``Broker``), the same module users test their own code with;
+``running_brokers`` and ``BrokerProcess`` are this suite's former names for it."""
 
 from tests.support.broker import BrokerProcess, answers_metadata, bootstrap_of, running_brokers
 from tests.support.etcd import EtcdServer

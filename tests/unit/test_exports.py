@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-LIBRARY_PACKAGES = ("zstream", "zstream.clients", "zstream.storage")
+LIBRARY_PACKAGES = ("zstream", "zstream.clients", "zstream.storage", "zstream.testing")
 
 
 @pytest.mark.parametrize("name", LIBRARY_PACKAGES)

@@ -15,6 +15,7 @@ from zstream.broker._controller import (
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
+    group_delete_command,
     group_join_or_update_command,
     group_leave_command,
     register_broker_command,
@@ -45,6 +46,7 @@ class FakePartition:
         self.batches: list[tuple[int, bytes]] = []  # (base offset, stamped batch)
         self.next_offset = 0
         self.committed = 0
+        self.start = 0  # the log start (as if retention had removed what is below)
         self.leader: int | None = 1
         self.me = 1
         self.auto_commit = True
@@ -57,7 +59,7 @@ class FakePartition:
 
     @property
     def log_start_offset(self) -> int:
-        return 0
+        return self.start
 
     @property
     def log_end_offset(self) -> int:
@@ -85,8 +87,8 @@ class FakePartition:
             self._changed.notify_all()
 
     def read(self, offset: int, max_bytes: int) -> list[memoryview]:
-        if not 0 <= offset <= self.committed:
-            raise OffsetOutOfRangeError("out of range", start=0, end=self.committed)
+        if not self.start <= offset <= self.committed:
+            raise OffsetOutOfRangeError("out of range", start=self.start, end=self.committed)
         out: list[memoryview] = []
         used = 0
         for base, batch in self.batches:
@@ -225,6 +227,9 @@ class FakeBackend:
     async def describe_group(self, name: str) -> dict[str, Any]:
         self._check_controller()
         return self.controller.describe_group(name)
+
+    async def delete_group(self, name: str) -> None:
+        self._propose(group_delete_command(name))
 
 
 class LiveFrontend:

@@ -7,7 +7,7 @@ import pytest
 from tests.support import free_port
 from tests.unit.broker.fakes import LiveFrontend
 from zstream import storage
-from zstream.broker.cli import build_parser, main
+from zstream.broker.cli import build_parser, default_dev_data_dir, main
 from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
@@ -29,6 +29,8 @@ SUBCOMMANDS = [
     ["group"],
     ["group", "list"],
     ["group", "describe"],
+    ["group", "reset-offsets"],
+    ["group", "delete"],
 ]
 
 
@@ -99,3 +101,60 @@ def test_describe_unknown_group_is_one_line(capsys: pytest.CaptureFixture[str]) 
         assert main(["group", "describe", "nope", "--bootstrap", live.addr]) == 1
     err = capsys.readouterr().err
     assert err == "zstream group: error: unknown group 'nope'\n"
+
+
+def test_reset_offsets_needs_exactly_one_target(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["group", "reset-offsets", "g", "--topic", "t"],
+        ["group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--to-latest"],
+        ["group", "reset-offsets", "g", "--to-earliest"],
+        ["group", "reset-offsets", "g", "--topic", "t", "--to-offset", "-1"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+    capsys.readouterr()
+
+
+def test_produce_flags_that_do_not_mix_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["produce", "t", "--count", "3", "--header", "a=b"]) == 1
+    assert "--count sends synthetic values" in capsys.readouterr().err
+    assert main(["produce", "t", "--header", "nosep", "--bootstrap", "127.0.0.1:1"]) == 1
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["consume", "t", "--format", "%s", "--output", "json"])
+    capsys.readouterr()
+
+
+def test_reset_offsets_and_consume_after_retention_moved_the_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with LiveFrontend() as live:
+        backend = live.backend
+        live.run(backend.create_topic(CreateTopicRequest("t", 2, 1)))
+        for p in range(2):
+            part = backend.partition("t", p)
+            batch = storage.encode_batch([(b"k", b"v%d" % i) for i in range(10)])
+            live.run(part.produce(batch, Acks.ALL, 1))
+            part.start = 4  # the fetch probe at offset 0 now gets OFFSET_OUT_OF_RANGE
+        reset = ["group", "reset-offsets", "g", "--topic", "t", "--bootstrap", live.addr]
+        assert main([*reset, "--to-earliest"]) == 0
+        assert backend.controller.fetch_offsets("g", None) == {"offsets": {"t": [[0, 4], [1, 4]]}}
+        assert main([*reset, "--to-offset", "1"]) == 0  # clamped up to the start
+        assert backend.controller.fetch_offsets("g", None) == {"offsets": {"t": [[0, 4], [1, 4]]}}
+        capsys.readouterr()
+        consume = ["consume", "t", "--partition", "1", "--from-beginning", "--bootstrap", live.addr]
+        assert main([*consume, "--format", r"%o:%k:%s\n"]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"{o}:k:v{o}" for o in range(4, 10)]
+
+
+def test_dev_data_goes_to_a_documented_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ZSTREAM_DEV_DATA", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", "/somewhere/share")
+    assert str(default_dev_data_dir()) == "/somewhere/share/zstream/dev"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", "/home/u")
+    assert str(default_dev_data_dir()) == "/home/u/.local/share/zstream/dev"
+    monkeypatch.setenv("ZSTREAM_DEV_DATA", "/data/dev")
+    assert str(default_dev_data_dir()) == "/data/dev"
+    assert build_parser().parse_args(["dev"]).data_dir is None  # resolved at run time

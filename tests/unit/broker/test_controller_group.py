@@ -17,11 +17,17 @@ from zstream.broker._controller import (
     allocate_producer_id_command,
     commit_offsets_command,
     create_topic_command,
+    group_delete_command,
     group_join_or_update_command,
     register_broker_command,
 )
 from zstream.broker._server import Controller
-from zstream.clients import FencedMemberError, TopicExistsError
+from zstream.clients import (
+    FencedMemberError,
+    GroupNotEmptyError,
+    TopicExistsError,
+    UnknownGroupError,
+)
 
 
 @asynccontextmanager
@@ -94,3 +100,20 @@ async def test_every_proposer_gets_its_own_result_in_a_crowded_apply(tmp_path: P
         assert isinstance(results[-1], FencedMemberError)
         assert sorted(results[1:-1]) == list(range(1, 1501))  # type: ignore[type-var]
         assert controller.state.groups["g"].offsets == {}
+
+
+async def test_group_delete_commits_and_survives_a_restart(tmp_path: Path) -> None:
+    async with _running(tmp_path) as controller:
+        await controller.propose(register_broker_command(1, "tcp://a:1", "tcp://a:2"))
+        await controller.propose(create_topic_command("t", 1, 1, {}, [1]))
+        await controller.propose(commit_offsets_command("gone", "", [("t", 0, 5)]))
+        await controller.propose(commit_offsets_command("kept", "", [("t", 0, 6)]))
+        await controller.propose(group_join_or_update_command("busy", "m", ["t"], 6000, []))
+        with pytest.raises(GroupNotEmptyError):
+            await controller.propose(group_delete_command("busy"))
+        assert await controller.propose(group_delete_command("gone")) is None
+        with pytest.raises(UnknownGroupError):
+            await controller.propose(group_delete_command("gone"))
+    async with _running(tmp_path) as controller:
+        assert controller.state.list_groups() == ["busy", "kept"]
+        assert controller.state.fetch_offsets("gone", None) == {"offsets": {}}

@@ -19,12 +19,14 @@ from zstream.clients import (
     CorruptBatchError,
     CreateTopicRequest,
     CreditRequest,
+    DeleteGroupRequest,
     DescribeGroupRequest,
     ErrorCode,
     FencedMemberError,
     FetchOffsetsRequest,
     FetchRequest,
     GroupHeartbeatRequest,
+    GroupNotEmptyError,
     InitProducerRequest,
     ListGroupsRequest,
     ListTopicsRequest,
@@ -33,6 +35,7 @@ from zstream.clients import (
     NotControllerError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    OffsetsForTimeRequest,
     ProduceRequest,
     SubscribeRequest,
     ThrottledError,
@@ -250,3 +253,28 @@ async def test_consumer_group_operations(served: Served) -> None:
     assert info.value.details["leader"] == 3
     with pytest.raises(NotControllerError):
         await conn.call(ListGroupsRequest())
+
+
+async def test_delete_group_and_offsets_for_time(served: Served) -> None:
+    await _topic(served, "t", partitions=1)
+    conn, backend = served.conn, served.backend
+    for ts in (100, 200, 300):
+        batch = storage.encode_batch([(None, b"a"), (None, b"b")], timestamp_ms=ts)
+        await conn.call(ProduceRequest("t", 0), [batch])
+    reply = await conn.call(OffsetsForTimeRequest("t", 0, 150))
+    assert reply.result == {"offset": 2, "timestamp_ms": 200, "log_start": 0, "hwm": 6}
+    assert (await conn.call(OffsetsForTimeRequest("t", 0, 301))).result["offset"] == 6
+    with pytest.raises(UnknownTopicError):
+        await conn.call(OffsetsForTimeRequest("nope", 0, 1))
+    backend.topics["t"][0].leader = 2
+    with pytest.raises(NotLeaderError):
+        await conn.call(OffsetsForTimeRequest("t", 0, 1))
+    await conn.call(GroupHeartbeatRequest("g", "m1", topics=["t"]))
+    with pytest.raises(GroupNotEmptyError):
+        await conn.call(DeleteGroupRequest("g"))
+    await conn.call(GroupHeartbeatRequest("g", "m1", leave=True))
+    await conn.call(CommitOffsetsRequest("g", {"t": [[0, 4]]}))
+    await conn.call(DeleteGroupRequest("g"))
+    assert (await conn.call(ListGroupsRequest())).result == {"groups": []}
+    with pytest.raises(UnknownGroupError):
+        await conn.call(DeleteGroupRequest("g"))

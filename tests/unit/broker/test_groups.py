@@ -18,6 +18,7 @@ from zstream.broker._controller import (
     create_topic_command,
     delete_topic_command,
     expire_offsets_command,
+    group_delete_command,
     group_expire_command,
     group_join_or_update_command,
     group_leave_command,
@@ -27,6 +28,7 @@ from zstream.broker._controller import (
 from zstream.broker._groups import Sessions
 from zstream.clients import (
     FencedMemberError,
+    GroupNotEmptyError,
     InvalidRequestError,
     UnknownGroupError,
     UnknownMemberError,
@@ -303,6 +305,28 @@ def test_non_member_commits_only_into_a_group_without_members() -> None:
     assert log.state.describe_group("solo")["members"] == []
 
 
+def test_group_delete_is_refused_while_members_remain_then_drops_the_offsets() -> None:
+    log = _cluster(t=2)
+    log.apply(commit_offsets_command("g", "", [("t", 0, 3), ("t", 1, 9)]))
+    _join(log, "a", ["t"])
+    before = log.state.snapshot()
+    refused = log.apply(group_delete_command("g"))
+    assert isinstance(refused, GroupNotEmptyError)
+    assert "1 member" in str(refused)
+    # Refused means nothing changed (beyond the applied index every entry moves).
+    assert log.state.fetch_offsets("g", None) == {"offsets": {"t": [[0, 3], [1, 9]]}}
+    assert set(log.state.groups["g"].members) == {"a"}
+    assert ControllerState.restore(before).groups["g"].offsets == log.state.groups["g"].offsets
+    log.apply(group_leave_command("g", "a"))
+    assert log.apply(group_delete_command("g")) is None
+    assert log.state.list_groups() == []
+    assert log.state.fetch_offsets("g", None) == {"offsets": {}}
+    # The snapshot no longer carries it: a replica restored from it agrees.
+    assert "g" not in ControllerState.restore(log.state.snapshot()).groups
+    assert isinstance(log.apply(group_delete_command("g")), UnknownGroupError)
+    assert isinstance(log.apply(group_delete_command("never")), UnknownGroupError)
+
+
 def test_commits_for_unknown_topics_or_partitions() -> None:
     log = _cluster(t=2)
     result = log.apply(commit_offsets_command("g", "", [("nope", 0, 1)]))
@@ -401,6 +425,8 @@ def test_malformed_group_commands_are_rejected_as_results() -> None:
         {"op": "commit_offsets", "group": "g", "member_id": "", "offsets": [["t", 0]]},
         {"op": "commit_offsets", "group": "g", "member_id": "", "offsets": {"t": 1}},
         {"op": "commit_offsets", "group": "g", "member_id": 5, "offsets": []},
+        {"op": "group_delete"},
+        {"op": "group_delete", "group": "a/b"},
     ]  # fmt: skip
     for cmd in bad:
         result = log.apply(msgpack.packb(cmd, use_bin_type=True))

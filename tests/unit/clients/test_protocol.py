@@ -14,6 +14,7 @@ from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
+    DeleteGroupRequest,
     DescribeGroupRequest,
     ErrorCode,
     FencedMemberError,
@@ -24,6 +25,7 @@ from zstream.clients import (
     ListGroupsRequest,
     NotLeaderError,
     OffsetOutOfRangeError,
+    OffsetsForTimeRequest,
     ProduceRequest,
     UnknownMemberError,
     UnknownServerError,
@@ -208,6 +210,8 @@ _envelopes = st.fixed_dictionaries(
                 "commit_offsets",
                 "fetch_offsets",
                 "describe_group",
+                "delete_group",
+                "offsets_for_time",
                 "x",
             ]
         )
@@ -232,6 +236,7 @@ _envelopes = st.fixed_dictionaries(
                     "offsets",
                     "session_timeout_ms",
                     "leave",
+                    "timestamp_ms",
                 ]
             ),
             _msgpack_values,
@@ -277,6 +282,8 @@ def test_group_requests_round_trip() -> None:
         FetchOffsetsRequest("g"),
         ListGroupsRequest(),
         DescribeGroupRequest("g"),
+        DeleteGroupRequest("g"),
+        OffsetsForTimeRequest("t", 2, 1_700_000_000_000),
     ]
     for args in requests:
         assert decode_request(encode_request(7, args)).args == args
@@ -309,6 +316,19 @@ def _group_request(op: str, **args: Any) -> list[bytes]:
         ("commit_offsets", {"group": "g", "offsets": {"t": [0, 1]}}, "must be a list"),
         ("fetch_offsets", {"group": "g", "topics": ["a b"]}, "invalid topic name"),
         ("describe_group", {}, "missing argument 'group'"),
+        ("delete_group", {"group": ""}, "invalid group name"),
+        ("delete_group", {"group": 7}, "must be a string"),
+        ("offsets_for_time", {"topic": "t", "partition": 0}, "missing argument 'timestamp_ms'"),
+        (
+            "offsets_for_time",
+            {"topic": "t", "partition": 0, "timestamp_ms": -1},
+            "timestamp_ms must be >= 0",
+        ),
+        (
+            "offsets_for_time",
+            {"topic": "t", "partition": 0, "timestamp_ms": 1.5},
+            "must be an integer",
+        ),
     ],
 )
 def test_bad_group_requests_name_their_fault(op: str, args: dict[str, Any], fragment: str) -> None:
