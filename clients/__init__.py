@@ -11,6 +11,7 @@ from zstream.clients._consumer import Consumer, Record, TopicPartition
 from zstream.clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
+    DeserializationError,
     DuplicateSequenceError,
     ErrorCode,
     FencedMemberError,
@@ -23,6 +24,7 @@ from zstream.clients._errors import (
     OffsetOutOfRangeError,
     OutOfOrderSequenceError,
     RequestTimedOutError,
+    SerializationError,
     ThrottledError,
     TopicExistsError,
     UnavailableError,
@@ -57,6 +59,7 @@ from zstream.clients._protocol import (
     SubscribeRequest,
     UnsubscribeRequest,
 )
+from zstream.clients._serde import json_deserializer, json_serializer
 
 __all__ = [
     "Acks",
@@ -74,6 +77,7 @@ __all__ = [
     "DeleteTopicRequest",
     "DescribeGroupRequest",
     "DescribeTopicRequest",
+    "DeserializationError",
     "DuplicateSequenceError",
     "ErrorCode",
     "FencedMemberError",
@@ -99,6 +103,7 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "RequestTimedOutError",
+    "SerializationError",
     "SubscribeRequest",
     "ThrottledError",
     "TopicExistsError",
@@ -113,4 +118,6 @@ __all__ = [
     "UnsupportedVersionError",
     "ZStreamError",
     "error_for_code",
+    "json_deserializer",
+    "json_serializer",
 ]

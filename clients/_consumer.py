@@ -4,10 +4,18 @@ Theory of operation
 -------------------
 Each assigned partition has one reader task (owned by the consumer; cancelled by
 `pause`, `seek`, `assign` and `close`). It keeps ``fetch_offset``, the next offset it
-has not yet handed over, and puts chunks of decoded records (``offset >=
-fetch_offset`` only) into one queue that ``async for`` drains. Every chunk carries the
-partition's generation: `seek`, `pause` and re-assignment bump it, so chunks read
-before the change are dropped rather than delivered.
+has not yet handed over, and appends chunks (one per batch: the CRC-checked msgpack
+rows of its records with ``offset >= fetch_offset``, see clients/_records.py) to one
+arrival-ordered deque that the delivery calls drain: ``async for`` / `getone` one
+record at a time from the oldest chunk, `getmany` / `getmany_values` everything
+buffered (or ``max_records``) in one call, per partition in offset order. Record
+objects are built only when asked for, in C (``map``/``zip``; the per-record path
+256 at a time), with the deserializers applied there; `getmany_values` builds none.
+A partition's reader waits while its chunks not yet delivered hold more than
+``max(credit_bytes, 2 * fetch_max_bytes)``, so a partition the application does not
+ask for does not hold up the others. Every chunk carries the partition's generation:
+`seek`, `pause` and re-assignment bump it and drop the partition's chunks, so records
+read before the change are never delivered.
 
 Stream mode: the reader subscribes on the leader from ``fetch_offset`` with
 ``credit_bytes``; the iterator grants credit again once the application has consumed
@@ -20,8 +28,10 @@ Fetch mode: the reader long-polls ``fetch`` from ``fetch_offset``; the queue's b
 is the back-pressure.
 
 Offsets: ``position(tp)`` is the offset of the next record the application will
-get. A record counts as *processed* once the application asks for the next one
-(as in Kafka, where a record returned by one ``poll`` is processed by the next).
+get. A record counts as *processed* once the application asks for more: the next
+``getone`` / iteration step / ``getmany`` call (as in Kafka, where the records returned
+by one ``poll`` are processed by the next), so auto-commit commits only records handed
+out before the last delivery call.
 A reader whose offset falls below the log start (retention) goes on from the log
 start; one whose offset stays beyond the end (a commit or seek past it) for a second
 applies ``auto_offset_reset`` with a warning, as if nothing were committed.
@@ -52,13 +62,18 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from itertools import repeat
+from operator import add
+from typing import Any, Generic, Literal, NamedTuple, Self, TypeVar
 
 from zstream import storage
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._errors import (
     CorruptBatchError,
+    DeserializationError,
     InvalidRequestError,
     OffsetOutOfRangeError,
     UnavailableError,
@@ -82,6 +97,8 @@ from zstream.clients._protocol import (
     UnsubscribeRequest,
     validate_group_name,
 )
+from zstream.clients._records import VALUE, Rows, decode_rows
+from zstream.clients._serde import K, V
 
 __all__ = ["Consumer", "RebalanceCallback", "Record", "TopicPartition"]
 
@@ -100,17 +117,25 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed record."""
+class Record(NamedTuple, Generic[K, V]):
+    """A consumed record: an immutable named tuple (built in C, a whole chunk at a
+    time). ``key`` and ``value`` are bytes, or what the consumer's deserializers made
+    of them; a record stored without a key has ``key`` None."""
 
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
-    key: bytes | None
-    value: bytes
+    key: K | None
+    value: V
     headers: tuple[tuple[str, bytes], ...]
+
+
+_new_tuple = tuple.__new__
+# Records the per-record path builds at a time: few enough that most are dropped by
+# the application before a GC generation-0 collection (700 allocations) sees them.
+_ITER_BLOCK = 256
+_T = TypeVar("_T")
 
 
 def _group_name(name: str) -> str:
@@ -124,16 +149,49 @@ def _group_name(name: str) -> str:
 RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
-@dataclasses.dataclass(slots=True)
 class _Chunk:
-    state: _PartitionState
-    generation: int
-    records: list[Record]
-    size: int
-    stream: int  # the push stream it came on (0 for fetch)
+    """One batch's records waiting for the application: ``rows[index:]`` are still to
+    be delivered, the row at ``i`` has offset ``base + i``. ``records`` holds the
+    Record objects the per-record path built last, for ``rows[cached_at:]`` (a block
+    at a time: records are tuple subclasses, which the cyclic GC never untracks, so
+    building a whole chunk ahead keeps thousands of them alive through collections)."""
+
+    __slots__ = (
+        "base",
+        "cached_at",
+        "first_ts",
+        "generation",
+        "index",
+        "records",
+        "rows",
+        "size",
+        "state",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        state: _PartitionState,
+        generation: int,
+        base: int,
+        first_ts: int,
+        rows: Rows,
+        size: int,
+        stream: int,
+    ) -> None:
+        self.state = state
+        self.generation = generation
+        self.base = base
+        self.first_ts = first_ts
+        self.rows = rows
+        self.size = size
+        self.stream = stream  # the push stream it came on (0 for fetch)
+        self.index = 0
+        self.records: list[Any] = []
+        self.cached_at = 0
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)  # compared (and hashed) by identity
 class _PartitionState:
     tp: TopicPartition
     position: int | None = None  # next offset for the application
@@ -150,15 +208,28 @@ class _PartitionState:
     look_up_committed: bool = False  # assign() with a group: start from the commit
     revoked: bool = False  # being released by the group: never read again
     past_end_since: float | None = None  # loop time the offset was first beyond the end
+    queued_bytes: int = 0  # of this partition's chunks not yet fully delivered
+    room: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
-class Consumer:
+class Consumer(Generic[K, V]):
     """An asyncio consumer::
 
     async with Consumer("127.0.0.1:7101") as consumer:
         consumer.assign([TopicPartition("events", 0)])
         async for record in consumer:
             print(record.offset, record.value)
+
+    Many records per call, per partition (`getmany`), or only their values, with no
+    object per record (`getmany_values`)::
+
+        batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+        for tp, records in batches.items():
+            ...
+
+    ``key_deserializer`` / ``value_deserializer`` turn the stored bytes into the
+    application's objects (``Consumer[str, Any](b, value_deserializer=json_deserializer)``);
+    see clients/_serde.py for the typing of un-parameterized use (``bytes``).
 
     In a group, the controller shares the partitions out among the members::
 
@@ -186,6 +257,8 @@ class Consumer:
         fetch_max_wait_ms: int = 500,
         stream_silence_ms: int = 5000,
         request_timeout_ms: int = 5000,
+        key_deserializer: Callable[[bytes], K] | None = None,
+        value_deserializer: Callable[[bytes], V] | None = None,
     ) -> None:
         # credit 4 MiB: enough to keep a stream busy through one round trip at several
         # hundred MB/s, small enough to bound the memory a slow application holds.
@@ -215,13 +288,21 @@ class Consumer:
         self._silence_s = stream_silence_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
         self.cluster = ClusterClient(bootstrap, timeout_s=self._timeout_s, retry_for_s=30)
+        self._key_deserializer = key_deserializer
+        self._value_deserializer = value_deserializer
         self._states: dict[TopicPartition, _PartitionState] = {}
-        self._queue: asyncio.Queue[_Chunk] = asyncio.Queue(maxsize=64)
-        self._chunk: _Chunk | None = None
-        self._index = 0
-        # The record last handed to the application: (partition, generation, offset).
-        # It counts as processed when the application asks for the next one.
-        self._held: tuple[_PartitionState, int, int] | None = None
+        # Chunks read and not yet fully delivered, in arrival order (several partitions).
+        self._ready: deque[_Chunk] = deque()
+        self._arrived = asyncio.Event()  # set when a chunk is appended, or on close
+        # A partition's reader waits while this many bytes of it are undelivered.
+        self._queue_limit = max(credit_bytes, 2 * fetch_max_bytes)
+        # What the last delivery call handed out, as (partition, generation): each such
+        # partition's position counts as processed when the application asks for more
+        # (unless sought, paused or revoked since). One chunk for the per-record path.
+        self._held_chunk: _Chunk | None = None
+        self._held: list[tuple[_PartitionState, int]] = []
+        # Chunks `getmany` delivered to their end: credit is granted on the next call.
+        self._spent: list[_Chunk] = []
         self._closed = False
         # Every reader task, including cancelled ones still unsubscribing: `close`
         # waits for them all.
@@ -302,6 +383,7 @@ class Consumer:
 
     def _start(self, state: _PartitionState) -> None:
         state.generation += 1
+        self._drop_chunks(state)
         if state.position is not None:
             state.fetch_offset = state.position
         if state.paused or state.revoked or self._closed:
@@ -313,9 +395,17 @@ class Consumer:
 
     def _stop(self, state: _PartitionState) -> None:
         state.generation += 1
+        self._drop_chunks(state)
         if state.task is not None:
             state.task.cancel()
             state.task = None
+
+    def _drop_chunks(self, state: _PartitionState) -> None:
+        """Forget the partition's undelivered chunks (its generation just changed)."""
+        if state.queued_bytes or any(c.state is state for c in self._ready):
+            self._ready = deque(c for c in self._ready if c.state is not state)
+        state.queued_bytes = 0
+        state.room.set()
 
     def _restart(self, state: _PartitionState) -> None:
         self._stop(state)
@@ -497,36 +587,305 @@ class Consumer:
 
     # -- delivery -----------------------------------------------------------------------
 
-    def __aiter__(self) -> Consumer:
+    def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Record:
-        held, self._held = self._held, None
-        if held is not None:
-            state, generation, offset = held
-            if state.generation == generation:  # not sought, paused or revoked since
-                state.processed = offset + 1
+    def _release_held(self) -> None:
+        """The application asks for more: what the last call handed out is processed
+        (its partition's position, unless sought, paused or revoked since)."""
+        chunk, self._held_chunk = self._held_chunk, None
+        if chunk is not None and chunk.state.generation == chunk.generation:
+            chunk.state.processed = chunk.state.position
+        if self._held:
+            for state, generation in self._held:
+                if state.generation == generation:
+                    state.processed = state.position
+            self._held = []
+
+    async def __anext__(self) -> Record[K, V]:
+        # The hot path: the next record of the chunk the last one came from, already
+        # built. (While a chunk is held, no getmany ran since: nothing else is held
+        # and no credit is due.)
+        chunk = self._held_chunk
+        if chunk is not None:
+            state = chunk.state
+            if state.generation == chunk.generation:  # not sought, paused or revoked
+                state.processed = state.position
+                i = chunk.index
+                j = i - chunk.cached_at
+                records = chunk.records
+                if j < len(records) and (
+                    self._coordinator is None or not self._coordinator.stale()
+                ):
+                    chunk.index = i + 1
+                    state.position = chunk.base + i + 1
+                    record: Record[K, V] = records[j]
+                    return record
+            self._held_chunk = None
+        return await self._next()
+
+    async def _next(self) -> Record[K, V]:
+        """`__anext__` from a new chunk (or waiting for one)."""
+        if self._held:
+            self._release_held()
+        if self._spent:
+            await self._grant_spent()
         while True:
-            chunk = self._chunk
-            if chunk is not None:
-                state = chunk.state
-                if chunk.generation == state.generation and self._index < len(chunk.records):
-                    if self._coordinator is not None and self._coordinator.stale():
-                        await self._wait_for_session(self._coordinator)
+            ready = self._ready
+            if ready:
+                chunk = ready[0]
+                i = chunk.index
+                if i < len(chunk.rows):
+                    coordinator = self._coordinator
+                    if coordinator is not None and coordinator.stale():
+                        await self._wait_for_session(coordinator)
                         if self._closed:
                             raise StopAsyncIteration
-                        continue  # lost (the generation bump drops the chunk) or fresh
-                    record = chunk.records[self._index]
-                    self._index += 1
-                    state.position = record.offset + 1
-                    self._held = (state, chunk.generation, record.offset)
+                        continue  # lost (its chunks are dropped) or fresh
+                    j = i - chunk.cached_at
+                    if not 0 <= j < len(chunk.records):
+                        # raises DeserializationError when record i cannot be built
+                        chunk.records = self._build(chunk, i, _ITER_BLOCK)
+                        chunk.cached_at, j = i, 0
+                    chunk.index = i + 1
+                    chunk.state.position = chunk.base + i + 1
+                    self._held_chunk = chunk
+                    record: Record[K, V] = chunk.records[j]
                     return record
-                self._chunk = None
-                await self._consumed(chunk)
+                ready.popleft()
+                self._finish(chunk)
+                await self._consumed(chunk.state, chunk.stream, chunk.size)
+                continue
             if self._closed:
                 raise StopAsyncIteration
-            self._chunk = await self._queue.get()
-            self._index = 0
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def getone(self) -> Record[K, V]:
+        """The next record (waits for one); as one step of ``async for``."""
+        return await self.__anext__()
+
+    async def getmany(
+        self,
+        *partitions: TopicPartition,
+        timeout_ms: int = 0,
+        max_records: int | None = None,
+    ) -> dict[TopicPartition, list[Record[K, V]]]:
+        """The records buffered now, per partition in offset order (only those of
+        ``partitions``, when given; each must be assigned), at most ``max_records`` in
+        all. Waits up to ``timeout_ms`` for the first to arrive, then returns at once
+        with what there is; ``{}`` when nothing came in time (or the consumer closed).
+        Everything returned counts as handed out: ``position`` moves past it, and it is
+        processed (auto-commit) once the application asks for more. A record whose
+        deserializer fails ends its partition's list; the next call raises
+        DeserializationError for it. Without ``max_records`` one call may hand out
+        ``credit_bytes`` worth of records per partition: a few thousand at a time
+        keeps the garbage collector's work (and the latency of a call) small."""
+        return await self._many(partitions, timeout_ms, max_records, self._take_records)
+
+    async def getmany_values(
+        self,
+        *partitions: TopicPartition,
+        timeout_ms: int = 0,
+        max_records: int | None = None,
+    ) -> dict[TopicPartition, list[V]]:
+        """As `getmany`, but only the records' values (through ``value_deserializer``
+        when there is one), without building an object per record: the fast way to
+        read a partition. The values of a partition's list have consecutive offsets
+        up to ``position(tp) - 1``, except across records deleted by retention."""
+        return await self._many(partitions, timeout_ms, max_records, self._take_values)
+
+    async def _many(
+        self,
+        partitions: Sequence[TopicPartition],
+        timeout_ms: int,
+        max_records: int | None,
+        take: Callable[[_Chunk, int], list[_T]],
+    ) -> dict[TopicPartition, list[_T]]:
+        if max_records is not None and max_records < 1:
+            raise ValueError("max_records must be >= 1 (or None for all buffered)")
+        if timeout_ms < 0:
+            raise ValueError("timeout_ms must be >= 0")
+        wanted = {self._state(tp) for tp in partitions} if partitions else None
+        if self._held_chunk is not None or self._held:
+            self._release_held()
+        if self._spent:
+            await self._grant_spent()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while not self._closed:
+            coordinator = self._coordinator
+            if self._ready and coordinator is not None and coordinator.stale():
+                await self._wait_for_session(coordinator)
+                continue
+            out = self._collect(wanted, max_records, take)
+            if out:
+                return out
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return {}
+
+    def _collect(
+        self,
+        wanted: set[_PartitionState] | None,
+        max_records: int | None,
+        take: Callable[[_Chunk, int], list[_T]],
+    ) -> dict[TopicPartition, list[_T]]:
+        """Take records from the buffered chunks, oldest first (synchronous: nothing
+        else runs meanwhile). A partition whose chunk is not taken whole (the budget
+        ran out, or a deserializer failed) gives nothing more this call, so its
+        records stay in offset order."""
+        out: dict[TopicPartition, list[_T]] = {}
+        budget = math.inf if max_records is None else max_records
+        stopped: set[_PartitionState] = set()
+        kept: deque[_Chunk] = deque()
+        failure: DeserializationError | None = None
+        for chunk in self._ready:
+            state = chunk.state
+            if budget <= 0 or state in stopped or (wanted is not None and state not in wanted):
+                kept.append(chunk)
+                continue
+            left = len(chunk.rows) - chunk.index
+            try:
+                items = take(chunk, left if left <= budget else int(budget))
+            except DeserializationError as exc:
+                failure = failure or exc
+                stopped.add(state)
+                kept.append(chunk)
+                continue
+            if items:
+                chunk.index += len(items)
+                budget -= len(items)
+                state.position = chunk.base + chunk.index
+                got = out.get(state.tp)
+                if got is None:
+                    out[state.tp] = items
+                    self._held.append((state, state.generation))
+                else:
+                    got.extend(items)
+            if chunk.index < len(chunk.rows):
+                stopped.add(state)
+                kept.append(chunk)
+            else:
+                self._finish(chunk)
+                self._spent.append(chunk)
+        self._ready = kept
+        if not out and failure is not None:
+            raise failure
+        return out
+
+    def _take_records(self, chunk: _Chunk, n: int) -> list[Record[K, V]]:
+        i = chunk.index
+        j = i - chunk.cached_at
+        if 0 <= j < len(chunk.records):  # built by getone already: those first
+            cached: list[Record[K, V]] = chunk.records[j : j + n]
+            return cached
+        return self._build(chunk, i, n)  # raises DeserializationError for record i
+
+    def _take_values(self, chunk: _Chunk, n: int) -> list[V]:
+        i = chunk.index
+        rows = chunk.rows
+        values: list[Any] = list(map(VALUE, rows if i == 0 and n == len(rows) else rows[i : i + n]))
+        deserialize = self._value_deserializer
+        if deserialize is None:
+            return values
+        try:
+            return list(map(deserialize, values))
+        except Exception:  # noqa: BLE001 - the application's deserializer: which record?
+            out: list[V] = []
+            for j, value in enumerate(values):
+                try:
+                    out.append(deserialize(value))
+                except Exception as exc:
+                    if not out:
+                        raise self._deserialization_error(chunk, i + j, "value", exc) from exc
+                    break
+            return out
+
+    def _build(self, chunk: _Chunk, start: int, n: int) -> list[Record[K, V]]:
+        """Record objects (deserialized) for ``rows[start:start + n]``, built in C, or
+        up to the first record a deserializer fails on; raises DeserializationError
+        when that is the very first one."""
+        rows = chunk.rows
+        if start or n < len(rows):
+            rows = rows[start : start + n]
+        topic, partition = chunk.state.tp
+        base = chunk.base + start
+        deltas, keys, values, headers = zip(*rows, strict=True)
+        key_de, value_de = self._key_deserializer, self._value_deserializer
+        try:
+            if key_de is not None:
+                keys = tuple(None if k is None else key_de(k) for k in keys)
+            if value_de is not None:
+                values = tuple(map(value_de, values))
+        except Exception:  # noqa: BLE001 - the application's deserializer: which record?
+            return self._build_one_by_one(chunk, rows, start)
+        return list(
+            map(
+                _new_tuple,
+                repeat(Record),
+                zip(
+                    repeat(topic),
+                    repeat(partition),
+                    range(base, base + len(rows)),
+                    map(add, repeat(chunk.first_ts), deltas),
+                    keys,
+                    values,
+                    headers,
+                ),
+            )
+        )
+
+    def _build_one_by_one(self, chunk: _Chunk, rows: Rows, start: int) -> list[Record[K, V]]:
+        key_de, value_de = self._key_deserializer, self._value_deserializer
+        topic, partition = chunk.state.tp
+        out: list[Record[K, V]] = []
+        for j, (delta, key, value, headers) in enumerate(rows):
+            field = "key"
+            try:
+                k: Any = key if key_de is None or key is None else key_de(key)
+                field = "value"
+                v: Any = value if value_de is None else value_de(value)
+            except Exception as exc:
+                if j == 0:
+                    raise self._deserialization_error(chunk, start, field, exc) from exc
+                break
+            offset = chunk.base + start + j
+            ts = chunk.first_ts + delta
+            out.append(Record(topic, partition, offset, ts, k, v, headers))
+        return out
+
+    def _deserialization_error(
+        self, chunk: _Chunk, index: int, field: str, exc: Exception
+    ) -> DeserializationError:
+        delta, key, value, headers = chunk.rows[index]
+        topic, partition = chunk.state.tp
+        offset = chunk.base + index
+        raw = Record(topic, partition, offset, chunk.first_ts + delta, key, value, headers)
+        return DeserializationError(
+            f"{topic}/{partition} offset {offset}: the {field} deserializer failed: {exc!r} "
+            f"(the position stays at this record; seek past it to skip it)",
+            record=raw,
+        )
+
+    def _finish(self, chunk: _Chunk) -> None:
+        """A chunk was delivered to its end: its partition's reader may read more."""
+        state = chunk.state
+        state.queued_bytes -= chunk.size
+        if state.queued_bytes < self._queue_limit:
+            state.room.set()
+
+    async def _grant_spent(self) -> None:
+        """Credit for the chunks that the last `getmany` delivered to their end (here,
+        not in that call: a cancelled credit request then loses no records)."""
+        spent = self._spent
+        while spent:
+            chunk = spent.pop()
+            await self._consumed(chunk.state, chunk.stream, chunk.size)
 
     async def _wait_for_session(self, coordinator: Coordinator) -> None:
         """The group session may have run out while this consumer holds partitions:
@@ -539,21 +898,17 @@ class Consumer:
                 lambda: coordinator.closed or not coordinator.stale()
             )
 
-    async def getone(self) -> Record:
-        return await self.__anext__()
-
-    async def _consumed(self, chunk: _Chunk) -> None:
+    async def _consumed(self, state: _PartitionState, stream: int, size: int) -> None:
         """Grant stream credit back once half of it has been consumed."""
-        state = chunk.state
-        if not chunk.stream or chunk.stream != state.stream:
+        if not stream or stream != state.stream:
             return
-        state.consumed += chunk.size
+        state.consumed += size
         if state.consumed * 2 < self._credit:
             return
         grant, state.consumed = state.consumed, 0
         try:
             conn = self.cluster.connection(state.stream_addr)
-            await conn.call(CreditRequest(chunk.stream, grant), timeout_s=self._timeout_s)
+            await conn.call(CreditRequest(stream, grant), timeout_s=self._timeout_s)
         except ZStreamError:
             pass
         except asyncio.CancelledError:
@@ -582,25 +937,43 @@ class Consumer:
             start, end = await self._bounds(state.tp)
             state.position = state.fetch_offset = start if self._reset == "earliest" else end
 
-    def _queue_records(self, state: _PartitionState, frames: Sequence[Buffer]) -> list[Record]:
+    def _chunks(
+        self, state: _PartitionState, generation: int, frames: Sequence[Buffer], stream: int
+    ) -> tuple[list[_Chunk], int]:
+        """Decode batches (CRC checked) into chunks of the records at or after
+        ``fetch_offset``, and move it past them. Also returns the bytes of batches
+        that held nothing new (their stream credit is granted back at once)."""
         topic, partition = state.tp
-        start = state.fetch_offset
-        out: list[Record] = []
+        out: list[_Chunk] = []
+        skipped = 0
         for frame in frames:
             try:
-                decoded = storage.decode_records(frame)
+                header, rows = decode_rows(frame)
             except storage.CorruptBatchError as exc:
                 raise CorruptBatchError(f"{topic}/{partition}: {exc}") from exc
-            for r in decoded:
-                if r.offset >= start:
-                    out.append(
-                        Record(
-                            topic, partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers
-                        )
-                    )
-        if out:
-            state.fetch_offset = out[-1].offset + 1
-        return out
+            base = header.base_offset
+            skip = state.fetch_offset - base
+            if skip >= len(rows):
+                skipped += len(frame)
+                continue
+            if skip > 0:
+                rows = rows[skip:]
+                base += skip
+            first_ts = header.first_timestamp_ms
+            out.append(_Chunk(state, generation, base, first_ts, rows, len(frame), stream))
+            state.fetch_offset = base + len(rows)
+        return out, skipped
+
+    async def _put(self, state: _PartitionState, generation: int, chunks: list[_Chunk]) -> None:
+        """Queue a reader's chunks for delivery, once its partition has room."""
+        while state.queued_bytes >= self._queue_limit and state.generation == generation:
+            state.room.clear()
+            await state.room.wait()
+        if state.generation != generation or not chunks:
+            return
+        self._ready.extend(chunks)
+        state.queued_bytes += sum(c.size for c in chunks)
+        self._arrived.set()
 
     async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
         """After a failed read: back off, refresh metadata, fix an out-of-range offset."""
@@ -686,9 +1059,10 @@ class Consumer:
             if isinstance(hwm, int):
                 state.hwm = hwm
             if push.kind == "data":
-                records = self._queue_records(state, push.frames)
-                size = sum(len(f) for f in push.frames)
-                await self._queue.put(_Chunk(state, generation, records, size, sid))
+                chunks, skipped = self._chunks(state, generation, push.frames, sid)
+                if skipped:
+                    await self._consumed(state, sid, skipped)
+                await self._put(state, generation, chunks)
             elif push.kind == "closed":
                 code = result.get("err", 1)
                 details = {k: v for k, v in result.items() if k not in ("err", "msg")}
@@ -709,10 +1083,8 @@ class Consumer:
                 reply = await self.cluster.connection(addr).call(request, timeout_s=timeout_s)
                 state.hwm = reply.result.get("hwm", state.hwm)
                 state.past_end_since = None
-                records = self._queue_records(state, reply.frames)
-                if records:
-                    size = sum(len(f) for f in reply.frames)
-                    await self._queue.put(_Chunk(state, generation, records, size, 0))
+                chunks, _ = self._chunks(state, generation, reply.frames, 0)
+                await self._put(state, generation, chunks)
                 delay = 0.05
             except ZStreamError as exc:
                 delay = await self._recover(state, exc, delay)
@@ -751,12 +1123,11 @@ class Consumer:
         if coordinator is not None:
             await coordinator.close(leave=True)
             self._coordinator = None
-        # Wake an iterator waiting for records: it sees the consumer closed and stops.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_Chunk(_PartitionState(TopicPartition("", 0)), -1, [], 0, 0))
+        # Wake a delivery call waiting for records: it sees the consumer closed.
+        self._arrived.set()
         await self.cluster.close()
 
-    async def __aenter__(self) -> Consumer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

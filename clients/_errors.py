@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ConnectionLostError",
     "CorruptBatchError",
+    "DeserializationError",
     "DuplicateSequenceError",
     "ErrorCode",
     "FencedMemberError",
@@ -35,6 +36,7 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "RequestTimedOutError",
+    "SerializationError",
     "ThrottledError",
     "TopicExistsError",
     "UnavailableError",
@@ -77,6 +79,10 @@ class ErrorCode(IntEnum):
     GROUP_NOT_EMPTY = 21
     # Never sent by a broker: raised by the client when the connection fails.
     CONNECTION_LOST = 100
+    # Never sent by a broker: raised by the client around the application's
+    # serializers (Producer.send) and deserializers (Consumer delivery).
+    SERIALIZATION = 101
+    DESERIALIZATION = 102
 
 
 class ZStreamError(Exception):
@@ -219,6 +225,30 @@ class ConnectionLostError(ZStreamError):
     retriable = True
 
 
+class SerializationError(ZStreamError):
+    """A producer's key or value serializer raised, or returned something other than
+    bytes. Raised by ``send`` itself, for that record only: nothing was queued, and
+    the records around it in the same batch are unaffected."""
+
+    code = ErrorCode.SERIALIZATION
+
+
+class DeserializationError(ZStreamError):
+    """A consumer's key or value deserializer raised for the record at ``topic`` /
+    ``partition`` / ``offset``. The consumer's position stays at that record, so the
+    next delivery call raises again; ``seek(tp, offset + 1)`` skips it. ``record`` is
+    the record as it was stored (key and value as bytes), e.g. for a dead-letter topic."""
+
+    code = ErrorCode.DESERIALIZATION
+
+    def __init__(self, message: str = "", *, record: Any = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.record = record
+        self.topic: str = getattr(record, "topic", "")
+        self.partition: int = getattr(record, "partition", -1)
+        self.offset: int = getattr(record, "offset", -1)
+
+
 _BY_CODE: dict[int, type[ZStreamError]] = {}
 for _cls in (
     UnknownServerError,
@@ -243,6 +273,8 @@ for _cls in (
     FencedMemberError,
     GroupNotEmptyError,
     ConnectionLostError,
+    SerializationError,
+    DeserializationError,
 ):
     _BY_CODE[int(_cls.code)] = _cls
 

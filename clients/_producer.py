@@ -34,6 +34,12 @@ records wait, each as a one-record batch, while one task per topic refreshes the
 metadata with backoff for up to ``metadata_wait_ms``; then they join their partitions'
 open batches in send order, or fail with UnknownTopicError.
 
+Serializers: with ``key_serializer`` / ``value_serializer`` ``send`` turns the
+application's key and value into bytes first, synchronously; a serializer that raises
+or returns something other than bytes makes that ``send`` raise SerializationError,
+and nothing is queued, so the other records of the batch go out as if it had never
+been sent. A ``None`` key is never passed to the key serializer (clients/_serde.py).
+
 Partitioning: a key goes to ``crc32c(key) % partitions`` (stable across processes and
 versions); records without a key stick to one partition until its batch closes, then
 move to the next (Kafka's sticky partitioner, KIP-480).
@@ -48,8 +54,8 @@ import functools
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any, Generic, Self, cast
 
 import crc32c
 
@@ -59,12 +65,14 @@ from zstream.clients._errors import (
     InvalidRequestError,
     NotLeaderError,
     OutOfOrderSequenceError,
+    SerializationError,
     UnknownPartitionError,
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
 )
 from zstream.clients._protocol import Acks, InitProducerRequest, ProduceRequest
+from zstream.clients._serde import K, V
 
 __all__ = ["BlockingProducer", "Producer", "RecordFuture", "RecordMetadata"]
 
@@ -72,6 +80,17 @@ __all__ = ["BlockingProducer", "Producer", "RecordFuture", "RecordMetadata"]
 # timestamp delta): an estimate for closing batches near batch_bytes.
 _RECORD_OVERHEAD = 8
 _BYTES = (bytes, bytearray, memoryview)
+_BYTE_TYPES = set(_BYTES)
+
+
+def _record_name(topic: str, partition: int | None, key: object, where: str) -> str:
+    """How an error names a record that has no offset yet."""
+    name = topic if partition is None else f"{topic}/{partition}"
+    if where:
+        return f"{name} {where}"
+    shown = repr(key)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{name} record with key {shown}" if key is not None else f"{name} keyless record"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,7 +196,7 @@ class _PartitionSender:
     and are sent again after a backoff and a metadata refresh.
     """
 
-    def __init__(self, producer: Producer, topic: str, partition: int) -> None:
+    def __init__(self, producer: Producer[Any, Any], topic: str, partition: int) -> None:
         self._producer = producer
         self.topic = topic
         self.partition = partition
@@ -372,13 +391,22 @@ class _PartitionSender:
         self._fail_all(error)
 
 
-class Producer:
+class Producer(Generic[K, V]):
     """An asyncio producer.
 
     ::
 
         async with Producer("127.0.0.1:7101") as producer:
             meta = await producer.send("events", b"hello", key=b"user-1")
+
+    With serializers, keys and values are the application's objects::
+
+        producer = Producer[str, dict[str, Any]](
+            bootstrap, key_serializer=str.encode, value_serializer=json_serializer
+        )
+        await producer.send("events", {"n": 1}, key="user-1")
+
+    (an un-parameterized ``Producer`` is a ``Producer[bytes, bytes]``: clients/_serde.py).
 
     ``send`` returns at once with an awaitable :class:`RecordFuture`; ``flush`` waits for
     everything sent so far. ``acks="all"`` (durable on a majority) and idempotence are on
@@ -398,6 +426,8 @@ class Producer:
         delivery_timeout_ms: int = 120_000,
         retry_backoff_ms: int = 100,
         metadata_wait_ms: int = 10_000,
+        key_serializer: Callable[[K], bytes] | None = None,
+        value_serializer: Callable[[V], bytes] | None = None,
     ) -> None:
         # linger 5 ms: one batch per partition per 5 ms keeps batches large at high
         # rates while a lone record waits only 5 ms. batch_bytes 256 KiB: large enough
@@ -421,6 +451,8 @@ class Producer:
             retry_backoff_ms,
             metadata_wait_ms,
         )
+        self._key_serializer = key_serializer
+        self._value_serializer = value_serializer
         self.cluster = ClusterClient(bootstrap, timeout_s=request_timeout_ms / 1000 + 2)
         self._partitions: dict[str, int] = {}
         self._leaders: dict[tuple[str, int], int | None] = {}
@@ -530,22 +562,74 @@ class Producer:
             self._sticky[topic] = sticky
         return sticky
 
+    def _serialize(
+        self, topic: str, partition: int | None, value: V, key: K | None, where: str
+    ) -> tuple[bytes, bytes | None]:
+        """The record's bytes (through the serializers); SerializationError naming
+        the record when a serializer raises or gives something that is not bytes."""
+        field = "key"
+        try:
+            out_key: object = key
+            if key is not None and self._key_serializer is not None:
+                out_key = self._key_serializer(key)
+            field = "value"
+            out_value: object = value
+            if self._value_serializer is not None:
+                out_value = self._value_serializer(value)
+        except Exception as exc:
+            raise SerializationError(
+                f"{_record_name(topic, partition, key, where)}: the {field} serializer "
+                f"failed: {exc!r}; the record was not sent"
+            ) from exc
+        if not isinstance(out_value, _BYTES):
+            bad, got = "value", out_value
+        elif out_key is not None and not isinstance(out_key, _BYTES):
+            bad, got = "key", out_key
+        else:
+            return cast(bytes, out_value), cast(bytes | None, out_key)
+        serializer = self._value_serializer if bad == "value" else self._key_serializer
+        if serializer is None:
+            raise TypeError(
+                f"{_record_name(topic, partition, key, where)}: the {bad} must be bytes "
+                f"(or give the producer a {bad}_serializer), got {type(got).__name__}"
+            )
+        raise SerializationError(
+            f"{_record_name(topic, partition, key, where)}: the {bad} serializer returned "
+            f"{type(got).__name__}, not bytes; the record was not sent"
+        )
+
     def send(
         self,
         topic: str,
-        value: bytes,
-        key: bytes | None = None,
+        value: V,
+        key: K | None = None,
         headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None = None,
         partition: int | None = None,
     ) -> RecordFuture:
         """Queue one record; await the result for its :class:`RecordMetadata`.
-        Raises TypeError at once for a value or key that is not bytes. A topic not
-        known yet is looked up first (UnknownTopicError through the result if the
+        Raises at once, with nothing queued: SerializationError when a serializer
+        fails, TypeError for a value or key that is not bytes (no serializer). A topic
+        not known yet is looked up first (UnknownTopicError through the result if the
         cluster does not have it within ``metadata_wait_ms``)."""
         if self._closed:
             raise UnknownServerError("the producer is closed")
-        if not isinstance(value, _BYTES) or not (key is None or isinstance(key, _BYTES)):
-            raise TypeError("value and key must be bytes")
+        if self._key_serializer is None and self._value_serializer is None:
+            if not isinstance(value, _BYTES) or not (key is None or isinstance(key, _BYTES)):
+                raise TypeError("value and key must be bytes")
+            return self._send(
+                topic, cast(bytes, value), cast(bytes | None, key), headers, partition
+            )
+        data, raw_key = self._serialize(topic, partition, value, key, "")
+        return self._send(topic, data, raw_key, headers, partition)
+
+    def _send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
+        partition: int | None,
+    ) -> RecordFuture:
         if topic not in self._partitions or topic in self._waiting:
             # Created after start(), or a typo: ask the cluster, then place the record
             # (behind the records already waiting, if the topic turned up meanwhile).
@@ -580,14 +664,22 @@ class Producer:
     def send_many(
         self,
         topic: str,
-        values: Iterable[bytes],
+        values: Iterable[V],
         *,
         partition: int | None = None,
     ) -> list[Awaitable[int]]:
         """Queue many keyless values; returns one awaitable per batch touched, each
-        giving that batch's base offset. Cheaper per record than `send`."""
+        giving that batch's base offset. Cheaper per record than `send`. With a
+        ``value_serializer``, every value is serialized before any is queued: a
+        failure raises SerializationError naming the value's position, and none of
+        them is sent."""
         if self._closed:
             raise UnknownServerError("the producer is closed")
+        raw: Iterable[bytes]
+        if self._value_serializer is not None:
+            raw = self._serialize_all(topic, partition, values)
+        else:
+            raw = cast(Iterable[bytes], values)
         futures: list[Awaitable[int]] = []
         limit = self.config.batch_bytes
         batch: _Batch | None = None
@@ -595,7 +687,7 @@ class Producer:
         known = topic in self._partitions and topic not in self._waiting
         if not known and partition is not None and partition < 0:
             raise ValueError(f"{topic} has no partition {partition}")
-        for value in values:
+        for value in raw:
             if batch is None:
                 if known:
                     part = self._choose(topic, None, partition)
@@ -612,6 +704,24 @@ class Producer:
         if batch is not None:
             futures.append(batch.future)
         return futures
+
+    def _serialize_all(self, topic: str, partition: int | None, values: Iterable[V]) -> list[bytes]:
+        """Every value serialized (one C-level map); on a failure, one by one again
+        to name the value at fault."""
+        serialize = self._value_serializer
+        assert serialize is not None
+        values = list(values)
+        try:
+            out = list(map(serialize, values))
+        except Exception:  # noqa: BLE001 - the application's serializer: which value?
+            pass
+        else:
+            if set(map(type, out)) <= _BYTE_TYPES:
+                return out
+        return [
+            self._serialize(topic, partition, value, None, f"value #{i}")[0]
+            for i, value in enumerate(values)
+        ]
 
     def _batch_for(self, topic: str, partition: int) -> _Batch:
         key = (topic, partition)
@@ -690,7 +800,7 @@ class Producer:
                     batch.future.set_exception(UnknownServerError("the producer was closed"))
             await self.cluster.close()
 
-    async def __aenter__(self) -> Producer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -698,28 +808,40 @@ class Producer:
         await self.close()
 
 
-class BlockingProducer:
+class BlockingProducer(Generic[K, V]):
     """A blocking wrapper: the asyncio :class:`Producer` on a private event loop.
 
     ``send`` returns the record's :class:`RecordMetadata` (it waits for the ack); use
-    ``send_async`` + ``flush`` to batch many records.
+    ``send_async`` + ``flush`` to batch many records. ``key_serializer`` /
+    ``value_serializer`` and the other options are the Producer's.
     """
 
-    def __init__(self, bootstrap: str | Sequence[str], **options: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        key_serializer: Callable[[K], bytes] | None = None,
+        value_serializer: Callable[[V], bytes] | None = None,
+        **options: Any,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._producer: Producer = self._loop.run_until_complete(self._make(bootstrap, options))
+        options["key_serializer"] = key_serializer
+        options["value_serializer"] = value_serializer
+        self._producer: Producer[K, V] = self._loop.run_until_complete(
+            self._make(bootstrap, options)
+        )
 
     @staticmethod
-    async def _make(bootstrap: str | Sequence[str], options: dict[str, Any]) -> Producer:
-        producer = Producer(bootstrap, **options)
+    async def _make(bootstrap: str | Sequence[str], options: dict[str, Any]) -> Producer[K, V]:
+        producer: Producer[K, V] = Producer(bootstrap, **options)
         await producer.start()
         return producer
 
     def send_async(
         self,
         topic: str,
-        value: bytes,
-        key: bytes | None = None,
+        value: V,
+        key: K | None = None,
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
     ) -> RecordFuture:
@@ -728,8 +850,8 @@ class BlockingProducer:
     async def _send(
         self,
         topic: str,
-        value: bytes,
-        key: bytes | None,
+        value: V,
+        key: K | None,
         headers: Mapping[str, bytes] | None,
         partition: int | None,
     ) -> RecordFuture:
@@ -739,8 +861,8 @@ class BlockingProducer:
     def send(
         self,
         topic: str,
-        value: bytes,
-        key: bytes | None = None,
+        value: V,
+        key: K | None = None,
         headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
     ) -> RecordMetadata:
@@ -758,7 +880,7 @@ class BlockingProducer:
         finally:
             self._loop.close()
 
-    def __enter__(self) -> BlockingProducer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,6 +20,7 @@ from zstream.clients import (
     ConnectionLostError,
     Consumer,
     CorruptBatchError,
+    DeserializationError,
     DuplicateSequenceError,
     ErrorCode,
     FencedMemberError,
@@ -36,6 +37,7 @@ from zstream.clients import (
     RecordFuture,
     RecordMetadata,
     RequestTimedOutError,
+    SerializationError,
     ThrottledError,
     TopicExistsError,
     TopicPartition,
@@ -48,6 +50,8 @@ from zstream.clients import (
     UnsupportedVersionError,
     ZStreamError,
     error_for_code,
+    json_deserializer,
+    json_serializer,
 )
 
 try:
@@ -62,6 +66,7 @@ __all__ = [
     "ConnectionLostError",
     "Consumer",
     "CorruptBatchError",
+    "DeserializationError",
     "DuplicateSequenceError",
     "ErrorCode",
     "FencedMemberError",
@@ -78,6 +83,7 @@ __all__ = [
     "RecordFuture",
     "RecordMetadata",
     "RequestTimedOutError",
+    "SerializationError",
     "ThrottledError",
     "TopicExistsError",
     "TopicPartition",
@@ -91,4 +97,6 @@ __all__ = [
     "ZStreamError",
     "__version__",
     "error_for_code",
+    "json_deserializer",
+    "json_serializer",
 ]
