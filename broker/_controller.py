@@ -20,6 +20,10 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "commit_offsets", "group": str, "member_id": str, "offsets": [[str, int, int], ...],
      "now_ms": int}
     {"op": "expire_offsets", "now_ms": int, "retention_ms": int}
+    {"op": "reassign_partition", "topic": str, "partition": int, "replicas": [int, ...],
+     "live": [int, ...]}
+    {"op": "complete_reassignment", "topic": str, "partition": int, "group_id": int,
+     "voters": [int, ...]}
 
 ``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
 view of the brokers: apply never reads a clock, so every replica agrees.
@@ -55,13 +59,29 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
   last commit or departure (``now_ms`` of those commands) is older than
   ``retention_ms``.
 
-Snapshot: msgpack of {"v": 3, "applied_index", "brokers", "topics",
+Reassignment (see broker/_reassign.py for how a partition's leader carries it out):
+
+- ``reassign_partition`` records ``replicas`` as the partition's target: distinct
+  registered brokers, at least one, every broker it adds live in the proposer's
+  ``live``; at most one reassignment per partition (the same target again is
+  accepted and changes nothing), and at most MAX_MOVES_PER_BROKER reassignments
+  adding a replica to any one broker (UNAVAILABLE: retry once one finishes). A
+  target holding the same brokers as the replica set only reorders it (the first
+  is the preferred leader), at once. Result: the partition's assignment.
+- ``complete_reassignment`` (proposed by the controller leader when the partition's
+  leader reports that the group's voters are ``voters``) makes the target the
+  replica set, if ``voters`` are the target's brokers; otherwise it is stale and
+  rejected. Replicas outside the new set close their group and delete its data.
+
+Snapshot: msgpack of {"v": 4, "applied_index", "brokers", "topics",
 "next_group_id", "next_producer_id", "groups"}, where ``groups`` is
 ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
-sorted ``[[topic, partition, next_offset], ...]``. A version 1 snapshot (no
-``groups``) restores with no groups, a version 2 one (no ``active_ms``) with 0.
+sorted ``[[topic, partition, next_offset], ...]``. Each topic is ``[name, rf, partitions,
+configs]``, each partition ``[partition, group_id, replicas, target]``. A version 1
+snapshot (no ``groups``) restores with no groups, a version 2 one (no ``active_ms``)
+with 0, a version 3 one (partitions without ``target``) with no reassignments.
 """
 
 from __future__ import annotations
@@ -101,12 +121,14 @@ __all__ = [
     "TopicRecord",
     "allocate_producer_id_command",
     "commit_offsets_command",
+    "complete_reassignment_command",
     "create_topic_command",
     "delete_topic_command",
     "group_expire_command",
     "group_join_or_update_command",
     "group_leave_command",
     "heartbeat_interval_ms",
+    "reassign_partition_command",
     "register_broker_command",
 ]
 
@@ -121,8 +143,12 @@ MAX_MEMBER_TOPICS = 1_000
 # group names, meets a clear error instead of growing the controller without end.
 MAX_GROUP_MEMBERS = 1_000
 MAX_GROUPS = 10_000
-_SNAPSHOT_VERSION = 3
-_SNAPSHOT_VERSIONS = (1, 2, 3)
+_SNAPSHOT_VERSION = 4
+_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
+# Reassignments a broker may be receiving at once (each one a new replica catching up
+# from its leader): a decommission moves replicas a few at a time instead of flooding
+# the disks and links of the brokers that take them.
+MAX_MOVES_PER_BROKER = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,6 +163,9 @@ class PartitionAssignment:
     partition: int
     group_id: int
     replicas: tuple[int, ...]  # the first is the preferred leader
+    # A reassignment in progress: the replica set the partition's leader walks its
+    # Raft configuration towards (broker/_reassign.py); empty when none.
+    target: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -233,6 +262,34 @@ def commit_offsets_command(
 
 def expire_offsets_command(now_ms: int, retention_ms: int) -> bytes:
     return _pack({"op": "expire_offsets", "now_ms": now_ms, "retention_ms": retention_ms})
+
+
+def reassign_partition_command(
+    topic: str, partition: int, replicas: Sequence[int], live: Sequence[int]
+) -> bytes:
+    return _pack(
+        {
+            "op": "reassign_partition",
+            "topic": topic,
+            "partition": partition,
+            "replicas": list(replicas),
+            "live": sorted(live),
+        }
+    )
+
+
+def complete_reassignment_command(
+    topic: str, partition: int, group_id: int, voters: Iterable[int]
+) -> bytes:
+    return _pack(
+        {
+            "op": "complete_reassignment",
+            "topic": topic,
+            "partition": partition,
+            "group_id": group_id,
+            "voters": sorted(voters),
+        }
+    )
 
 
 def heartbeat_interval_ms(session_timeout_ms: int) -> int:
@@ -384,6 +441,10 @@ class ControllerState:
                 return None
             if op == "expire_offsets":
                 return self._expire_offsets(cmd)
+            if op == "reassign_partition":
+                return self._reassign_partition(cmd)
+            if op == "complete_reassignment":
+                return self._complete_reassignment(cmd)
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -599,15 +660,119 @@ class ControllerState:
                     replicas[b] = replicas.get(b, 0) + 1
         return leaders, replicas
 
+    # -- reassignment --------------------------------------------------------------------
+
+    def _partition(self, cmd: Mapping[str, Any]) -> tuple[TopicRecord, PartitionAssignment]:
+        topic = self.topics.get(_topic(cmd.get("topic")))
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {cmd.get('topic')!r}")
+        p = _int(cmd, "partition", 0)
+        if p >= len(topic.partitions):
+            raise UnknownPartitionError(f"topic {topic.name!r} has no partition {p}")
+        return topic, topic.partitions[p]
+
+    def _set_partition(self, topic: TopicRecord, part: PartitionAssignment) -> None:
+        parts = list(topic.partitions)
+        parts[part.partition] = part
+        self.topics[topic.name] = dataclasses.replace(topic, partitions=tuple(parts))
+
+    def moves_into(self, broker_id: int) -> int:
+        """Reassignments in progress that add a replica on ``broker_id``."""
+        return sum(
+            1
+            for t in self.topics.values()
+            for p in t.partitions
+            if p.target and broker_id in p.target and broker_id not in p.replicas
+        )
+
+    def _reassign_partition(self, cmd: Mapping[str, Any]) -> PartitionAssignment:
+        topic, part = self._partition(cmd)
+        raw, live = cmd.get("replicas"), cmd.get("live", [])
+        if (
+            type(raw) is not list
+            or not raw
+            or len(raw) > max(1, len(self.brokers))
+            or not all(type(b) is int for b in raw)
+        ):
+            raise InvalidRequestError(
+                "replicas must be a non-empty list of broker ids, at most one per broker"
+            )
+        if type(live) is not list or not all(type(b) is int for b in live):
+            raise InvalidRequestError("controller command: live must be a list of ids")
+        replicas = tuple(raw)
+        if len(set(replicas)) != len(replicas):
+            raise InvalidRequestError(f"replicas {list(replicas)} name a broker twice")
+        unknown = [b for b in replicas if b not in self.brokers]
+        if unknown:
+            raise InvalidRequestError(f"replicas name unknown broker(s) {unknown}")
+        if part.target:
+            if part.target == replicas:
+                return part  # asked again (a retry): nothing changes
+            raise InvalidRequestError(
+                f"{topic.name}/{part.partition} is already being reassigned to "
+                f"{list(part.target)}: wait until it finishes"
+            )
+        if set(replicas) == set(part.replicas):
+            # The same brokers: only the preferred leader changes, no data moves.
+            part = dataclasses.replace(part, replicas=replicas)
+            self._set_partition(topic, part)
+            return part
+        added = [b for b in replicas if b not in part.replicas]
+        dead = [b for b in added if b not in live]
+        if dead:
+            raise UnavailableError(f"broker(s) {dead} are not live: a new replica must be")
+        busy = [b for b in added if self.moves_into(b) >= MAX_MOVES_PER_BROKER]
+        if busy:
+            raise UnavailableError(
+                f"broker(s) {busy} already receive {MAX_MOVES_PER_BROKER} reassignments: "
+                "retry once one finishes"
+            )
+        part = dataclasses.replace(part, target=replicas)
+        self._set_partition(topic, part)
+        return part
+
+    def _complete_reassignment(self, cmd: Mapping[str, Any]) -> PartitionAssignment:
+        topic, part = self._partition(cmd)
+        group_id = _int(cmd, "group_id", 1)
+        voters = cmd.get("voters")
+        if type(voters) is not list or not all(type(v) is int for v in voters):
+            raise InvalidRequestError("controller command: voters must be a list of ids")
+        if group_id != part.group_id or not part.target or set(voters) != set(part.target):
+            raise InvalidRequestError(
+                f"stale reassignment report for {topic.name}/{part.partition}: voters "
+                f"{sorted(voters)}, target {list(part.target)}"
+            )
+        part = dataclasses.replace(part, replicas=part.target, target=())
+        self._set_partition(topic, part)
+        return part
+
+    def reassignments(self) -> list[dict[str, Any]]:
+        """Every reassignment in progress (the ListReassignmentsRequest reply rows)."""
+        return [
+            {
+                "topic": t.name,
+                "partition": p.partition,
+                "group_id": p.group_id,
+                "replicas": list(p.replicas),
+                "target": list(p.target),
+                "adding": [b for b in p.target if b not in p.replicas],
+                "removing": [b for b in p.replicas if b not in p.target],
+            }
+            for t in sorted(self.topics.values(), key=lambda t: t.name)
+            for p in t.partitions
+            if p.target
+        ]
+
     # -- queries -----------------------------------------------------------------------
 
     def partitions_of(self, broker_id: int) -> list[tuple[TopicRecord, PartitionAssignment]]:
-        """Every partition with a replica on ``broker_id``."""
+        """Every partition with a replica on ``broker_id``, or one being added there by
+        a reassignment (its target)."""
         return [
             (topic, part)
             for topic in self.topics.values()
             for part in topic.partitions
-            if broker_id in part.replicas
+            if broker_id in part.replicas or broker_id in part.target
         ]
 
     def heartbeat_reply(self, group: str, member_id: str) -> dict[str, Any]:
@@ -708,7 +873,10 @@ class ControllerState:
                     [
                         t.name,
                         t.replication_factor,
-                        [[p.partition, p.group_id, list(p.replicas)] for p in t.partitions],
+                        [
+                            [p.partition, p.group_id, list(p.replicas), list(p.target)]
+                            for p in t.partitions
+                        ],
                         dict(t.configs),
                     ]
                     for t in self.topics.values()
@@ -753,7 +921,13 @@ class ControllerState:
                 state.topics[name] = TopicRecord(
                     str(name),
                     int(rf),
-                    tuple(PartitionAssignment(int(p), int(g), tuple(r)) for p, g, r in parts),
+                    tuple(
+                        # v4 adds the reassignment target; older versions have none.
+                        PartitionAssignment(
+                            int(p), int(g), tuple(r), tuple(int(b) for b in (rest or [[]])[0])
+                        )
+                        for p, g, r, *rest in parts
+                    ),
                     {str(k): int(v) for k, v in configs.items()},
                 )
             state.next_group_id = int(doc["next_group_id"])

@@ -75,6 +75,8 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     Buffer,
+    ListReassignmentsRequest,
+    ReassignPartitionRequest,
     Request,
     decode_request,
     encode_error_reply,
@@ -99,6 +101,8 @@ _SLOW_OPS = (
     FetchOffsetsRequest,
     ListGroupsRequest,
     DescribeGroupRequest,
+    ReassignPartitionRequest,
+    ListReassignmentsRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -170,6 +174,12 @@ class Backend(Protocol):
     async def list_groups(self) -> list[str]: ...
 
     async def describe_group(self, name: str) -> dict[str, Any]: ...
+
+    # Cluster operations: the controller leader answers; others raise NotControllerError.
+
+    async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]: ...
+
+    async def list_reassignments(self) -> list[dict[str, Any]]: ...
 
 
 @dataclasses.dataclass
@@ -377,6 +387,10 @@ class Frontend:
                 return {"groups": await backend.list_groups()}, ()
             case DescribeGroupRequest():
                 return await backend.describe_group(args.group), ()
+            case ReassignPartitionRequest():
+                return await backend.reassign_partition(args), ()
+            case ListReassignmentsRequest():
+                return {"reassignments": await backend.list_reassignments()}, ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():

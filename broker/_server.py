@@ -35,9 +35,11 @@ from zstream.broker._config import BrokerConfig
 from zstream.broker._controller import (
     CONTROLLER_GROUP_ID,
     ControllerState,
+    PartitionAssignment,
     TopicRecord,
     allocate_producer_id_command,
     commit_offsets_command,
+    complete_reassignment_command,
     create_topic_command,
     delete_topic_command,
     expire_offsets_command,
@@ -45,6 +47,7 @@ from zstream.broker._controller import (
     group_join_or_update_command,
     group_leave_command,
     heartbeat_interval_ms,
+    reassign_partition_command,
     register_broker_command,
     validate_topic_configs,
 )
@@ -59,12 +62,14 @@ from zstream.broker._frontend import Frontend
 from zstream.broker._groups import Sessions
 from zstream.broker._metrics import BrokerMetrics
 from zstream.broker._partitions import PartitionManager, RaftReplica, translate_raft_error
+from zstream.broker._reassign import ReassignedReport, decode_report, encode_report
 from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
     FetchOffsetsRequest,
     GroupHeartbeatRequest,
+    InvalidRequestError,
     NotControllerError,
     NotLeaderError,
     UnavailableError,
@@ -74,7 +79,11 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from zstream.clients._protocol import MIN_SESSION_TIMEOUT_MS, Buffer
+from zstream.clients._protocol import (
+    MIN_SESSION_TIMEOUT_MS,
+    Buffer,
+    ReassignPartitionRequest,
+)
 
 __all__ = ["Broker", "Controller", "GroupCoordinator"]
 
@@ -94,6 +103,18 @@ _DUTY_INTERVAL_S = 1.0
 # brokers only look every half duty interval whether they lead yet.)
 _SESSION_CHECK_S = MIN_SESSION_TIMEOUT_MS / 1000 / 5
 _CATCH_UP_TIMEOUT_S = 5.0
+# A restarted broker waits this long, at most, for the controller state to catch up
+# before serving clients (checking every _METADATA_POLL_S).
+_METADATA_CATCH_UP_S = 10.0
+_METADATA_POLL_S = 0.02
+# Reassignments: how often each partition leader takes the next step of the walks it
+# leads, and how often it repeats a report the controller has not acted on yet.
+_REASSIGN_INTERVAL_S = 0.2
+_REPORT_EVERY_S = 1.0
+# A learner this close to the commit index (in entries) is promoted: under continuous
+# produce it never reaches the very end, and a joint configuration commits without
+# it anyway (the old voters' majority and the new one's overlap in the others).
+_LEARNER_MAX_LAG_ENTRIES = 256
 
 
 class Controller:
@@ -478,6 +499,9 @@ class Broker:
         self.metrics_port: int | None = None
         self._membership_changed = asyncio.Event()
         self.groups = GroupCoordinator(self.controller)
+        # Reassignment reports received as the controller leader, by group id.
+        self._reports: dict[int, ReassignedReport] = {}
+        self._reported_at: dict[int, float] = {}
 
     def _make_registry(self) -> EtcdRegistry | StaticRegistry:
         cfg = self.config
@@ -509,6 +533,7 @@ class Broker:
         )
         self.host = host
         host.on_peer_address(self._learn_peer)
+        host.on_app_message(self._on_app_message)
         self.partitions = PartitionManager(
             cfg.broker_id, cfg.data_dir, host, self._raft_config, cfg.segment_bytes
         )
@@ -530,7 +555,10 @@ class Broker:
                 chosen = sorted(members)[: min(MAX_CONTROLLER_VOTERS, expect)]
                 voters = frozenset(chosen) if cfg.broker_id in chosen else None
                 log.info("controller forming voters=%s", sorted(chosen))
+            restarted = not self.controller.is_fresh()
             self.controller.start(host, self._raft_config(), voters)
+            if restarted:
+                await self._catch_up_metadata()
             self.frontend = Frontend(
                 self,
                 cfg.client_addr,
@@ -547,6 +575,7 @@ class Broker:
             tasks.append(asyncio.create_task(self._controller_duties(), name="duties"))
             tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
             tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
+            tasks.append(asyncio.create_task(self._reassign_loop(), name="reassign"))
             log.info(
                 "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
                 cfg.broker_id,
@@ -564,6 +593,20 @@ class Broker:
                     raise error
         finally:
             await self._shutdown(tasks)
+
+    async def _catch_up_metadata(self) -> None:
+        """On a restart, before serving clients: wait (at most _METADATA_CATCH_UP_S)
+        until group 0 has a leader and this broker applied what it knows committed.
+        The saved state may predate topics created since; serving it would tell
+        clients those topics do not exist (a non-retriable UNKNOWN_TOPIC)."""
+        handle = self.controller.handle
+        assert handle is not None
+        deadline = time.monotonic() + _METADATA_CATCH_UP_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if handle.leader and handle.applied_index >= handle.commit_index:
+                return
+            await asyncio.sleep(_METADATA_POLL_S)
+        log.warning("serving before the controller state caught up")
 
     async def _until_stopped(self, awaitable: Any) -> Members | None:
         wait = asyncio.ensure_future(awaitable)
@@ -659,10 +702,73 @@ class Broker:
                 await handle.propose_conf_change(change)
                 log.info("controller added broker id=%d as a learner of group 0", b.id)
 
+    # -- reassignment ----------------------------------------------------------------------
+
+    def _on_app_message(self, frm: int, data: bytes) -> None:
+        """A peer's reassignment report (broker/_reassign.py); kept, as the controller
+        leader, for `_reassign_loop` to act on. Bad input is logged and dropped."""
+        try:
+            report = decode_report(data)
+        except InvalidRequestError as exc:
+            log.warning("bad app message from broker %d: %s", frm, exc)
+            return
+        if self.controller.is_leader:
+            self._reports[report.group_id] = report
+
+    async def _reassign_loop(self) -> None:
+        """Walk the reassignments this broker leads (PartitionManager), send the
+        controller leader the reports of those that reached their target, and, as the
+        controller leader, complete the reported ones."""
+        assert self.partitions is not None
+        assert self.host is not None
+        while True:
+            await asyncio.sleep(_REASSIGN_INTERVAL_S)
+            state = self.controller.state
+            now = time.monotonic()
+            for report in self.partitions.walk_reassignments(state, _LEARNER_MAX_LAG_ENTRIES):
+                if now - self._reported_at.get(report.group_id, 0.0) < _REPORT_EVERY_S:
+                    continue
+                self._reported_at[report.group_id] = now
+                if self.controller.is_leader:
+                    self._reports[report.group_id] = report
+                elif self.controller.leader is not None:
+                    self.host.send_app(self.controller.leader, encode_report(report))
+            if not self.controller.is_leader:
+                self._reports.clear()
+                continue
+            for group_id, report in list(self._reports.items()):
+                del self._reports[group_id]
+                await self._complete(report)
+
+    async def _complete(self, report: ReassignedReport) -> None:
+        topic = self.controller.state.topics.get(report.topic)
+        if topic is None or report.partition >= len(topic.partitions):
+            return
+        part = topic.partitions[report.partition]
+        if part.group_id != report.group_id or set(part.target) != set(report.voters):
+            return  # stale: finished already, or another target since
+        try:
+            await self.controller.propose(
+                complete_reassignment_command(
+                    report.topic, report.partition, report.group_id, report.voters
+                )
+            )
+        except ZStreamError as exc:
+            log.info("reassignment completion deferred group=%d: %s", report.group_id, exc)
+            return
+        log.info(
+            "reassignment done topic=%s partition=%d replicas=%s",
+            report.topic,
+            report.partition,
+            list(part.target),
+        )
+
     async def _shutdown(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
         log.info("broker stopping id=%d", self.config.broker_id)
         serving = [
-            t for t in tasks if t.get_name() in ("frontend", "duties", "sessions", "reconcile")
+            t
+            for t in tasks
+            if t.get_name() in ("frontend", "duties", "sessions", "reconcile", "reassign")
         ]
         for task in serving:
             task.cancel()
@@ -742,6 +848,8 @@ class Broker:
                     "partition": p.partition,
                     "leader": leader,
                     "replicas": list(p.replicas),
+                    # A reassignment in progress: where the replicas are going.
+                    "target": list(p.target) if p.target else None,
                     "live_replicas": [b for b in p.replicas if b in live],
                     "hwm": replica.high_watermark if leads_here and replica else None,
                     # This broker's own copy: how far its log reaches (a follower's lag).
@@ -749,6 +857,13 @@ class Broker:
                     "log_start": replica.log_start_offset if leads_here and replica else None,
                 }
             )
+            if leads_here and replica is not None:
+                # The Raft group's own view, as its leader holds it (a reassignment's
+                # progress: learners catching up, then the joint configuration).
+                conf = replica.handle.conf_state
+                parts[-1]["voters"] = sorted(conf.voters)
+                parts[-1]["learners"] = sorted(conf.learners)
+                parts[-1]["joint"] = conf.joint
         return {
             "name": topic.name,
             "replication_factor": topic.replication_factor,
@@ -807,6 +922,32 @@ class Broker:
         if self.partitions is not None:
             await self.partitions.reconcile(self.controller.state)
         log.info("topic deleted name=%s", name)
+
+    async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]:
+        live = sorted(self.registry.members)
+        result = await self.controller.propose(
+            reassign_partition_command(request.topic, request.partition, request.replicas, live)
+        )
+        if not isinstance(result, PartitionAssignment):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"reassign_partition applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info(
+            "reassignment recorded topic=%s partition=%d target=%s",
+            request.topic,
+            request.partition,
+            list(result.target or result.replicas),
+        )
+        return {
+            "topic": request.topic,
+            "partition": result.partition,
+            "replicas": list(result.replicas),
+            "target": list(result.target) if result.target else None,
+        }
+
+    async def list_reassignments(self) -> list[dict[str, Any]]:
+        await self.controller.caught_up()
+        return self.controller.state.reassignments()
 
     async def init_producer(self) -> dict[str, Any]:
         pid = await self.controller.propose(allocate_producer_id_command())

@@ -173,7 +173,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gd.add_argument("name")
     _add_bootstrap(gd)
+    _add_partition_parser(sub)
     return parser
+
+
+def _broker_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of broker ids: {text!r}") from None
+    if not ids or any(b <= 0 for b in ids):
+        raise argparse.ArgumentTypeError(f"broker ids must be > 0: {text!r}")
+    return ids
+
+
+def _add_partition_parser(sub: Any) -> None:
+    pa = sub.add_parser("partition", help="move partition replicas (reassignment)")
+    psub = pa.add_subparsers(dest="partition_command", metavar="ACTION", required=True)
+    pr = psub.add_parser(
+        "reassign",
+        help="move a partition to other brokers",
+        description="Record a new replica set for a partition; its leader moves the "
+        "replicas there (new ones catch up as learners, then a joint configuration "
+        "promotes them and removes the old). Returns at once: watch "
+        "`zstream partition reassignments`.",
+    )
+    pr.add_argument("topic")
+    pr.add_argument("partition", type=int)
+    pr.add_argument(
+        "--replicas",
+        type=_broker_ids,
+        required=True,
+        metavar="ID[,ID...]",
+        help="the new replica set, the preferred leader first (e.g. 1,2,4)",
+    )
+    _add_bootstrap(pr)
+    _add_bootstrap(psub.add_parser("reassignments", help="list reassignments in progress"))
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -594,6 +629,41 @@ def _group(args: argparse.Namespace) -> int:
     return _run_admin(go, args.bootstrap)
 
 
+def _format_reassignments(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["no reassignments in progress"]
+    lines = [f"{'topic':<20} {'part':>4}  {'replicas':<12} {'target':<12} {'adding':<8} removing"]
+    for r in rows:
+        lines.append(
+            f"{r['topic']:<20} {r['partition']:>4}  {_ids(r['replicas']):<12} "
+            f"{_ids(r['target']):<12} {_ids(r['adding']):<8} {_ids(r['removing'])}"
+        )
+    return lines
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids)) or "-"
+
+
+def _partition(args: argparse.Namespace) -> int:
+    async def go(admin: Admin) -> int:
+        if args.partition_command == "reassign":
+            doc = await admin.reassign_partition(args.topic, args.partition, args.replicas)
+            if doc["target"] is None:
+                print(f"{args.topic}/{doc['partition']}: replicas {_ids(doc['replicas'])}")
+            else:
+                print(
+                    f"{args.topic}/{doc['partition']}: moving {_ids(doc['replicas'])} -> "
+                    f"{_ids(doc['target'])}"
+                )
+        else:
+            for line in _format_reassignments(await admin.list_reassignments()):
+                print(line)
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
 def _dev(args: argparse.Namespace) -> int:
     from zstream.broker._dev import run_dev
 
@@ -609,6 +679,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "consume": _consume,
     "status": _status,
     "group": _group,
+    "partition": _partition,
 }
 
 

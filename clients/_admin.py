@@ -16,8 +16,10 @@ from zstream.clients._protocol import (
     DescribeTopicRequest,
     FetchOffsetsRequest,
     ListGroupsRequest,
+    ListReassignmentsRequest,
     ListTopicsRequest,
     MetadataRequest,
+    ReassignPartitionRequest,
 )
 
 __all__ = ["Admin"]
@@ -160,6 +162,26 @@ class Admin:
                     if p.get("hwm") is not None and p.get("log_start") is not None:
                         out[(topic["name"], p["partition"])] = (p["log_start"], p["hwm"])
         return out
+
+    # -- cluster operations (the controller answers) --------------------------------------
+
+    async def reassign_partition(
+        self, topic: str, partition: int, replicas: Sequence[int]
+    ) -> dict[str, Any]:
+        """Move a partition's replicas to ``replicas`` (the first: preferred leader).
+        Returns at once, with ``{"topic", "partition", "replicas", "target"}``: the
+        partition's leader carries the move out (learners catch up, then a joint
+        configuration); watch it with `list_reassignments`. See
+        ReassignPartitionRequest for the errors."""
+        request = ReassignPartitionRequest(topic, partition, list(replicas))
+        return (await self._cluster.call_controller(request)).result
+
+    async def list_reassignments(self) -> list[dict[str, Any]]:
+        """Reassignments in progress: ``{"topic", "partition", "group_id", "replicas",
+        "target", "adding", "removing"}`` each, sorted by topic and partition."""
+        reply = await self._cluster.call_controller(ListReassignmentsRequest())
+        rows: list[dict[str, Any]] = reply.result["reassignments"]
+        return rows
 
     async def describe_cluster(self) -> dict[str, Any]:
         """Brokers, controller and every topic's partitions (see ClusterClient)."""

@@ -69,10 +69,12 @@ __all__ = [
     "GroupHeartbeatRequest",
     "InitProducerRequest",
     "ListGroupsRequest",
+    "ListReassignmentsRequest",
     "ListTopicsRequest",
     "MetadataRequest",
     "ProduceRequest",
     "Push",
+    "ReassignPartitionRequest",
     "Reply",
     "Request",
     "RequestArgs",
@@ -422,6 +424,53 @@ class DescribeGroupRequest:
         validate_group_name(self.group)
 
 
+# -- cluster operations (the controller leader answers; others: NOT_CONTROLLER) --
+
+# Replicas of one partition: far above any real replication factor.
+MAX_REPLICAS = 16
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReassignPartitionRequest:
+    """Move a partition to the replica set ``replicas`` (broker ids, distinct, the
+    first the preferred leader). The controller records it as the partition's target
+    and its leader walks the Raft group there (learners catch up, then a joint
+    configuration promotes them and removes the old voters). Reply ``res``::
+
+        {"topic": str, "partition": int, "replicas": [int], "target": [int] | None}
+
+    ``target`` is None when nothing has to move (the same brokers: only the preferred
+    leader changes). INVALID_REQUEST when the partition is being reassigned to another
+    target already or a broker is unknown; UNAVAILABLE (retriable) when a new replica's
+    broker is not live or receives too many reassignments already."""
+
+    op: ClassVar[str] = "reassign_partition"
+    topic: str
+    partition: int
+    replicas: list[int]
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.topic)
+        _non_negative("partition", self.partition)
+        if not 0 < len(self.replicas) <= MAX_REPLICAS:
+            raise InvalidRequestError(f"replicas must name 1-{MAX_REPLICAS} brokers")
+        for b in self.replicas:
+            _positive("replicas broker id", b)
+        if len(set(self.replicas)) != len(self.replicas):
+            raise InvalidRequestError("replicas must be distinct brokers")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListReassignmentsRequest:
+    """Reassignments in progress. Reply ``res``::
+
+    {"reassignments": [{"topic": str, "partition": int, "group_id": int,
+                        "replicas": [int], "target": [int],
+                        "adding": [int], "removing": [int]}, ...]}"""
+
+    op: ClassVar[str] = "list_reassignments"
+
+
 RequestArgs: TypeAlias = (
     MetadataRequest
     | CreateTopicRequest
@@ -439,6 +488,8 @@ RequestArgs: TypeAlias = (
     | FetchOffsetsRequest
     | ListGroupsRequest
     | DescribeGroupRequest
+    | ReassignPartitionRequest
+    | ListReassignmentsRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -460,6 +511,8 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         FetchOffsetsRequest,
         ListGroupsRequest,
         DescribeGroupRequest,
+        ReassignPartitionRequest,
+        ListReassignmentsRequest,
     )
 }
 

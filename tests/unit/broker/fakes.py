@@ -12,11 +12,13 @@ from typing import Any, TypeVar
 from zstream import storage
 from zstream.broker._controller import (
     ControllerState,
+    PartitionAssignment,
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
     group_join_or_update_command,
     group_leave_command,
+    reassign_partition_command,
     register_broker_command,
 )
 from zstream.broker._frontend import Frontend
@@ -35,7 +37,7 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from zstream.clients._protocol import Buffer
+from zstream.clients._protocol import Buffer, ReassignPartitionRequest
 
 T = TypeVar("T")
 
@@ -225,6 +227,23 @@ class FakeBackend:
     async def describe_group(self, name: str) -> dict[str, Any]:
         self._check_controller()
         return self.controller.describe_group(name)
+
+    async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]:
+        command = reassign_partition_command(
+            request.topic, request.partition, request.replicas, [1]
+        )
+        part = self._propose(command)
+        assert isinstance(part, PartitionAssignment)
+        return {
+            "topic": request.topic,
+            "partition": part.partition,
+            "replicas": list(part.replicas),
+            "target": list(part.target) or None,
+        }
+
+    async def list_reassignments(self) -> list[dict[str, Any]]:
+        self._check_controller()
+        return self.controller.reassignments()
 
 
 class LiveFrontend:
