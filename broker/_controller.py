@@ -24,6 +24,8 @@ Command encoding (one msgpack map per Raft entry)::
      "live": [int, ...]}
     {"op": "complete_reassignment", "topic": str, "partition": int, "group_id": int,
      "voters": [int, ...]}
+    {"op": "decommission_broker", "id": int}
+    {"op": "remove_broker", "id": int}
 
 ``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
 view of the brokers: apply never reads a clock, so every replica agrees.
@@ -73,9 +75,18 @@ Reassignment (see broker/_reassign.py for how a partition's leader carries it ou
   replica set, if ``voters`` are the target's brokers; otherwise it is stale and
   rejected. Replicas outside the new set close their group and delete its data.
 
+Decommission:
+
+- ``decommission_broker`` marks a registered broker as leaving (refused when the
+  other placeable brokers could not hold the widest partition): no new replica goes
+  there, and the controller leader reassigns its replicas a few at a time
+  (`decommission_moves`). Result: the brokers leaving.
+- ``remove_broker`` (the controller leader, once the broker holds no replica) removes
+  it for good: it leaves ``brokers``, and ``register_broker`` refuses its id after.
+
 Snapshot: msgpack of {"v": 4, "applied_index", "brokers", "topics",
-"next_group_id", "next_producer_id", "groups"}, where ``groups`` is
-``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
+"next_group_id", "next_producer_id", "groups", "decommissioning", "removed"}, where
+``groups`` is ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
 sorted ``[[topic, partition, next_offset], ...]``. Each topic is ``[name, rf, partitions,
@@ -123,6 +134,7 @@ __all__ = [
     "commit_offsets_command",
     "complete_reassignment_command",
     "create_topic_command",
+    "decommission_broker_command",
     "delete_topic_command",
     "group_expire_command",
     "group_join_or_update_command",
@@ -130,6 +142,7 @@ __all__ = [
     "heartbeat_interval_ms",
     "reassign_partition_command",
     "register_broker_command",
+    "remove_broker_command",
 ]
 
 CONTROLLER_GROUP_ID = 0
@@ -292,6 +305,14 @@ def complete_reassignment_command(
     )
 
 
+def decommission_broker_command(broker_id: int) -> bytes:
+    return _pack({"op": "decommission_broker", "id": broker_id})
+
+
+def remove_broker_command(broker_id: int) -> bytes:
+    return _pack({"op": "remove_broker", "id": broker_id})
+
+
 def heartbeat_interval_ms(session_timeout_ms: int) -> int:
     """How often a member should heartbeat: a third of its session, at most 1 s."""
     return min(1000, session_timeout_ms // 3)
@@ -406,6 +427,10 @@ class ControllerState:
         self.next_group_id = CONTROLLER_GROUP_ID + 1
         self.next_producer_id = 1
         self.applied_index = 0
+        # Decommission: brokers whose replicas are moving off, and brokers removed for
+        # good (refused registration; their ids are never reused).
+        self.decommissioning: set[int] = set()
+        self.removed: set[int] = set()
 
     # -- applying commands -------------------------------------------------------------
 
@@ -445,6 +470,10 @@ class ControllerState:
                 return self._reassign_partition(cmd)
             if op == "complete_reassignment":
                 return self._complete_reassignment(cmd)
+            if op == "decommission_broker":
+                return self._decommission_broker(cmd)
+            if op == "remove_broker":
+                return self._remove_broker(cmd)
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -453,6 +482,10 @@ class ControllerState:
 
     def _register_broker(self, cmd: Mapping[str, Any]) -> BrokerRecord:
         record = BrokerRecord(_int(cmd, "id", 1), _str(cmd, "client_addr"), _str(cmd, "peer_addr"))
+        if record.id in self.removed:
+            raise InvalidRequestError(
+                f"broker {record.id} was decommissioned and removed: it may not join again"
+            )
         self.brokers[record.id] = record
         return record
 
@@ -471,7 +504,7 @@ class ControllerState:
             raise TopicExistsError(f"topic {name!r} already exists")
         if count > MAX_PARTITIONS:
             raise InvalidRequestError(f"at most {MAX_PARTITIONS} partitions per topic")
-        candidates = sorted(b for b in set(live) if b in self.brokers)
+        candidates = sorted(b for b in set(live) if self.placeable(b))
         if rf > len(candidates):
             raise UnavailableError(
                 f"replication factor {rf} needs {rf} live brokers, {len(candidates)} are live"
@@ -746,6 +779,80 @@ class ControllerState:
         self._set_partition(topic, part)
         return part
 
+    # -- decommission --------------------------------------------------------------------
+
+    def placeable(self, broker_id: int) -> bool:
+        """May new replicas go to ``broker_id`` (registered, not leaving)?"""
+        return broker_id in self.brokers and broker_id not in self.decommissioning
+
+    def replica_counts(self) -> dict[int, int]:
+        """Replicas per broker, counting where reassignments are taking them."""
+        counts: dict[int, int] = {}
+        for t in self.topics.values():
+            for p in t.partitions:
+                for b in set(p.replicas) | set(p.target):
+                    counts[b] = counts.get(b, 0) + 1
+        return counts
+
+    def _decommission_broker(self, cmd: Mapping[str, Any]) -> list[int]:
+        broker_id = _int(cmd, "id", 1)
+        if broker_id in self.removed:
+            raise InvalidRequestError(f"broker {broker_id} is removed already")
+        if broker_id not in self.brokers:
+            raise InvalidRequestError(f"unknown broker {broker_id}")
+        if broker_id not in self.decommissioning:
+            remaining = [b for b in self.brokers if self.placeable(b) and b != broker_id]
+            widest = max(
+                (len(p.replicas) for t in self.topics.values() for p in t.partitions), default=0
+            )
+            if len(remaining) < widest:
+                raise UnavailableError(
+                    f"broker {broker_id} cannot leave: a partition has {widest} replicas "
+                    f"and only {len(remaining)} other brokers would remain"
+                )
+            self.decommissioning.add(broker_id)
+        return sorted(self.decommissioning)
+
+    def _remove_broker(self, cmd: Mapping[str, Any]) -> int:
+        broker_id = _int(cmd, "id", 1)
+        if broker_id not in self.decommissioning:
+            raise InvalidRequestError(f"broker {broker_id} is not being decommissioned")
+        held = [p for t in self.topics.values() for p in t.partitions if broker_id in p.replicas]
+        if held or any(broker_id in p.target for t in self.topics.values() for p in t.partitions):
+            raise UnavailableError(f"broker {broker_id} still holds {len(held)} replica(s)")
+        self.decommissioning.discard(broker_id)
+        self.removed.add(broker_id)
+        self.brokers.pop(broker_id, None)
+        return broker_id
+
+    def decommission_moves(self, live: Iterable[int]) -> list[tuple[str, int, tuple[int, ...]]]:
+        """The reassignments that move replicas off decommissioning brokers, as the
+        controller leader would propose them now: (topic, partition, new replicas) for
+        each partition holding such a replica and not being reassigned. The leaving
+        broker's place goes to the live placeable broker with the fewest replicas
+        (ties: lowest id) not in the partition; the order of the others is kept, so a
+        leaving preferred leader hands that role to the next replica."""
+        live_set = set(live)
+        counts = self.replica_counts()
+        moves = []
+        for t in sorted(self.topics.values(), key=lambda t: t.name):
+            for p in t.partitions:
+                leaving = [b for b in p.replicas if b in self.decommissioning]
+                if not leaving or p.target:
+                    continue
+                keep = [b for b in p.replicas if b not in self.decommissioning]
+                spare = sorted(
+                    (b for b in live_set if self.placeable(b) and b not in p.replicas),
+                    key=lambda b: (counts.get(b, 0), b),
+                )
+                if len(spare) < len(leaving):
+                    continue
+                chosen = spare[: len(leaving)]
+                for b in chosen:
+                    counts[b] = counts.get(b, 0) + 1
+                moves.append((t.name, p.partition, (*keep, *chosen)))
+        return moves
+
     def reassignments(self) -> list[dict[str, Any]]:
         """Every reassignment in progress (the ListReassignmentsRequest reply rows)."""
         return [
@@ -883,6 +990,8 @@ class ControllerState:
                 ],
                 "next_group_id": self.next_group_id,
                 "next_producer_id": self.next_producer_id,
+                "decommissioning": sorted(self.decommissioning),
+                "removed": sorted(self.removed),
                 "groups": [
                     [
                         g.name,
@@ -932,6 +1041,8 @@ class ControllerState:
                 )
             state.next_group_id = int(doc["next_group_id"])
             state.next_producer_id = int(doc["next_producer_id"])
+            state.decommissioning = {int(b) for b in doc.get("decommissioning", [])}
+            state.removed = {int(b) for b in doc.get("removed", [])}
             for name, epoch, members, offsets, *rest in doc.get("groups", []):
                 group = Group(str(name), int(epoch), active_ms=int(rest[0]) if rest else 0)
                 for mid, topics, timeout, member_epoch, target, owned in members:

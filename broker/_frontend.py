@@ -75,6 +75,7 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     Buffer,
+    DecommissionBrokerRequest,
     ListReassignmentsRequest,
     ReassignPartitionRequest,
     Request,
@@ -103,6 +104,7 @@ _SLOW_OPS = (
     DescribeGroupRequest,
     ReassignPartitionRequest,
     ListReassignmentsRequest,
+    DecommissionBrokerRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -180,6 +182,8 @@ class Backend(Protocol):
     async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]: ...
 
     async def list_reassignments(self) -> list[dict[str, Any]]: ...
+
+    async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -391,6 +395,8 @@ class Frontend:
                 return await backend.reassign_partition(args), ()
             case ListReassignmentsRequest():
                 return {"reassignments": await backend.list_reassignments()}, ()
+            case DecommissionBrokerRequest():
+                return await backend.decommission_broker(args), ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():

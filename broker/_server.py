@@ -41,6 +41,7 @@ from zstream.broker._controller import (
     commit_offsets_command,
     complete_reassignment_command,
     create_topic_command,
+    decommission_broker_command,
     delete_topic_command,
     expire_offsets_command,
     group_expire_command,
@@ -49,6 +50,7 @@ from zstream.broker._controller import (
     heartbeat_interval_ms,
     reassign_partition_command,
     register_broker_command,
+    remove_broker_command,
     validate_topic_configs,
 )
 from zstream.broker._discovery import (
@@ -62,7 +64,14 @@ from zstream.broker._frontend import Frontend
 from zstream.broker._groups import Sessions
 from zstream.broker._metrics import BrokerMetrics
 from zstream.broker._partitions import PartitionManager, RaftReplica, translate_raft_error
-from zstream.broker._reassign import ReassignedReport, decode_report, encode_report
+from zstream.broker._reassign import (
+    Reached,
+    ReassignedReport,
+    Transfer,
+    decode_report,
+    encode_report,
+    next_step,
+)
 from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
@@ -82,6 +91,7 @@ from zstream.clients import (
 from zstream.clients._protocol import (
     MIN_SESSION_TIMEOUT_MS,
     Buffer,
+    DecommissionBrokerRequest,
     ReassignPartitionRequest,
 )
 
@@ -115,6 +125,8 @@ _REPORT_EVERY_S = 1.0
 # produce it never reaches the very end, and a joint configuration commits without
 # it anyway (the old voters' majority and the new one's overlap in the others).
 _LEARNER_MAX_LAG_ENTRIES = 256
+# How often the controller leader takes the next step of a decommission.
+_DECOMMISSION_EVERY_S = 1.0
 
 
 class Controller:
@@ -340,6 +352,11 @@ def _sync_and_compact(raft_log: replication.RaftLog, index: int, data: bytes) ->
     raft_log.compact(index, data)
 
 
+def _quiet_conf_change(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.info("controller group change failed: %s", fut.exception())
+
+
 def _wall_ms() -> int:
     """Wall-clock milliseconds, for retention decisions carried in commands."""
     return int(time.time() * 1000)
@@ -557,6 +574,13 @@ class Broker:
                 log.info("controller forming voters=%s", sorted(chosen))
             restarted = not self.controller.is_fresh()
             self.controller.start(host, self._raft_config(), voters)
+            if cfg.broker_id in self.controller.state.removed:
+                log.error(
+                    "broker %d was decommissioned and removed from the cluster: refusing to "
+                    "start (a new broker needs a new id and an empty data dir)",
+                    cfg.broker_id,
+                )
+                return
             if restarted:
                 await self._catch_up_metadata()
             self.frontend = Frontend(
@@ -644,6 +668,12 @@ class Broker:
             for b in self.controller.state.brokers.values():
                 if b.id not in self.registry.members:
                     self._add_peer(b.id, b.peer_addr)
+            if self.config.broker_id in self.controller.state.removed:
+                log.error(
+                    "broker %d was decommissioned and removed from the cluster: stopping",
+                    self.config.broker_id,
+                )
+                self.request_stop()
             await self.partitions.reconcile(self.controller.state)
             await self.controller.save_snapshot()
 
@@ -685,6 +715,8 @@ class Broker:
         handle = self.controller.handle
         assert handle is not None
         for b in sorted(self.registry.members.values(), key=lambda b: b.id):
+            if b.id in state.removed:
+                continue  # decommissioned for good: refused a place
             known = state.brokers.get(b.id)
             if known is None or (known.client_addr, known.peer_addr) != (
                 b.client_addr,
@@ -721,6 +753,7 @@ class Broker:
         controller leader, complete the reported ones."""
         assert self.partitions is not None
         assert self.host is not None
+        last_decommission = 0.0
         while True:
             await asyncio.sleep(_REASSIGN_INTERVAL_S)
             state = self.controller.state
@@ -739,6 +772,95 @@ class Broker:
             for group_id, report in list(self._reports.items()):
                 del self._reports[group_id]
                 await self._complete(report)
+            if now - last_decommission >= _DECOMMISSION_EVERY_S:
+                last_decommission = now
+                try:
+                    await self._decommission_step()
+                except (ZStreamError, replication.RaftError) as exc:
+                    log.info("decommission step deferred: %s", exc)
+
+    def _live(self) -> set[int]:
+        """Brokers discovery lists and the host has heard from lately."""
+        down = self.host.down_peers() if self.host is not None else frozenset()
+        return set(self.registry.members) - down
+
+    async def _decommission_step(self) -> None:
+        """As the controller leader: move replicas off decommissioning brokers (a few
+        at a time: the controller bounds moves per broker), take them out of the
+        controller group, and remove each one that holds nothing any more."""
+        state = self.controller.state
+        if not state.decommissioning:
+            return
+        live = self._live()
+        for topic, partition, replicas in state.decommission_moves(live):
+            try:
+                await self.controller.propose(
+                    reassign_partition_command(topic, partition, replicas, sorted(live))
+                )
+            except UnavailableError:
+                continue  # that broker receives enough already: later
+            log.info("decommission: moving topic=%s partition=%d to %s", topic, partition, replicas)
+        handle = self.controller.handle
+        assert handle is not None
+        for broker_id in sorted(state.decommissioning):
+            conf = handle.conf_state
+            if broker_id in conf.all_voters():
+                self._controller_group_step(broker_id, live)
+                continue
+            if any(
+                broker_id in p.replicas or broker_id in p.target
+                for t in state.topics.values()
+                for p in t.partitions
+            ):
+                continue
+            await self.controller.propose(remove_broker_command(broker_id))
+            log.info("decommission: broker %d removed", broker_id)
+            if broker_id in handle.conf_state.learners:
+                change = replication.ConfChange(
+                    ((replication.ConfChangeType.REMOVE_NODE, broker_id),)
+                )
+                await handle.propose_conf_change(change)
+
+    def _controller_group_step(self, leaving: int, live: set[int]) -> None:
+        """Walk group 0's voters towards "without ``leaving``": the live placeable
+        learner with the lowest id takes its place (none: the group shrinks). The same
+        decision as a partition's (next_step), over the voters only: group 0's other
+        learners (every other broker) stay."""
+        handle = self.controller.handle
+        assert handle is not None
+        conf = handle.conf_state
+        state = self.controller.state
+        voters = conf.voters - {leaving}
+        spare = sorted(b for b in conf.learners if b in live and state.placeable(b))
+        target = frozenset(voters | set(spare[:1])) if spare else frozenset(voters)
+        if not target:
+            return
+        view = replication.ConfState(
+            voters=conf.voters,
+            learners=conf.learners & target,
+            voters_outgoing=conf.voters_outgoing,
+        )
+        matches = {n: pr[0] for n, pr in handle.progress().items()}
+        step = next_step(
+            view,
+            self.config.broker_id,
+            target,
+            matches,
+            handle.commit_index,
+            _LEARNER_MAX_LAG_ENTRIES,
+            self.host.down_peers() if self.host is not None else frozenset(),
+        )
+        if step is None or isinstance(step, Reached):
+            return
+        try:
+            if isinstance(step, Transfer):
+                log.info("decommission: controller leadership to %d", step.to)
+                handle.transfer_leader(step.to)
+            else:
+                log.info("decommission: controller group change %s", step.changes)
+                handle.propose_conf_change(step).add_done_callback(_quiet_conf_change)
+        except replication.RaftError as exc:
+            log.info("decommission: controller group step deferred: %s", exc)
 
     async def _complete(self, report: ReassignedReport) -> None:
         topic = self.controller.state.topics.get(report.topic)
@@ -846,6 +968,7 @@ class Broker:
             parts.append(
                 {
                     "partition": p.partition,
+                    "group_id": p.group_id,  # its Raft group (data under groups/<id>)
                     "leader": leader,
                     "replicas": list(p.replicas),
                     # A reassignment in progress: where the replicas are going.
@@ -877,8 +1000,21 @@ class Broker:
         known = {b.id: b.client_addr for b in state.brokers.values()}
         for b in live.values():
             known.setdefault(b.id, b.client_addr)
+        counts = state.replica_counts()
+
+        def role(bid: int) -> str:
+            if bid in state.removed:
+                return "removed"
+            return "decommissioning" if bid in state.decommissioning else "active"
+
         brokers = [
-            {"id": bid, "client_addr": addr, "alive": bid in live}
+            {
+                "id": bid,
+                "client_addr": addr,
+                "alive": bid in live,
+                "state": role(bid),
+                "replicas": counts.get(bid, 0),
+            }
             for bid, addr in sorted(known.items())
         ]
         names = sorted(state.topics) if topics is None else [t for t in topics if t in state.topics]
@@ -944,6 +1080,11 @@ class Broker:
             "replicas": list(result.replicas),
             "target": list(result.target) if result.target else None,
         }
+
+    async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
+        leaving = await self.controller.propose(decommission_broker_command(request.broker_id))
+        log.info("decommission recorded broker=%d", request.broker_id)
+        return {"decommissioning": leaving}
 
     async def list_reassignments(self) -> list[dict[str, Any]]:
         await self.controller.caught_up()

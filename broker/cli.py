@@ -33,6 +33,7 @@ from zstream.clients import (
     TopicPartition,
     ZStreamError,
 )
+from zstream.clients._protocol import ListReassignmentsRequest
 
 __all__ = ["DEV_BOOTSTRAP", "build_parser", "main"]
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster-name", dest="cluster_name", help="etcd key namespace")
     b.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
     b.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    _add_broker_actions(b)
 
     d = sub.add_parser(
         "dev",
@@ -187,6 +189,39 @@ def _broker_ids(text: str) -> list[int]:
     return ids
 
 
+def _add_broker_actions(b: argparse.ArgumentParser) -> None:
+    """``zstream broker decommission ID``: an operator action beside running one."""
+    b.add_argument(
+        "action",
+        nargs="?",
+        choices=["decommission"],
+        help="decommission: move every replica off broker ID, then remove it for good",
+    )
+    b.add_argument("target_id", nargs="?", type=_positive_int, metavar="ID")
+    b.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT[,...]",
+        default=os.environ.get("ZSTREAM_BOOTSTRAP", DEV_BOOTSTRAP),
+        help="with an action: brokers to contact (default: $ZSTREAM_BOOTSTRAP, else "
+        f"{DEV_BOOTSTRAP})",
+    )
+
+
+def _decommission(args: argparse.Namespace) -> int:
+    if args.target_id is None:
+        raise UserError("decommission needs the broker ID")
+
+    async def go(admin: Admin) -> int:
+        leaving = await admin.decommission_broker(args.target_id)
+        print(
+            f"broker {args.target_id}: decommissioning (leaving: {_ids(leaving)}); "
+            "progress in `zstream status`"
+        )
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
 def _add_partition_parser(sub: Any) -> None:
     pa = sub.add_parser("partition", help="move partition replicas (reassignment)")
     psub = pa.add_subparsers(dest="partition_command", metavar="ACTION", required=True)
@@ -215,6 +250,8 @@ def _add_partition_parser(sub: Any) -> None:
 
 
 def _broker(args: argparse.Namespace) -> int:
+    if args.action == "decommission":
+        return _decommission(args)
     from zstream.broker._metrics import configure_logging
     from zstream.broker._server import Broker, install_signal_handlers
 
@@ -543,7 +580,10 @@ def _status(args: argparse.Namespace) -> int:
         meta = await cluster.refresh()
         print("brokers:")
         for b in meta["brokers"]:
-            print(f"  {b['id']:>3}  {b['client_addr']:<24} {'alive' if b['alive'] else 'DOWN'}")
+            print(
+                f"  {b['id']:>3}  {b['client_addr']:<24} {'alive' if b['alive'] else 'DOWN':<5}"
+                f"{_broker_role(b)}"
+            )
         controller = meta.get("controller")
         print(f"controller: {'broker ' + str(controller) if controller else 'none'}")
         reports = await _reports(cluster, meta)
@@ -563,9 +603,30 @@ def _status(args: argparse.Namespace) -> int:
                 )
         if not meta["topics"]:
             print("  (no topics)")
+        await _print_reassignments(cluster)
         return 0
 
     return _run(go, args.bootstrap)
+
+
+def _broker_role(b: dict[str, Any]) -> str:
+    """A broker's decommission state and replica count, for `zstream status`."""
+    state = b.get("state", "active")
+    replicas = b.get("replicas")
+    count = "" if replicas is None else f"  replicas={replicas}"
+    return count + ("" if state == "active" else f"  {state.upper()}")
+
+
+async def _print_reassignments(cluster: ClusterClient) -> None:
+    try:
+        reply = await cluster.call_controller(ListReassignmentsRequest())
+    except ZStreamError as exc:
+        print(f"reassignments: unknown ({exc})")
+        return
+    rows = reply.result["reassignments"]
+    print(f"reassignments in progress: {len(rows)}")
+    for line in _format_reassignments(rows) if rows else []:
+        print(f"  {line}")
 
 
 def _run_admin(coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], bootstrap: str) -> int:

@@ -11,6 +11,7 @@ from zstream.clients._errors import ZStreamError
 from zstream.clients._protocol import (
     CommitOffsetsRequest,
     CreateTopicRequest,
+    DecommissionBrokerRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
     DescribeTopicRequest,
@@ -182,6 +183,14 @@ class Admin:
         reply = await self._cluster.call_controller(ListReassignmentsRequest())
         rows: list[dict[str, Any]] = reply.result["reassignments"]
         return rows
+
+    async def decommission_broker(self, broker_id: int) -> list[int]:
+        """Start moving every replica off ``broker_id``, then remove it for good (see
+        DecommissionBrokerRequest). Returns the brokers leaving; watch the progress in
+        `describe_cluster` (each broker's ``state`` and ``replicas``)."""
+        reply = await self._cluster.call_controller(DecommissionBrokerRequest(broker_id))
+        leaving: list[int] = reply.result["decommissioning"]
+        return leaving
 
     async def describe_cluster(self) -> dict[str, Any]:
         """Brokers, controller and every topic's partitions (see ClusterClient)."""

@@ -61,6 +61,7 @@ __all__ = [
     "CommitOffsetsRequest",
     "CreateTopicRequest",
     "CreditRequest",
+    "DecommissionBrokerRequest",
     "DeleteTopicRequest",
     "DescribeGroupRequest",
     "DescribeTopicRequest",
@@ -461,6 +462,21 @@ class ReassignPartitionRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DecommissionBrokerRequest:
+    """Move every replica off ``broker_id`` (and it out of the controller group), then
+    remove it for good: a removed broker is refused registration. Returns at once,
+    ``res`` ``{"decommissioning": [id, ...]}`` (every broker leaving); progress shows in
+    metadata (each broker's ``state`` and ``replicas``) and in ListReassignments.
+    UNAVAILABLE when the other brokers could not hold the widest partition."""
+
+    op: ClassVar[str] = "decommission_broker"
+    broker_id: int
+
+    def __post_init__(self) -> None:
+        _positive("broker_id", self.broker_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ListReassignmentsRequest:
     """Reassignments in progress. Reply ``res``::
 
@@ -490,6 +506,7 @@ RequestArgs: TypeAlias = (
     | DescribeGroupRequest
     | ReassignPartitionRequest
     | ListReassignmentsRequest
+    | DecommissionBrokerRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -513,6 +530,7 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         DescribeGroupRequest,
         ReassignPartitionRequest,
         ListReassignmentsRequest,
+        DecommissionBrokerRequest,
     )
 }
 

@@ -234,3 +234,62 @@ async def test_controller_leader_killed_in_the_middle_of_a_reassignment(tmp_path
 
             await _wait_caught_up(brokers, target)
     _check_replicas(brokers, target, group_id, load)
+
+
+def _records_of(broker: BrokerProcess, group_id: int) -> list[bytes]:
+    return _records_on_disk(broker, group_id)
+
+
+async def test_decommission_the_controller_leader_under_produce(tmp_path: Path) -> None:
+    """Broker 1 leads the controller and partition 0: decommissioning it moves both
+    partitions to broker 4 and group 0's vote with them, then removes it; started
+    again, it is refused and stops."""
+    with running_brokers(tmp_path, 4, extra=["--log-level=INFO"]) as brokers:
+        bootstrap = bootstrap_of(brokers)
+        async with Admin(bootstrap) as admin:
+            await admin.create_topic(TOPIC, partitions=2, replication_factor=3)
+            meta = await admin.describe_cluster()
+            groups = {p["partition"]: p["group_id"] for p in meta["topics"][0]["partitions"]}
+            loads = [ProduceLoad(bootstrap, p) for p in (0, 1)]
+            tasks = [asyncio.create_task(load.run()) for load in loads]
+            try:
+                await _until(lambda: all(ld.acked > 300 for ld in loads), 30, "records")
+                assert await admin.decommission_broker(1) == [1]
+
+                async def removed() -> bool:
+                    try:
+                        async with Admin(bootstrap, timeout_s=2) as fresh:
+                            cluster = await fresh.describe_cluster()
+                    except ZStreamError:
+                        return False
+                    states = {b["id"]: b.get("state") for b in cluster["brokers"]}
+                    held = [p["replicas"] for t in cluster["topics"] for p in t["partitions"]]
+                    return states.get(1) == "removed" and all(1 not in r for r in held)
+
+                await wait_until_async(removed, 120, "broker 1 to be removed", interval_s=0.5)
+                moved_at = [ld.acked for ld in loads]
+                await _until(
+                    lambda: all(ld.acked > m + 200 for ld, m in zip(loads, moved_at, strict=True)),
+                    30,
+                    "records after the decommission",
+                )
+            finally:
+                for load in loads:
+                    load.stop.set()
+                await asyncio.gather(*tasks)
+            meta = await admin.describe_cluster()
+            assert meta["controller"] != 1
+            replicas = {p["partition"]: p["replicas"] for p in meta["topics"][0]["partitions"]}
+            assert all(sorted(r) == [2, 3, 4] for r in replicas.values()), replicas
+        # It stopped itself on seeing its removal; started again it is refused at once.
+        await _until(lambda: not brokers[0].process.running(), 30, "broker 1 to stop")
+        brokers[0].stop()  # reap it (closes its log file)
+        brokers[0].launch()
+        await _until(lambda: not brokers[0].process.running(), 30, "broker 1 to be refused")
+        assert not (brokers[0].data_dir / "groups" / str(groups[0])).exists()
+    for p, load in enumerate(loads):
+        gid = groups[p]
+        logs = {f"broker-{b}": _records_of(brokers[b - 1], gid) for b in replicas[p]}
+        report = check_queue(load.history, logs)
+        assert report.ok, report.summary()
+        assert all(e.retriable for e in load.errors), load.errors[:3]

@@ -28,6 +28,7 @@ _ops = st.sampled_from(
         "create_topic",
         "reassign_partition",
         "list_reassignments",
+        "decommission_broker",
         "nope",
         "",
     ]

@@ -15,6 +15,7 @@ from zstream.broker._controller import (
     PartitionAssignment,
     commit_offsets_command,
     create_topic_command,
+    decommission_broker_command,
     delete_topic_command,
     group_join_or_update_command,
     group_leave_command,
@@ -37,7 +38,11 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from zstream.clients._protocol import Buffer, ReassignPartitionRequest
+from zstream.clients._protocol import (
+    Buffer,
+    DecommissionBrokerRequest,
+    ReassignPartitionRequest,
+)
 
 T = TypeVar("T")
 
@@ -240,6 +245,10 @@ class FakeBackend:
             "replicas": list(part.replicas),
             "target": list(part.target) or None,
         }
+
+    async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
+        leaving = self._propose(decommission_broker_command(request.broker_id))
+        return {"decommissioning": leaving}
 
     async def list_reassignments(self) -> list[dict[str, Any]]:
         self._check_controller()

@@ -17,7 +17,10 @@ from zstream.broker._controller import (
     PartitionAssignment,
     complete_reassignment_command,
     create_topic_command,
+    decommission_broker_command,
     reassign_partition_command,
+    register_broker_command,
+    remove_broker_command,
 )
 from zstream.broker._reassign import (
     Reached,
@@ -268,3 +271,45 @@ def test_dead_members_are_neither_promoted_nor_handed_leadership() -> None:
     four = _conf({1, 2, 3, 4})
     matches = {1: 10, 2: 10, 4: 10}
     assert next_step(four, 3, target, matches, 10, 0, down=frozenset({1})) == Transfer(2)
+
+
+# -- decommission -------------------------------------------------------------------------
+
+
+def test_decommission_moves_replicas_off_then_removes_the_broker_for_good() -> None:
+    log = _topic()  # 2 partitions on brokers 1-3, broker 4 idle
+    assert log.apply(decommission_broker_command(3)) == [3]
+    assert not log.state.placeable(3)
+    moves = log.state.decommission_moves([1, 2, 3, 4])
+    assert [(t, p) for t, p, _ in moves] == [("t", 0), ("t", 1)]
+    for _, p, replicas in moves:
+        assert 3 not in replicas
+        assert replicas[-1] == 4  # the idle broker takes the place
+        assert [b for b in _part(log, p).replicas if b != 3] == list(replicas[:2])
+    # Still holding replicas: not removable yet.
+    early = log.apply(remove_broker_command(3))
+    assert isinstance(early, UnavailableError)
+    for topic, p, replicas in moves:
+        log.apply(reassign_partition_command(topic, p, replicas, [1, 2, 3, 4]))
+        group_id = _part(log, p).group_id
+        log.apply(complete_reassignment_command(topic, p, group_id, replicas))
+    assert log.state.decommission_moves([1, 2, 3, 4]) == []
+    assert log.apply(remove_broker_command(3)) == 3
+    assert 3 in log.state.removed
+    assert 3 not in log.state.brokers
+    refused = log.apply(register_broker_command(3, "tcp://h:1", "tcp://h:2"))
+    assert isinstance(refused, InvalidRequestError)
+    assert "may not join again" in str(refused)
+    # New topics avoid it; the state survives a snapshot.
+    restored = ControllerState.restore(log.state.snapshot())
+    assert restored.removed == {3}
+    assert restored.snapshot() == log.state.snapshot()
+
+
+def test_decommission_is_refused_when_the_rest_cannot_hold_a_partition() -> None:
+    log = _cluster(3)
+    log.apply(create_topic_command("t", 1, 3, {}, [1, 2, 3]))
+    refused = log.apply(decommission_broker_command(2))
+    assert isinstance(refused, UnavailableError)
+    assert "cannot leave" in str(refused)
+    assert isinstance(log.apply(decommission_broker_command(9)), InvalidRequestError)
