@@ -826,28 +826,38 @@ class ControllerState:
         return broker_id
 
     def decommission_moves(self, live: Iterable[int]) -> list[tuple[str, int, tuple[int, ...]]]:
-        """The reassignments that move replicas off decommissioning brokers, as the
-        controller leader would propose them now: (topic, partition, new replicas) for
-        each partition holding such a replica and not being reassigned. The leaving
-        broker's place goes to the live placeable broker with the fewest replicas
-        (ties: lowest id) not in the partition; the order of the others is kept, so a
-        leaving preferred leader hands that role to the next replica."""
-        live_set = set(live)
+        """The reassignments that move replicas off decommissioning brokers now (see
+        `replacement_moves`)."""
+        return self.replacement_moves(self.decommissioning, live)
+
+    def replacement_moves(
+        self, leaving: Iterable[int], live: Iterable[int]
+    ) -> list[tuple[str, int, tuple[int, ...]]]:
+        """The reassignments that move replicas off the ``leaving`` brokers (being
+        decommissioned, or dead for too long), as the controller leader would propose
+        them now: (topic, partition, new replicas) for each partition holding such a
+        replica and not being reassigned, when enough ``live`` placeable brokers exist
+        to keep its replica count. The leaving broker's place goes to the live
+        placeable broker with the fewest replicas (ties: lowest id) not in the
+        partition; the order of the others is kept, so a leaving preferred leader
+        hands that role to the next replica."""
+        gone = set(leaving)
+        live_set = set(live) - gone
         counts = self.replica_counts()
         moves = []
         for t in sorted(self.topics.values(), key=lambda t: t.name):
             for p in t.partitions:
-                leaving = [b for b in p.replicas if b in self.decommissioning]
-                if not leaving or p.target:
+                out = [b for b in p.replicas if b in gone]
+                if not out or p.target:
                     continue
-                keep = [b for b in p.replicas if b not in self.decommissioning]
+                keep = [b for b in p.replicas if b not in gone]
                 spare = sorted(
                     (b for b in live_set if self.placeable(b) and b not in p.replicas),
                     key=lambda b: (counts.get(b, 0), b),
                 )
-                if len(spare) < len(leaving):
+                if len(spare) < len(out):
                     continue
-                chosen = spare[: len(leaving)]
+                chosen = spare[: len(out)]
                 for b in chosen:
                     counts[b] = counts.get(b, 0) + 1
                 moves.append((t.name, p.partition, (*keep, *chosen)))

@@ -519,6 +519,8 @@ class Broker:
         # Reassignment reports received as the controller leader, by group id.
         self._reports: dict[int, ReassignedReport] = {}
         self._reported_at: dict[int, float] = {}
+        # As the controller leader: since when each registered broker is absent.
+        self._absent_since: dict[int, float] = {}
 
     def _make_registry(self) -> EtcdRegistry | StaticRegistry:
         cfg = self.config
@@ -768,6 +770,7 @@ class Broker:
                     self.host.send_app(self.controller.leader, encode_report(report))
             if not self.controller.is_leader:
                 self._reports.clear()
+                self._absent_since.clear()  # a later term starts the clocks afresh
                 continue
             for group_id, report in list(self._reports.items()):
                 del self._reports[group_id]
@@ -776,6 +779,7 @@ class Broker:
                 last_decommission = now
                 try:
                     await self._decommission_step()
+                    await self._replace_dead_step(now)
                 except (ZStreamError, replication.RaftError) as exc:
                     log.info("decommission step deferred: %s", exc)
 
@@ -820,6 +824,47 @@ class Broker:
                     ((replication.ConfChangeType.REMOVE_NODE, broker_id),)
                 )
                 await handle.propose_conf_change(change)
+
+    async def _replace_dead_step(self, now: float) -> None:
+        """As the controller leader: a registered broker absent (from discovery, or
+        silent on the peer links) for ``replica_replace_after_ms`` has its replicas
+        re-placed on live brokers, through the same reassignment as a decommission,
+        and only where enough live brokers exist to keep each partition's replica
+        count; its controller vote goes to a live learner. The clock is the leader's
+        own (a new controller leader starts it again) and stops when the broker
+        returns: nothing new is moved off it then (moves under way finish)."""
+        state = self.controller.state
+        live = self._live()
+        for broker_id in list(self._absent_since):
+            if broker_id in live or broker_id not in state.brokers:
+                del self._absent_since[broker_id]
+                log.info("broker %d is back (or gone): its replicas stay", broker_id)
+        for broker_id in state.brokers:
+            if broker_id not in live and broker_id not in state.decommissioning:
+                self._absent_since.setdefault(broker_id, now)
+        limit_s = self.config.replica_replace_after_ms / 1000
+        dead = {b for b, since in self._absent_since.items() if now - since >= limit_s}
+        if not dead:
+            return
+        for topic, partition, replicas in state.replacement_moves(dead, live):
+            try:
+                await self.controller.propose(
+                    reassign_partition_command(topic, partition, replicas, sorted(live))
+                )
+            except UnavailableError:
+                continue  # the receiving broker is busy: later
+            log.info(
+                "dead broker(s) %s: moving topic=%s partition=%d to %s",
+                sorted(dead),
+                topic,
+                partition,
+                replicas,
+            )
+        handle = self.controller.handle
+        assert handle is not None
+        for broker_id in sorted(dead):
+            if broker_id in handle.conf_state.all_voters():
+                self._controller_group_step(broker_id, live)
 
     def _controller_group_step(self, leaving: int, live: set[int]) -> None:
         """Walk group 0's voters towards "without ``leaving``": the live placeable

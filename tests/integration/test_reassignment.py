@@ -96,8 +96,8 @@ async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> 
     await wait_until_async(check, timeout_s, what, interval_s=0.05)
 
 
-async def _leader_view(brokers: list[BrokerProcess]) -> dict[str, Any] | None:
-    """Partition 0 as its leader describes it (with the group's voters and learners),
+async def _leader_view(brokers: list[BrokerProcess], p: int = 0) -> dict[str, Any] | None:
+    """Partition ``p`` as its leader describes it (with the group's voters and learners),
     or None while no live broker says it leads."""
     async with ClusterClient(bootstrap_of(brokers), timeout_s=2) as client:
         for b in brokers:
@@ -109,20 +109,22 @@ async def _leader_view(brokers: list[BrokerProcess]) -> dict[str, Any] | None:
                 )
             except ZStreamError:
                 continue
-            part: dict[str, Any] = reply.result["partitions"][0]
+            part: dict[str, Any] = reply.result["partitions"][p]
             if "voters" in part:
                 return part
     return None
 
 
-async def _wait_caught_up(brokers: list[BrokerProcess], target: list[int]) -> dict[str, Any]:
+async def _wait_caught_up(
+    brokers: list[BrokerProcess], target: list[int], p: int = 0
+) -> dict[str, Any]:
     """Wait until the group's voters are ``target`` and every one of them holds the
     leader's whole log (a restarted broker catches up); the leader's view."""
     view: dict[str, Any] | None = None
 
     async def caught_up() -> bool:
         nonlocal view
-        view = await _leader_view(brokers)
+        view = await _leader_view(brokers, p)
         if view is None or view["voters"] != sorted(target):
             return False
         async with ClusterClient(bootstrap_of(brokers), timeout_s=2) as client:
@@ -133,7 +135,7 @@ async def _wait_caught_up(brokers: list[BrokerProcess], target: list[int]) -> di
                     )
                 except ZStreamError:
                     return False
-                if reply.result["partitions"][0]["local_end"] < view["hwm"]:
+                if reply.result["partitions"][p]["local_end"] < view["hwm"]:
                     return False
         return True
 
@@ -281,6 +283,8 @@ async def test_decommission_the_controller_leader_under_produce(tmp_path: Path) 
             assert meta["controller"] != 1
             replicas = {p["partition"]: p["replicas"] for p in meta["topics"][0]["partitions"]}
             assert all(sorted(r) == [2, 3, 4] for r in replicas.values()), replicas
+            for p, r in replicas.items():
+                await _wait_caught_up(brokers, r, p)
         # It stopped itself on seeing its removal; started again it is refused at once.
         await _until(lambda: not brokers[0].process.running(), 30, "broker 1 to stop")
         brokers[0].stop()  # reap it (closes its log file)
@@ -290,6 +294,63 @@ async def test_decommission_the_controller_leader_under_produce(tmp_path: Path) 
     for p, load in enumerate(loads):
         gid = groups[p]
         logs = {f"broker-{b}": _records_of(brokers[b - 1], gid) for b in replicas[p]}
+        report = check_queue(load.history, logs)
+        assert report.ok, report.summary()
+        assert all(e.retriable for e in load.errors), load.errors[:3]
+
+
+async def test_a_broker_dead_for_good_has_its_replicas_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of broker 2 for good, with replica_replace_after_ms = 3 s: every
+    partition gets back to three replicas on the other brokers (and group 0 its third
+    voter); producers see only retriable errors; nothing is lost or duplicated."""
+    monkeypatch.setenv("ZSTREAM_REPLICA_REPLACE_AFTER_MS", "3000")
+    with running_brokers(tmp_path, 4, extra=["--log-level=INFO"]) as brokers:
+        bootstrap = bootstrap_of(brokers)
+        async with Admin(bootstrap) as admin:
+            await admin.create_topic(TOPIC, partitions=2, replication_factor=3)
+            meta = await admin.describe_cluster()
+            parts = meta["topics"][0]["partitions"]
+            groups = {p["partition"]: p["group_id"] for p in parts}
+            assert all(2 in p["replicas"] for p in parts)
+            loads = [ProduceLoad(bootstrap, p) for p in (0, 1)]
+            tasks = [asyncio.create_task(load.run()) for load in loads]
+            try:
+                await _until(lambda: all(ld.acked > 300 for ld in loads), 30, "records")
+                killed_at = time.monotonic()
+                brokers[1].kill()
+                replicas: dict[int, list[int]] = {}
+
+                async def replaced() -> bool:
+                    try:
+                        async with Admin(bootstrap, timeout_s=2) as fresh:
+                            cluster = await fresh.describe_cluster()
+                            moving = await fresh.list_reassignments()
+                    except ZStreamError:
+                        return False
+                    replicas.update(
+                        {p["partition"]: p["replicas"] for p in cluster["topics"][0]["partitions"]}
+                    )
+                    return not moving and all(len(r) == 3 and 2 not in r for r in replicas.values())
+
+                await wait_until_async(replaced, 120, "replicas re-placed", interval_s=0.5)
+                # Not before the grace period (3 s) ran out.
+                assert time.monotonic() - killed_at >= 3.0
+                moved_at = [ld.acked for ld in loads]
+                await _until(
+                    lambda: all(ld.acked > m + 200 for ld, m in zip(loads, moved_at, strict=True)),
+                    30,
+                    "records after the re-placement",
+                )
+            finally:
+                for load in loads:
+                    load.stop.set()
+                await asyncio.gather(*tasks)
+            for p, r in replicas.items():
+                await _wait_caught_up(brokers, r, p)
+    for p, load in enumerate(loads):
+        logs = {f"broker-{b}": _records_of(brokers[b - 1], groups[p]) for b in replicas[p]}
         report = check_queue(load.history, logs)
         assert report.ok, report.summary()
         assert all(e.retriable for e in load.errors), load.errors[:3]

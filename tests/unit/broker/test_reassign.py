@@ -313,3 +313,13 @@ def test_decommission_is_refused_when_the_rest_cannot_hold_a_partition() -> None
     assert isinstance(refused, UnavailableError)
     assert "cannot leave" in str(refused)
     assert isinstance(log.apply(decommission_broker_command(9)), InvalidRequestError)
+
+
+def test_dead_brokers_are_replaced_only_when_enough_live_brokers_remain() -> None:
+    log = _topic()  # partitions on 1-3, broker 4 idle
+    moves = log.state.replacement_moves({2}, [1, 3, 4])
+    assert [sorted(r) for _, _, r in moves] == [[1, 3, 4], [1, 3, 4]]
+    # Only three brokers alive counting the dead one's peers: 1 and 3 cannot hold RF 3.
+    assert log.state.replacement_moves({2}, [1, 3]) == []
+    # The dead broker is never its own replacement, even if listed live.
+    assert all(2 not in r for _, _, r in log.state.replacement_moves({2}, [1, 2, 3, 4]))
