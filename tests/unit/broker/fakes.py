@@ -234,8 +234,9 @@ class FakeBackend:
         return self.controller.describe_group(name)
 
     async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]:
+        live = sorted(self.controller.brokers)  # every registered broker counts as live
         command = reassign_partition_command(
-            request.topic, request.partition, request.replicas, [1]
+            request.topic, request.partition, request.replicas, live
         )
         part = self._propose(command)
         assert isinstance(part, PartitionAssignment)

@@ -7,6 +7,7 @@ import pytest
 from tests.support import free_port
 from tests.unit.broker.fakes import LiveFrontend
 from zstream import storage
+from zstream.broker._controller import register_broker_command
 from zstream.broker.cli import build_parser, main
 from zstream.clients import (
     Acks,
@@ -29,6 +30,9 @@ SUBCOMMANDS = [
     ["group"],
     ["group", "list"],
     ["group", "describe"],
+    ["partition"],
+    ["partition", "reassign"],
+    ["partition", "reassignments"],
 ]
 
 
@@ -99,3 +103,29 @@ def test_describe_unknown_group_is_one_line(capsys: pytest.CaptureFixture[str]) 
         assert main(["group", "describe", "nope", "--bootstrap", live.addr]) == 1
     err = capsys.readouterr().err
     assert err == "zstream group: error: unknown group 'nope'\n"
+
+
+def test_partition_reassign_list_and_broker_decommission(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with LiveFrontend() as live:
+        backend = live.backend
+        live.run(backend.create_topic(CreateTopicRequest("orders", 1, 1)))
+        backend._propose(register_broker_command(2, "tcp://b:1", "tcp://b:2"))
+        addr = ["--bootstrap", live.addr]
+        assert main(["partition", "reassignments", *addr]) == 0
+        assert capsys.readouterr().out == "no reassignments in progress\n"
+        assert main(["partition", "reassign", "orders", "0", "--replicas", "2,1", *addr]) == 0
+        assert capsys.readouterr().out == "orders/0: moving 1 -> 2,1\n"
+        assert main(["partition", "reassignments", *addr]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        assert rows[1].split() == ["orders", "0", "1", "2,1", "2", "-"]
+        # Another target while one is in progress: one line, exit 1.
+        assert main(["partition", "reassign", "orders", "0", "--replicas", "2", *addr]) == 1
+        assert "already being reassigned" in capsys.readouterr().err
+        assert main(["broker", "decommission", "2", *addr]) == 0
+        assert "broker 2: decommissioning" in capsys.readouterr().out
+        assert main(["broker", "decommission", *addr]) == 1
+        assert "needs the broker ID" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["partition", "reassign", "orders", "0", "--replicas", "0"])
