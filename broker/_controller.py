@@ -24,6 +24,7 @@ Command encoding (one msgpack map per Raft entry)::
      "live": [int, ...]}
     {"op": "complete_reassignment", "topic": str, "partition": int, "group_id": int,
      "voters": [int, ...]}
+    {"op": "alter_topic_configs", "name": str, "configs": {str: int}}
     {"op": "decommission_broker", "id": int}
     {"op": "remove_broker", "id": int}
 
@@ -74,6 +75,10 @@ Reassignment (see broker/_reassign.py for how a partition's leader carries it ou
   leader reports that the group's voters are ``voters``) makes the target the
   replica set, if ``voters`` are the target's brokers; otherwise it is stale and
   rejected. Replicas outside the new set close their group and delete its data.
+
+Topic configs: ``alter_topic_configs`` merges validated ``configs`` into a topic's
+(result: the topic); each replica hands its log the new settings when it next
+reconciles.
 
 Decommission:
 
@@ -131,6 +136,7 @@ __all__ = [
     "PartitionAssignment",
     "TopicRecord",
     "allocate_producer_id_command",
+    "alter_topic_configs_command",
     "commit_offsets_command",
     "complete_reassignment_command",
     "create_topic_command",
@@ -305,6 +311,10 @@ def complete_reassignment_command(
     )
 
 
+def alter_topic_configs_command(name: str, configs: Mapping[str, int]) -> bytes:
+    return _pack({"op": "alter_topic_configs", "name": name, "configs": dict(configs)})
+
+
 def decommission_broker_command(broker_id: int) -> bytes:
     return _pack({"op": "decommission_broker", "id": broker_id})
 
@@ -470,6 +480,8 @@ class ControllerState:
                 return self._reassign_partition(cmd)
             if op == "complete_reassignment":
                 return self._complete_reassignment(cmd)
+            if op == "alter_topic_configs":
+                return self._alter_topic_configs(cmd)
             if op == "decommission_broker":
                 return self._decommission_broker(cmd)
             if op == "remove_broker":
@@ -778,6 +790,21 @@ class ControllerState:
         part = dataclasses.replace(part, replicas=part.target, target=())
         self._set_partition(topic, part)
         return part
+
+    # -- topic configs -------------------------------------------------------------------
+
+    def _alter_topic_configs(self, cmd: Mapping[str, Any]) -> TopicRecord:
+        name = _str(cmd, "name")
+        raw = cmd.get("configs")
+        if type(raw) is not dict or not raw:
+            raise InvalidRequestError("controller command: configs must be a non-empty map")
+        topic = self.topics.get(name)
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        merged = validate_topic_configs({**topic.configs, **raw})
+        topic = dataclasses.replace(topic, configs=merged)
+        self.topics[name] = topic
+        return topic
 
     # -- decommission --------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ from zstream.clients import (
     ZStreamError,
 )
 from zstream.clients._protocol import (
+    AlterTopicRequest,
     Buffer,
     DecommissionBrokerRequest,
     ListReassignmentsRequest,
@@ -105,6 +106,7 @@ _SLOW_OPS = (
     ReassignPartitionRequest,
     ListReassignmentsRequest,
     DecommissionBrokerRequest,
+    AlterTopicRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -184,6 +186,8 @@ class Backend(Protocol):
     async def list_reassignments(self) -> list[dict[str, Any]]: ...
 
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]: ...
+
+    async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -397,6 +401,8 @@ class Frontend:
                 return {"reassignments": await backend.list_reassignments()}, ()
             case DecommissionBrokerRequest():
                 return await backend.decommission_broker(args), ()
+            case AlterTopicRequest():
+                return await backend.alter_topic(args), ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():

@@ -85,6 +85,7 @@ class RaftReplica:
         self.handle = handle
         self.log = raft_log
         self._hwm_cache = (-1, 0)  # (commit index, offset after it)
+        self.log_config: storage.LogConfig | None = None  # what the log was given last
         self.closed = False
         # Idempotent producers: rebuilt from the log tail when stale (at open, after a
         # leader change, after a proposal with an unknown outcome).
@@ -327,6 +328,7 @@ class PartitionManager:
             raise
         gid = part.group_id
         replica = RaftReplica(handle, raft_log)
+        replica.log_config = config
 
         def leader_changed(leader: int, term: int) -> None:
             log.info("leader group=%d leader=%d term=%d", gid, leader, term)
@@ -351,6 +353,7 @@ class PartitionManager:
                 log.info("partition removed group=%d (topic deleted or replica moved)", group_id)
             for group_id, (topic, part) in sorted(wanted.items()):
                 if group_id in self._by_group:
+                    self._reconfigure(self._by_group[group_id], topic)
                     continue
                 try:
                     replica = await self._open(topic, part)
@@ -366,6 +369,19 @@ class PartitionManager:
                     group_id,
                     list(part.replicas),
                 )
+
+    def _reconfigure(self, replica: RaftReplica, topic: TopicRecord) -> None:
+        """A topic's configs altered: hand the replica's log its new settings."""
+        config = log_config_for(topic.configs, self._segment_bytes)
+        if config == replica.log_config or replica.closed:
+            return
+        try:
+            replica.log.reconfigure(config)
+        except (replication.RaftError, storage.StorageError):
+            log.exception("reconfigure failed group=%d", replica.handle.group_id)
+            return
+        replica.log_config = config
+        log.info("topic configs applied topic=%s group=%d", topic.name, replica.handle.group_id)
 
     def _close(self, group_id: int, replica: RaftReplica) -> None:
         replica.closed = True

@@ -38,6 +38,7 @@ from zstream.broker._controller import (
     PartitionAssignment,
     TopicRecord,
     allocate_producer_id_command,
+    alter_topic_configs_command,
     commit_offsets_command,
     complete_reassignment_command,
     create_topic_command,
@@ -90,6 +91,7 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     MIN_SESSION_TIMEOUT_MS,
+    AlterTopicRequest,
     Buffer,
     DecommissionBrokerRequest,
     ReassignPartitionRequest,
@@ -1022,6 +1024,7 @@ class Broker:
                     "hwm": replica.high_watermark if leads_here and replica else None,
                     # This broker's own copy: how far its log reaches (a follower's lag).
                     "local_end": replica.log_end_offset if replica is not None else None,
+                    "local_start": replica.log_start_offset if replica is not None else None,
                     "log_start": replica.log_start_offset if leads_here and replica else None,
                 }
             )
@@ -1125,6 +1128,16 @@ class Broker:
             "replicas": list(result.replicas),
             "target": list(result.target) if result.target else None,
         }
+
+    async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
+        configs = validate_topic_configs(request.configs)
+        result = await self.controller.propose(alter_topic_configs_command(request.name, configs))
+        if not isinstance(result, TopicRecord):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"alter_topic_configs applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info("topic configs altered name=%s configs=%s", request.name, dict(result.configs))
+        return self._topic_doc(result)
 
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
         leaving = await self.controller.propose(decommission_broker_command(request.broker_id))

@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "describe":
             p.add_argument("name")
         _add_bootstrap(p)
+    _add_topic_alter_parser(tsub)
     td = tsub.add_parser("delete", help="delete a topic and its data")
     td.add_argument("name")
     _add_bootstrap(td)
@@ -187,6 +188,34 @@ def _broker_ids(text: str) -> list[int]:
     if not ids or any(b <= 0 for b in ids):
         raise argparse.ArgumentTypeError(f"broker ids must be > 0: {text!r}")
     return ids
+
+
+def _add_topic_alter_parser(tsub: Any) -> None:
+    ta = tsub.add_parser(
+        "alter",
+        help="change a topic's configs",
+        description="Change a topic's configs; every replica applies them (retention at "
+        "its next check, segment_bytes from its next segment).",
+    )
+    ta.add_argument("name")
+    ta.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE",
+        help="retention_bytes, retention_ms or segment_bytes (repeatable)",
+    )
+    _add_bootstrap(ta)
+
+
+def _topic_alter(args: argparse.Namespace) -> int:
+    async def go(admin: Admin) -> int:
+        doc = await admin.alter_topic(args.name, _parse_configs(args.settings))
+        _print_topic(doc)
+        return 0
+
+    return _run_admin(go, args.bootstrap)
 
 
 def _add_broker_actions(b: argparse.ArgumentParser) -> None:
@@ -354,6 +383,9 @@ def _print_topic(doc: dict[str, Any]) -> None:
 
 
 def _topic(args: argparse.Namespace) -> int:
+    if args.topic_command == "alter":
+        return _topic_alter(args)
+
     async def go(cluster: ClusterClient) -> int:
         action = args.topic_command
         if action == "create":

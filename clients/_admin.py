@@ -9,6 +9,7 @@ from typing import Any
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._errors import ZStreamError
 from zstream.clients._protocol import (
+    AlterTopicRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
     DecommissionBrokerRequest,
@@ -43,6 +44,12 @@ class Admin:
         configs: Mapping[str, int] | None = None,
     ) -> dict[str, Any]:
         request = CreateTopicRequest(name, partitions, replication_factor, dict(configs or {}))
+        return (await self._cluster.call_controller(request)).result
+
+    async def alter_topic(self, name: str, configs: Mapping[str, int]) -> dict[str, Any]:
+        """Change a topic's configs (merged into its own; see AlterTopicRequest);
+        returns the topic's description."""
+        request = AlterTopicRequest(name, dict(configs))
         return (await self._cluster.call_controller(request)).result
 
     async def delete_topic(self, name: str) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_CORRELATION_ID",
     "PROTOCOL_VERSION",
     "Acks",
+    "AlterTopicRequest",
     "Buffer",
     "CommitOffsetsRequest",
     "CreateTopicRequest",
@@ -427,6 +428,24 @@ class DescribeGroupRequest:
 
 # -- cluster operations (the controller leader answers; others: NOT_CONTROLLER) --
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlterTopicRequest:
+    """Change a topic's configs (``retention_bytes``, ``retention_ms``,
+    ``segment_bytes``: merged into the ones it has). Every replica applies them:
+    retention from its next check, segment_bytes from its next segment. Reply ``res``:
+    the ``topic`` as describe_topic gives it."""
+
+    op: ClassVar[str] = "alter_topic"
+    name: str
+    configs: dict[str, int]
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.name)
+        if not self.configs:
+            raise InvalidRequestError("configs must name at least one setting")
+
+
 # Replicas of one partition: far above any real replication factor.
 MAX_REPLICAS = 16
 
@@ -507,6 +526,7 @@ RequestArgs: TypeAlias = (
     | ReassignPartitionRequest
     | ListReassignmentsRequest
     | DecommissionBrokerRequest
+    | AlterTopicRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -531,6 +551,7 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         ReassignPartitionRequest,
         ListReassignmentsRequest,
         DecommissionBrokerRequest,
+        AlterTopicRequest,
     )
 }
 

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BrokerProcess, wait_until_async
+from tests.support import BrokerProcess, bootstrap_of, running_brokers, wait_until_async
 from zstream.clients import (
     Admin,
+    ClusterClient,
     Consumer,
+    DescribeTopicRequest,
     FetchRequest,
     OffsetOutOfRangeError,
     Producer,
     TopicPartition,
+    ZStreamError,
 )
 
 pytestmark = pytest.mark.integration
@@ -78,3 +81,53 @@ async def test_retention_bytes_moves_the_log_start_and_consumers_follow(
             assert first.offset >= start, mode
             assert first.value.startswith(b"%05d" % first.offset)
             assert (await asyncio.wait_for(consumer.getone(), 20)).offset == first.offset + 1
+
+
+async def test_altered_retention_moves_the_log_start_on_every_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic created without retention, altered to retention_bytes: each of its three
+    replicas (leader and followers) moves its own log start."""
+    monkeypatch.setenv("ZSTREAM_RETENTION_CHECK_MS", "100")
+    with running_brokers(tmp_path, 3, extra=["--log-level=WARNING"]) as brokers:
+        bootstrap = bootstrap_of(brokers)
+        topic = "altered"
+        async with Admin(bootstrap) as admin:
+            await admin.create_topic(
+                topic, partitions=1, replication_factor=3, configs={"segment_bytes": SEGMENT_BYTES}
+            )
+            async with Producer(bootstrap, linger_ms=0) as producer:
+                for i in range(0, 640, 16):
+                    values = [b"%05d" % n + b"x" * 1019 for n in range(i, i + 16)]
+                    for sent in producer.send_many(topic, values, partition=0):
+                        await sent
+            starts = await _local_starts(brokers, topic)
+            assert starts == [0, 0, 0]  # no retention yet: nothing goes
+            doc = await admin.alter_topic(topic, {"retention_bytes": RETENTION_BYTES})
+            assert doc["configs"] == {
+                "segment_bytes": SEGMENT_BYTES,
+                "retention_bytes": RETENTION_BYTES,
+            }
+            assert (await admin.describe_topic(topic))["configs"] == doc["configs"]
+
+            async def all_trimmed() -> bool:
+                return all(s > 0 for s in await _local_starts(brokers, topic))
+
+            await wait_until_async(all_trimmed, 30, "every replica to move its log start")
+            assert all(
+                s <= 640 - RETENTION_BYTES // 1024 for s in await _local_starts(brokers, topic)
+            )
+
+
+async def _local_starts(brokers: list[BrokerProcess], topic: str) -> list[int]:
+    """Each broker's own log start of partition 0 (-1 when it does not answer)."""
+    out = []
+    async with ClusterClient(bootstrap_of(brokers), timeout_s=2) as client:
+        for b in brokers:
+            try:
+                reply = await client.connection(b.addr).call(DescribeTopicRequest(topic))
+            except ZStreamError:
+                out.append(-1)
+                continue
+            out.append(reply.result["partitions"][0]["local_start"])
+    return out

@@ -29,6 +29,7 @@ _ops = st.sampled_from(
         "reassign_partition",
         "list_reassignments",
         "decommission_broker",
+        "alter_topic",
         "nope",
         "",
     ]

@@ -13,6 +13,8 @@ from zstream import storage
 from zstream.broker._controller import (
     ControllerState,
     PartitionAssignment,
+    TopicRecord,
+    alter_topic_configs_command,
     commit_offsets_command,
     create_topic_command,
     decommission_broker_command,
@@ -39,6 +41,7 @@ from zstream.clients import (
     ZStreamError,
 )
 from zstream.clients._protocol import (
+    AlterTopicRequest,
     Buffer,
     DecommissionBrokerRequest,
     ReassignPartitionRequest,
@@ -250,6 +253,16 @@ class FakeBackend:
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
         leaving = self._propose(decommission_broker_command(request.broker_id))
         return {"decommissioning": leaving}
+
+    async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
+        topic = self._propose(alter_topic_configs_command(request.name, request.configs))
+        assert isinstance(topic, TopicRecord)
+        return {
+            "name": topic.name,
+            "configs": dict(topic.configs),
+            "partitions": [],
+            "replication_factor": topic.replication_factor,
+        }
 
     async def list_reassignments(self) -> list[dict[str, Any]]:
         self._check_controller()

@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     ["topic", "list"],
     ["topic", "describe"],
     ["topic", "delete"],
+    ["topic", "alter"],
     ["produce"],
     ["consume"],
     ["status"],
@@ -129,3 +130,13 @@ def test_partition_reassign_list_and_broker_decommission(
         assert "needs the broker ID" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["partition", "reassign", "orders", "0", "--replicas", "0"])
+
+
+def test_topic_alter(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        live.run(live.backend.create_topic(CreateTopicRequest("orders", 1, 1)))
+        addr = ["--bootstrap", live.addr]
+        assert main(["topic", "alter", "orders", "--set", "retention_ms=5000", *addr]) == 0
+        assert "configs=retention_ms=5000" in capsys.readouterr().out
+        assert main(["topic", "alter", "orders", "--set", "nope=1", *addr]) == 1
+        assert "unknown topic config" in capsys.readouterr().err

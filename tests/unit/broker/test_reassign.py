@@ -15,6 +15,8 @@ from zstream.broker._controller import (
     MAX_MOVES_PER_BROKER,
     ControllerState,
     PartitionAssignment,
+    TopicRecord,
+    alter_topic_configs_command,
     complete_reassignment_command,
     create_topic_command,
     decommission_broker_command,
@@ -30,7 +32,12 @@ from zstream.broker._reassign import (
     encode_report,
     next_step,
 )
-from zstream.clients import InvalidRequestError, UnavailableError, UnknownPartitionError
+from zstream.clients import (
+    InvalidRequestError,
+    UnavailableError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
 from zstream.replication import ConfChange, ConfChangeType, ConfState
 from zstream.replication._confchange import apply_change
 
@@ -323,3 +330,25 @@ def test_dead_brokers_are_replaced_only_when_enough_live_brokers_remain() -> Non
     assert log.state.replacement_moves({2}, [1, 3]) == []
     # The dead broker is never its own replacement, even if listed live.
     assert all(2 not in r for _, _, r in log.state.replacement_moves({2}, [1, 2, 3, 4]))
+
+
+# -- topic configs --------------------------------------------------------------------------
+
+
+def test_alter_topic_configs_merges_validated_settings() -> None:
+    log = _cluster(1)
+    log.apply(create_topic_command("t", 1, 1, {"retention_ms": 5}, [1]))
+    topic = log.apply(alter_topic_configs_command("t", {"retention_bytes": 1000}))
+    assert isinstance(topic, TopicRecord)
+    assert dict(topic.configs) == {"retention_ms": 5, "retention_bytes": 1000}
+    assert log.state.topics["t"].configs == topic.configs
+    for bad, error in (
+        ({"nope": 1}, InvalidRequestError),
+        ({"segment_bytes": 10}, InvalidRequestError),
+        ({}, InvalidRequestError),
+    ):
+        assert isinstance(log.apply(alter_topic_configs_command("t", bad)), error), bad
+    assert isinstance(
+        log.apply(alter_topic_configs_command("u", {"retention_ms": 1})), UnknownTopicError
+    )
+    assert dict(log.state.topics["t"].configs) == {"retention_ms": 5, "retention_bytes": 1000}

@@ -33,6 +33,8 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     PROTOCOL_VERSION,
+    AlterTopicRequest,
+    DecommissionBrokerRequest,
     ListReassignmentsRequest,
     Push,
     ReassignPartitionRequest,
@@ -334,7 +336,12 @@ def test_group_errors_have_their_own_codes() -> None:
 
 
 def test_reassignment_requests_round_trip() -> None:
-    for args in (ReassignPartitionRequest("t", 2, [1, 2, 4]), ListReassignmentsRequest()):
+    for args in (
+        ReassignPartitionRequest("t", 2, [1, 2, 4]),
+        ListReassignmentsRequest(),
+        DecommissionBrokerRequest(3),
+        AlterTopicRequest("t", {"retention_ms": 60_000}),
+    ):
         assert decode_request(encode_request(9, args)).args == args
 
 
@@ -354,3 +361,19 @@ def test_reassignment_requests_round_trip() -> None:
 def test_bad_reassign_requests_name_their_fault(args: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidRequestError, match=fragment):
         decode_request(_group_request("reassign_partition", **args))
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "fragment"),
+    [
+        ("decommission_broker", {"broker_id": 0}, "broker_id must be > 0"),
+        ("decommission_broker", {}, "missing argument 'broker_id'"),
+        ("alter_topic", {"name": "t", "configs": {}}, "at least one"),
+        ("alter_topic", {"name": "t", "configs": {"retention_ms": "x"}}, "integer"),
+    ],
+)
+def test_bad_cluster_requests_name_their_fault(
+    op: str, args: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        decode_request(_group_request(op, **args))
