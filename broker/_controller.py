@@ -21,7 +21,7 @@ Command encoding (one msgpack map per Raft entry)::
      "now_ms": int}
     {"op": "expire_offsets", "now_ms": int, "retention_ms": int}
     {"op": "reassign_partition", "topic": str, "partition": int, "replicas": [int, ...],
-     "live": [int, ...]}
+     "live": [int, ...], "override": bool}
     {"op": "complete_reassignment", "topic": str, "partition": int, "group_id": int,
      "voters": [int, ...]}
     {"op": "alter_topic_configs", "name": str, "configs": {str: int}}
@@ -67,7 +67,9 @@ Reassignment (see broker/_reassign.py for how a partition's leader carries it ou
 - ``reassign_partition`` records ``replicas`` as the partition's target: distinct
   registered brokers, at least one, every broker it adds live in the proposer's
   ``live``; at most one reassignment per partition (the same target again is
-  accepted and changes nothing), and at most MAX_MOVES_PER_BROKER reassignments
+  accepted and changes nothing; ``override`` true, sent only by the controller
+  leader to move a target off a dead or leaving broker, replaces it), no new replica
+  on a decommissioning broker, and at most MAX_MOVES_PER_BROKER reassignments
   adding a replica to any one broker (UNAVAILABLE: retry once one finishes). A
   target holding the same brokers as the replica set only reorders it (the first
   is the preferred leader), at once. Result: the partition's assignment.
@@ -284,7 +286,12 @@ def expire_offsets_command(now_ms: int, retention_ms: int) -> bytes:
 
 
 def reassign_partition_command(
-    topic: str, partition: int, replicas: Sequence[int], live: Sequence[int]
+    topic: str,
+    partition: int,
+    replicas: Sequence[int],
+    live: Sequence[int],
+    *,
+    override: bool = False,
 ) -> bytes:
     return _pack(
         {
@@ -293,6 +300,7 @@ def reassign_partition_command(
             "partition": partition,
             "replicas": list(replicas),
             "live": sorted(live),
+            "override": override,
         }
     )
 
@@ -750,14 +758,16 @@ class ControllerState:
         unknown = [b for b in replicas if b not in self.brokers]
         if unknown:
             raise InvalidRequestError(f"replicas name unknown broker(s) {unknown}")
+        override = cmd.get("override", False) is True
         if part.target:
             if part.target == replicas:
                 return part  # asked again (a retry): nothing changes
-            raise InvalidRequestError(
-                f"{topic.name}/{part.partition} is already being reassigned to "
-                f"{list(part.target)}: wait until it finishes"
-            )
-        if set(replicas) == set(part.replicas):
+            if not override:
+                raise InvalidRequestError(
+                    f"{topic.name}/{part.partition} is already being reassigned to "
+                    f"{list(part.target)}: wait until it finishes"
+                )
+        elif set(replicas) == set(part.replicas):
             # The same brokers: only the preferred leader changes, no data moves.
             part = dataclasses.replace(part, replicas=replicas)
             self._set_partition(topic, part)
@@ -766,7 +776,12 @@ class ControllerState:
         dead = [b for b in added if b not in live]
         if dead:
             raise UnavailableError(f"broker(s) {dead} are not live: a new replica must be")
-        busy = [b for b in added if self.moves_into(b) >= MAX_MOVES_PER_BROKER]
+        leaving = [b for b in added if not self.placeable(b)]
+        if leaving:
+            raise InvalidRequestError(f"broker(s) {leaving} are being decommissioned")
+        busy = [
+            b for b in added if b not in part.target and self.moves_into(b) >= MAX_MOVES_PER_BROKER
+        ]
         if busy:
             raise UnavailableError(
                 f"broker(s) {busy} already receive {MAX_MOVES_PER_BROKER} reassignments: "
@@ -852,34 +867,43 @@ class ControllerState:
         self.brokers.pop(broker_id, None)
         return broker_id
 
-    def decommission_moves(self, live: Iterable[int]) -> list[tuple[str, int, tuple[int, ...]]]:
+    def decommission_moves(
+        self, live: Iterable[int]
+    ) -> list[tuple[str, int, tuple[int, ...], bool]]:
         """The reassignments that move replicas off decommissioning brokers now (see
         `replacement_moves`)."""
         return self.replacement_moves(self.decommissioning, live)
 
     def replacement_moves(
         self, leaving: Iterable[int], live: Iterable[int]
-    ) -> list[tuple[str, int, tuple[int, ...]]]:
+    ) -> list[tuple[str, int, tuple[int, ...], bool]]:
         """The reassignments that move replicas off the ``leaving`` brokers (being
         decommissioned, or dead for too long), as the controller leader would propose
-        them now: (topic, partition, new replicas) for each partition holding such a
-        replica and not being reassigned, when enough ``live`` placeable brokers exist
-        to keep its replica count. The leaving broker's place goes to the live
-        placeable broker with the fewest replicas (ties: lowest id) not in the
-        partition; the order of the others is kept, so a leaving preferred leader
-        hands that role to the next replica."""
+        them now: (topic, partition, new replicas, override) for each partition
+        holding such a replica, when enough ``live`` placeable brokers exist to keep
+        its replica count. A partition being reassigned already is only touched when
+        its target names a leaving broker: the target is then replaced (``override``),
+        so a move towards a broker that died does not wait for it forever. The leaving
+        broker's place goes to the live placeable broker with the fewest replicas
+        (ties: lowest id) not in the partition; the order of the others is kept, so a
+        leaving preferred leader hands that role to the next replica."""
         gone = set(leaving)
         live_set = set(live) - gone
         counts = self.replica_counts()
         moves = []
         for t in sorted(self.topics.values(), key=lambda t: t.name):
             for p in t.partitions:
-                out = [b for b in p.replicas if b in gone]
-                if not out or p.target:
+                base = p.target or p.replicas
+                out = [b for b in base if b in gone]
+                if not out:
                     continue
-                keep = [b for b in p.replicas if b not in gone]
+                keep = [b for b in base if b not in gone]
                 spare = sorted(
-                    (b for b in live_set if self.placeable(b) and b not in p.replicas),
+                    (
+                        b
+                        for b in live_set
+                        if self.placeable(b) and b not in p.replicas and b not in p.target
+                    ),
                     key=lambda b: (counts.get(b, 0), b),
                 )
                 if len(spare) < len(out):
@@ -887,7 +911,7 @@ class ControllerState:
                 chosen = spare[: len(out)]
                 for b in chosen:
                     counts[b] = counts.get(b, 0) + 1
-                moves.append((t.name, p.partition, (*keep, *chosen)))
+                moves.append((t.name, p.partition, (*keep, *chosen), bool(p.target)))
         return moves
 
     def reassignments(self) -> list[dict[str, Any]]:

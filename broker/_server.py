@@ -798,10 +798,12 @@ class Broker:
         if not state.decommissioning:
             return
         live = self._live()
-        for topic, partition, replicas in state.decommission_moves(live):
+        for topic, partition, replicas, override in state.decommission_moves(live):
             try:
                 await self.controller.propose(
-                    reassign_partition_command(topic, partition, replicas, sorted(live))
+                    reassign_partition_command(
+                        topic, partition, replicas, sorted(live), override=override
+                    )
                 )
             except UnavailableError:
                 continue  # that broker receives enough already: later
@@ -848,10 +850,12 @@ class Broker:
         dead = {b for b, since in self._absent_since.items() if now - since >= limit_s}
         if not dead:
             return
-        for topic, partition, replicas in state.replacement_moves(dead, live):
+        for topic, partition, replicas, override in state.replacement_moves(dead, live):
             try:
                 await self.controller.propose(
-                    reassign_partition_command(topic, partition, replicas, sorted(live))
+                    reassign_partition_command(
+                        topic, partition, replicas, sorted(live), override=override
+                    )
                 )
             except UnavailableError:
                 continue  # the receiving broker is busy: later

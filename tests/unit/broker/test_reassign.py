@@ -288,15 +288,15 @@ def test_decommission_moves_replicas_off_then_removes_the_broker_for_good() -> N
     assert log.apply(decommission_broker_command(3)) == [3]
     assert not log.state.placeable(3)
     moves = log.state.decommission_moves([1, 2, 3, 4])
-    assert [(t, p) for t, p, _ in moves] == [("t", 0), ("t", 1)]
-    for _, p, replicas in moves:
+    assert [(t, p, o) for t, p, _, o in moves] == [("t", 0, False), ("t", 1, False)]
+    for _, p, replicas, _ in moves:
         assert 3 not in replicas
         assert replicas[-1] == 4  # the idle broker takes the place
         assert [b for b in _part(log, p).replicas if b != 3] == list(replicas[:2])
     # Still holding replicas: not removable yet.
     early = log.apply(remove_broker_command(3))
     assert isinstance(early, UnavailableError)
-    for topic, p, replicas in moves:
+    for topic, p, replicas, _ in moves:
         log.apply(reassign_partition_command(topic, p, replicas, [1, 2, 3, 4]))
         group_id = _part(log, p).group_id
         log.apply(complete_reassignment_command(topic, p, group_id, replicas))
@@ -325,11 +325,32 @@ def test_decommission_is_refused_when_the_rest_cannot_hold_a_partition() -> None
 def test_dead_brokers_are_replaced_only_when_enough_live_brokers_remain() -> None:
     log = _topic()  # partitions on 1-3, broker 4 idle
     moves = log.state.replacement_moves({2}, [1, 3, 4])
-    assert [sorted(r) for _, _, r in moves] == [[1, 3, 4], [1, 3, 4]]
+    assert [sorted(r) for _, _, r, _ in moves] == [[1, 3, 4], [1, 3, 4]]
     # Only three brokers alive counting the dead one's peers: 1 and 3 cannot hold RF 3.
     assert log.state.replacement_moves({2}, [1, 3]) == []
     # The dead broker is never its own replacement, even if listed live.
-    assert all(2 not in r for _, _, r in log.state.replacement_moves({2}, [1, 2, 3, 4]))
+    assert all(2 not in r for _, _, r, _ in log.state.replacement_moves({2}, [1, 2, 3, 4]))
+
+
+def test_a_move_towards_a_broker_that_died_is_retargeted() -> None:
+    log = _cluster(5)
+    log.apply(create_topic_command("t", 1, 3, {}, [1, 2, 3]))
+    log.apply(reassign_partition_command("t", 0, (1, 2, 4), [1, 2, 3, 4, 5]))
+    ((topic, p, replicas, override),) = log.state.replacement_moves({4}, [1, 2, 3, 5])
+    assert override
+    assert replicas == (1, 2, 5)
+    # Without override another target is refused; with it the target is replaced.
+    plain = log.apply(reassign_partition_command(topic, p, replicas, [1, 2, 3, 5]))
+    assert isinstance(plain, InvalidRequestError)
+    moved = log.apply(reassign_partition_command(topic, p, replicas, [1, 2, 3, 5], override=True))
+    assert isinstance(moved, PartitionAssignment)
+    assert moved.target == (1, 2, 5)
+    # A decommissioning broker takes no new replica.
+    log.apply(decommission_broker_command(3))
+    other = log.apply(create_topic_command("u", 1, 1, {}, [1]))
+    assert isinstance(other, TopicRecord)
+    refused = log.apply(reassign_partition_command("u", 0, (3,), [1, 2, 3, 5]))
+    assert isinstance(refused, InvalidRequestError)
 
 
 # -- topic configs --------------------------------------------------------------------------
