@@ -25,6 +25,7 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "complete_reassignment", "topic": str, "partition": int, "group_id": int,
      "voters": [int, ...]}
     {"op": "alter_topic_configs", "name": str, "configs": {str: int}}
+    {"op": "add_partitions", "name": str, "count": int, "live": [int, ...]}
     {"op": "decommission_broker", "id": int}
     {"op": "remove_broker", "id": int}
 
@@ -77,6 +78,10 @@ Reassignment (see broker/_reassign.py for how a partition's leader carries it ou
   leader reports that the group's voters are ``voters``) makes the target the
   replica set, if ``voters`` are the target's brokers; otherwise it is stale and
   rejected. Replicas outside the new set close their group and delete its data.
+
+Growing a topic: ``add_partitions`` raises a topic's partition count to ``count``,
+placing the new partitions as ``create_topic`` does, and reassigns the groups that
+subscribe to it. Result: the topic.
 
 Topic configs: ``alter_topic_configs`` merges validated ``configs`` into a topic's
 (result: the topic); each replica hands its log the new settings when it next
@@ -137,6 +142,7 @@ __all__ = [
     "ControllerState",
     "PartitionAssignment",
     "TopicRecord",
+    "add_partitions_command",
     "allocate_producer_id_command",
     "alter_topic_configs_command",
     "commit_offsets_command",
@@ -319,6 +325,10 @@ def complete_reassignment_command(
     )
 
 
+def add_partitions_command(name: str, count: int, live: Sequence[int]) -> bytes:
+    return _pack({"op": "add_partitions", "name": name, "count": count, "live": sorted(live)})
+
+
 def alter_topic_configs_command(name: str, configs: Mapping[str, int]) -> bytes:
     return _pack({"op": "alter_topic_configs", "name": name, "configs": dict(configs)})
 
@@ -488,6 +498,8 @@ class ControllerState:
                 return self._reassign_partition(cmd)
             if op == "complete_reassignment":
                 return self._complete_reassignment(cmd)
+            if op == "add_partitions":
+                return self._add_partitions(cmd)
             if op == "alter_topic_configs":
                 return self._alter_topic_configs(cmd)
             if op == "decommission_broker":
@@ -529,19 +541,7 @@ class ControllerState:
             raise UnavailableError(
                 f"replication factor {rf} needs {rf} live brokers, {len(candidates)} are live"
             )
-        leaders, replicas = self._load()
-        assignments = []
-        for p in range(count):
-            leader = min(candidates, key=lambda b: (leaders.get(b, 0), replicas.get(b, 0), b))
-            others = sorted(
-                (b for b in candidates if b != leader), key=lambda b: (replicas.get(b, 0), b)
-            )[: rf - 1]
-            chosen = (leader, *others)
-            leaders[leader] = leaders.get(leader, 0) + 1
-            for b in chosen:
-                replicas[b] = replicas.get(b, 0) + 1
-            assignments.append(PartitionAssignment(p, self.next_group_id, chosen))
-            self.next_group_id += 1
+        assignments = self._place(range(count), rf, candidates)
         topic = TopicRecord(name, rf, tuple(assignments), configs)
         self.topics[name] = topic
         for group in self.groups.values():
@@ -805,6 +805,55 @@ class ControllerState:
         part = dataclasses.replace(part, replicas=part.target, target=())
         self._set_partition(topic, part)
         return part
+
+    def _place(
+        self, partitions: Iterable[int], rf: int, candidates: Sequence[int]
+    ) -> list[PartitionAssignment]:
+        """New partitions placed as the module docstring says, each with a new group id."""
+        leaders, replicas = self._load()
+        assignments = []
+        for p in partitions:
+            leader = min(candidates, key=lambda b: (leaders.get(b, 0), replicas.get(b, 0), b))
+            others = sorted(
+                (b for b in candidates if b != leader), key=lambda b: (replicas.get(b, 0), b)
+            )[: rf - 1]
+            chosen = (leader, *others)
+            leaders[leader] = leaders.get(leader, 0) + 1
+            for b in chosen:
+                replicas[b] = replicas.get(b, 0) + 1
+            assignments.append(PartitionAssignment(p, self.next_group_id, chosen))
+            self.next_group_id += 1
+        return assignments
+
+    def _add_partitions(self, cmd: Mapping[str, Any]) -> TopicRecord:
+        name = _str(cmd, "name")
+        count = _int(cmd, "count", 1)
+        live = cmd.get("live", [])
+        if type(live) is not list or not all(type(b) is int for b in live):
+            raise InvalidRequestError("controller command: live must be a list of ids")
+        topic = self.topics.get(name)
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        have = len(topic.partitions)
+        if count <= have:
+            raise InvalidRequestError(
+                f"topic {name!r} has {have} partitions: the new count must be larger"
+            )
+        if count > MAX_PARTITIONS:
+            raise InvalidRequestError(f"at most {MAX_PARTITIONS} partitions per topic")
+        candidates = sorted(b for b in set(live) if self.placeable(b))
+        rf = topic.replication_factor
+        if rf > len(candidates):
+            raise UnavailableError(
+                f"replication factor {rf} needs {rf} live brokers, {len(candidates)} are live"
+            )
+        added = self._place(range(have, count), rf, candidates)
+        topic = dataclasses.replace(topic, partitions=(*topic.partitions, *added))
+        self.topics[name] = topic
+        for group in self.groups.values():
+            if any(name in m.topics for m in group.members.values()):
+                rebalance(group, self._partition_counts())
+        return topic
 
     # -- topic configs -------------------------------------------------------------------
 

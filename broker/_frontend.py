@@ -74,6 +74,7 @@ from zstream.clients import (
     ZStreamError,
 )
 from zstream.clients._protocol import (
+    AddPartitionsRequest,
     AlterTopicRequest,
     Buffer,
     DecommissionBrokerRequest,
@@ -107,6 +108,7 @@ _SLOW_OPS = (
     ListReassignmentsRequest,
     DecommissionBrokerRequest,
     AlterTopicRequest,
+    AddPartitionsRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -188,6 +190,8 @@ class Backend(Protocol):
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]: ...
 
     async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]: ...
+
+    async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -403,6 +407,8 @@ class Frontend:
                 return await backend.decommission_broker(args), ()
             case AlterTopicRequest():
                 return await backend.alter_topic(args), ()
+            case AddPartitionsRequest():
+                return await backend.add_partitions(args), ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():

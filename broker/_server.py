@@ -37,6 +37,7 @@ from zstream.broker._controller import (
     ControllerState,
     PartitionAssignment,
     TopicRecord,
+    add_partitions_command,
     allocate_producer_id_command,
     alter_topic_configs_command,
     commit_offsets_command,
@@ -91,6 +92,7 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     MIN_SESSION_TIMEOUT_MS,
+    AddPartitionsRequest,
     AlterTopicRequest,
     Buffer,
     DecommissionBrokerRequest,
@@ -1132,6 +1134,18 @@ class Broker:
             "replicas": list(result.replicas),
             "target": list(result.target) if result.target else None,
         }
+
+    async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]:
+        live = sorted(self._live())
+        result = await self.controller.propose(
+            add_partitions_command(request.name, request.count, live)
+        )
+        if not isinstance(result, TopicRecord):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"add_partitions applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info("partitions added name=%s count=%d", request.name, request.count)
+        return self._topic_doc(result)
 
     async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
         configs = validate_topic_configs(request.configs)

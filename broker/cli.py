@@ -207,11 +207,23 @@ def _add_topic_alter_parser(tsub: Any) -> None:
         help="retention_bytes, retention_ms or segment_bytes (repeatable)",
     )
     _add_bootstrap(ta)
+    tp = tsub.add_parser(
+        "add-partitions",
+        help="grow a topic",
+        description="Grow a topic to COUNT partitions (placed like a new topic's); "
+        "consumer groups subscribing to it are reassigned.",
+    )
+    tp.add_argument("name")
+    tp.add_argument("--count", type=_positive_int, required=True, help="the new total")
+    _add_bootstrap(tp)
 
 
 def _topic_alter(args: argparse.Namespace) -> int:
     async def go(admin: Admin) -> int:
-        doc = await admin.alter_topic(args.name, _parse_configs(args.settings))
+        if args.topic_command == "add-partitions":
+            doc = await admin.add_partitions(args.name, args.count)
+        else:
+            doc = await admin.alter_topic(args.name, _parse_configs(args.settings))
         _print_topic(doc)
         return 0
 
@@ -383,7 +395,7 @@ def _print_topic(doc: dict[str, Any]) -> None:
 
 
 def _topic(args: argparse.Namespace) -> int:
-    if args.topic_command == "alter":
+    if args.topic_command in ("alter", "add-partitions"):
         return _topic_alter(args)
 
     async def go(cluster: ClusterClient) -> int:

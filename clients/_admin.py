@@ -9,6 +9,7 @@ from typing import Any
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._errors import ZStreamError
 from zstream.clients._protocol import (
+    AddPartitionsRequest,
     AlterTopicRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
@@ -51,6 +52,10 @@ class Admin:
         returns the topic's description."""
         request = AlterTopicRequest(name, dict(configs))
         return (await self._cluster.call_controller(request)).result
+
+    async def add_partitions(self, name: str, count: int) -> dict[str, Any]:
+        """Grow a topic to ``count`` partitions; returns its description."""
+        return (await self._cluster.call_controller(AddPartitionsRequest(name, count))).result
 
     async def delete_topic(self, name: str) -> None:
         await self._cluster.call_controller(DeleteTopicRequest(name))

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_CORRELATION_ID",
     "PROTOCOL_VERSION",
     "Acks",
+    "AddPartitionsRequest",
     "AlterTopicRequest",
     "Buffer",
     "CommitOffsetsRequest",
@@ -430,6 +431,21 @@ class DescribeGroupRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AddPartitionsRequest:
+    """Grow a topic to ``count`` partitions (more than it has; partitions are never
+    removed). The new ones are placed like a new topic's; consumer groups that
+    subscribe to it are reassigned. Reply ``res``: the ``topic``."""
+
+    op: ClassVar[str] = "add_partitions"
+    name: str
+    count: int
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.name)
+        _positive("count", self.count)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AlterTopicRequest:
     """Change a topic's configs (``retention_bytes``, ``retention_ms``,
     ``segment_bytes``: merged into the ones it has). Every replica applies them:
@@ -527,6 +543,7 @@ RequestArgs: TypeAlias = (
     | ListReassignmentsRequest
     | DecommissionBrokerRequest
     | AlterTopicRequest
+    | AddPartitionsRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -552,6 +569,7 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         ListReassignmentsRequest,
         DecommissionBrokerRequest,
         AlterTopicRequest,
+        AddPartitionsRequest,
     )
 }
 

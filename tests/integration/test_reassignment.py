@@ -7,6 +7,7 @@ nothing acknowledged lost, duplicated or reordered, and the replicas agree."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,14 @@ import pytest
 from tests.support import BrokerProcess, bootstrap_of, running_brokers, wait_until_async
 from tests.support.checker import Append, check_queue
 from zstream import replication, storage
-from zstream.clients import Admin, ClusterClient, DescribeTopicRequest, Producer, ZStreamError
+from zstream.clients import (
+    Admin,
+    ClusterClient,
+    Consumer,
+    DescribeTopicRequest,
+    Producer,
+    ZStreamError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -354,3 +362,41 @@ async def test_a_broker_dead_for_good_has_its_replicas_replaced(
         report = check_queue(load.history, logs)
         assert report.ok, report.summary()
         assert all(e.retriable for e in load.errors), load.errors[:3]
+
+
+async def test_add_partitions_while_a_group_consumes(tmp_path: Path) -> None:
+    """A group member reading a two-partition topic is assigned and reads the two
+    partitions added while it runs, without a restart."""
+    with running_brokers(tmp_path, 3, extra=["--log-level=INFO"]) as brokers:
+        bootstrap = bootstrap_of(brokers)
+        topic = "growing"
+        async with Admin(bootstrap) as admin:
+            await admin.create_topic(topic, partitions=2, replication_factor=3)
+            seen: set[bytes] = set()
+            async with Consumer(bootstrap, group="readers") as consumer:
+                await consumer.subscribe([topic])
+
+                async def read() -> None:
+                    async for record in consumer:
+                        seen.add(record.value)
+
+                reader = asyncio.create_task(read())
+                try:
+                    async with Producer(bootstrap) as producer:
+                        for p in (0, 1):
+                            for i in range(10):
+                                await producer.send(topic, b"%d-%d" % (p, i), partition=p)
+                    await _until(lambda: len(seen) == 20, 30, "the first partitions read")
+                    doc = await admin.add_partitions(topic, 4)
+                    assert [p["partition"] for p in doc["partitions"]] == [0, 1, 2, 3]
+                    async with Producer(bootstrap) as producer:  # a new one sees four
+                        for p in (2, 3):
+                            for i in range(10):
+                                await producer.send(topic, b"%d-%d" % (p, i), partition=p)
+                    await _until(lambda: len(seen) == 40, 60, "the added partitions read")
+                    assert {tp.partition for tp in consumer.assignment()} == {0, 1, 2, 3}
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+    assert seen == {b"%d-%d" % (p, i) for p in range(4) for i in range(10)}

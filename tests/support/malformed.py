@@ -30,6 +30,7 @@ _ops = st.sampled_from(
         "list_reassignments",
         "decommission_broker",
         "alter_topic",
+        "add_partitions",
         "nope",
         "",
     ]

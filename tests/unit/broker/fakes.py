@@ -14,6 +14,7 @@ from zstream.broker._controller import (
     ControllerState,
     PartitionAssignment,
     TopicRecord,
+    add_partitions_command,
     alter_topic_configs_command,
     commit_offsets_command,
     create_topic_command,
@@ -41,6 +42,7 @@ from zstream.clients import (
     ZStreamError,
 )
 from zstream.clients._protocol import (
+    AddPartitionsRequest,
     AlterTopicRequest,
     Buffer,
     DecommissionBrokerRequest,
@@ -257,6 +259,19 @@ class FakeBackend:
     async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
         topic = self._propose(alter_topic_configs_command(request.name, request.configs))
         assert isinstance(topic, TopicRecord)
+        return {
+            "name": topic.name,
+            "configs": dict(topic.configs),
+            "partitions": [],
+            "replication_factor": topic.replication_factor,
+        }
+
+    async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]:
+        topic = self._propose(add_partitions_command(request.name, request.count, [1]))
+        assert isinstance(topic, TopicRecord)
+        self.topics[topic.name] += [
+            FakePartition() for _ in range(len(topic.partitions) - len(self.topics[topic.name]))
+        ]
         return {
             "name": topic.name,
             "configs": dict(topic.configs),

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     ["topic", "describe"],
     ["topic", "delete"],
     ["topic", "alter"],
+    ["topic", "add-partitions"],
     ["produce"],
     ["consume"],
     ["status"],
@@ -140,3 +141,8 @@ def test_topic_alter(capsys: pytest.CaptureFixture[str]) -> None:
         assert "configs=retention_ms=5000" in capsys.readouterr().out
         assert main(["topic", "alter", "orders", "--set", "nope=1", *addr]) == 1
         assert "unknown topic config" in capsys.readouterr().err
+        assert main(["topic", "add-partitions", "orders", "--count", "3", *addr]) == 0
+        assert "topic orders:" in capsys.readouterr().out
+        assert len(live.backend.controller.topics["orders"].partitions) == 3
+        assert main(["topic", "add-partitions", "orders", "--count", "2", *addr]) == 1
+        assert "must be larger" in capsys.readouterr().err

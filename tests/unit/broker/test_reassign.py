@@ -16,10 +16,12 @@ from zstream.broker._controller import (
     ControllerState,
     PartitionAssignment,
     TopicRecord,
+    add_partitions_command,
     alter_topic_configs_command,
     complete_reassignment_command,
     create_topic_command,
     decommission_broker_command,
+    group_join_or_update_command,
     reassign_partition_command,
     register_broker_command,
     remove_broker_command,
@@ -373,3 +375,23 @@ def test_alter_topic_configs_merges_validated_settings() -> None:
         log.apply(alter_topic_configs_command("u", {"retention_ms": 1})), UnknownTopicError
     )
     assert dict(log.state.topics["t"].configs) == {"retention_ms": 5, "retention_bytes": 1000}
+
+
+def test_add_partitions_places_them_and_reassigns_subscribed_groups() -> None:
+    log = _cluster(3)
+    log.apply(create_topic_command("t", 2, 2, {}, [1, 2, 3]))
+    log.apply(group_join_or_update_command("g", "m1", ["t"], 10_000, []))
+    ids = [p.group_id for p in log.state.topics["t"].partitions]
+    topic = log.apply(add_partitions_command("t", 5, [1, 2, 3]))
+    assert isinstance(topic, TopicRecord)
+    parts = topic.partitions
+    assert [p.partition for p in parts] == [0, 1, 2, 3, 4]
+    assert [p.group_id for p in parts[:2]] == ids  # the old ones untouched
+    assert len({p.group_id for p in parts}) == 5
+    assert all(len(set(p.replicas)) == 2 for p in parts)
+    target = log.state.groups["g"].members["m1"].target
+    assert {p for t, p in target if t == "t"} == {0, 1, 2, 3, 4}
+    for count, error in ((5, InvalidRequestError), (3, InvalidRequestError)):
+        assert isinstance(log.apply(add_partitions_command("t", count, [1, 2, 3])), error)
+    assert isinstance(log.apply(add_partitions_command("t", 6, [1])), UnavailableError)
+    assert isinstance(log.apply(add_partitions_command("u", 6, [1, 2, 3])), UnknownTopicError)

@@ -33,6 +33,7 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     PROTOCOL_VERSION,
+    AddPartitionsRequest,
     AlterTopicRequest,
     DecommissionBrokerRequest,
     ListReassignmentsRequest,
@@ -341,6 +342,7 @@ def test_reassignment_requests_round_trip() -> None:
         ListReassignmentsRequest(),
         DecommissionBrokerRequest(3),
         AlterTopicRequest("t", {"retention_ms": 60_000}),
+        AddPartitionsRequest("t", 6),
     ):
         assert decode_request(encode_request(9, args)).args == args
 
@@ -369,6 +371,7 @@ def test_bad_reassign_requests_name_their_fault(args: dict[str, Any], fragment: 
         ("decommission_broker", {"broker_id": 0}, "broker_id must be > 0"),
         ("decommission_broker", {}, "missing argument 'broker_id'"),
         ("alter_topic", {"name": "t", "configs": {}}, "at least one"),
+        ("add_partitions", {"name": "t", "count": 0}, "count must be > 0"),
         ("alter_topic", {"name": "t", "configs": {"retention_ms": "x"}}, "integer"),
     ],
 )
