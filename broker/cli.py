@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "describe":
             p.add_argument("name")
         _add_bootstrap(p)
+        _add_output(p)
     _add_topic_alter_parser(tsub)
     td = tsub.add_parser("delete", help="delete a topic and its data")
     td.add_argument("name")
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="brokers, controller and partitions")
     _add_bootstrap(s)
+    _add_output(s)
 
     g = sub.add_parser("group", help="list or describe consumer groups")
     gsub = g.add_subparsers(dest="group_command", metavar="ACTION", required=True)
@@ -188,6 +191,19 @@ def _broker_ids(text: str) -> list[int]:
     if not ids or any(b <= 0 for b in ids):
         raise argparse.ArgumentTypeError(f"broker ids must be > 0: {text!r}")
     return ids
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON document on stdout (shapes in docs/operations.md)",
+    )
+
+
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
 
 
 def _add_topic_alter_parser(tsub: Any) -> None:
@@ -284,7 +300,9 @@ def _add_partition_parser(sub: Any) -> None:
         help="the new replica set, the preferred leader first (e.g. 1,2,4)",
     )
     _add_bootstrap(pr)
-    _add_bootstrap(psub.add_parser("reassignments", help="list reassignments in progress"))
+    pl = psub.add_parser("reassignments", help="list reassignments in progress")
+    _add_bootstrap(pl)
+    _add_output(pl)
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -411,12 +429,19 @@ def _topic(args: argparse.Namespace) -> int:
             )
             _print_topic(doc)
         elif action == "list":
-            for name in (await cluster.call_any(ListTopicsRequest())).result["topics"]:
+            names = (await cluster.call_any(ListTopicsRequest())).result["topics"]
+            if args.output == "json":
+                _print_json({"topics": names})
+            for name in names if args.output == "text" else ():
                 print(name)
         elif action == "describe":
             doc = (await cluster.call_any(DescribeTopicRequest(args.name))).result
             reports = await _reports(cluster, await cluster.refresh())
-            _print_topic(_merge_leader_view(doc, reports))
+            merged = _merge_leader_view(doc, reports)
+            if args.output == "json":
+                _print_json(merged)
+            else:
+                _print_topic(merged)
         else:
             await cluster.call_controller(DeleteTopicRequest(args.name))
             print(f"deleted topic {args.name}")
@@ -620,6 +645,9 @@ def _merge_leader_view(topic: dict[str, Any], reports: list[dict[str, Any]]) -> 
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.output == "json":
+        return _run(_status_json, args.bootstrap)
+
     async def go(cluster: ClusterClient) -> int:
         meta = await cluster.refresh()
         print("brokers:")
@@ -651,6 +679,28 @@ def _status(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go, args.bootstrap)
+
+
+async def _status_json(cluster: ClusterClient) -> int:
+    """``zstream status --output json``: metadata with each partition as its leader
+    reports it, plus the reassignments in progress (None when the controller does
+    not answer)."""
+    meta = await cluster.refresh()
+    reports = await _reports(cluster, meta)
+    try:
+        reply = await cluster.call_controller(ListReassignmentsRequest())
+        moving: list[dict[str, Any]] | None = reply.result["reassignments"]
+    except ZStreamError:
+        moving = None
+    _print_json(
+        {
+            "brokers": meta["brokers"],
+            "controller": meta.get("controller"),
+            "topics": [_merge_leader_view(t, reports) for t in meta["topics"]],
+            "reassignments": moving,
+        }
+    )
+    return 0
 
 
 def _broker_role(b: dict[str, Any]) -> str:
@@ -762,7 +812,10 @@ def _partition(args: argparse.Namespace) -> int:
                     f"{_ids(doc['target'])}"
                 )
         else:
-            for line in _format_reassignments(await admin.list_reassignments()):
+            rows = await admin.list_reassignments()
+            if args.output == "json":
+                _print_json({"reassignments": rows})
+            for line in _format_reassignments(rows) if args.output == "text" else ():
                 print(line)
         return 0
 

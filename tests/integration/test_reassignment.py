@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +98,17 @@ def _records_on_disk(broker: BrokerProcess, group_id: int) -> list[bytes]:
 async def _partition(admin: Admin) -> dict[str, Any]:
     doc: dict[str, Any] = (await admin.describe_topic(TOPIC))["partitions"][0]
     return doc
+
+
+async def _cli_json(words: list[str], bootstrap: str) -> Any:
+    """Run a ``zstream`` command with ``--output json`` (in a thread: the produce load
+    goes on meanwhile); its document."""
+    argv = [sys.executable, "-m", "zstream.broker.cli", *words]
+    argv += ["--bootstrap", bootstrap, "--output", "json"]
+    done = await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=30, check=True
+    )
+    return json.loads(done.stdout)
 
 
 async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -194,6 +208,13 @@ async def test_move_one_replica_to_a_fourth_broker_under_produce(tmp_path: Path)
                 rows = await admin.list_reassignments()
                 assert [(r["adding"], r["removing"]) for r in rows] == [([4], [before[2]])]
                 group_id = rows[0]["group_id"]
+                # The operator's view, as scripts read it.
+                moving = (await _cli_json(["partition", "reassignments"], bootstrap))[
+                    "reassignments"
+                ]
+                assert moving in ([], rows)  # (it may have finished already)
+                described = await _cli_json(["topic", "describe", TOPIC], bootstrap)
+                assert described["partitions"][0]["target"] in (None, target)
                 await _wait_moved(bootstrap, target, 60)
                 moved_at = load.acked
                 await _until(lambda: load.acked > moved_at + 300, 30, "records after the move")

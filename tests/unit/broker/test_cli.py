@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.support import free_port
@@ -146,3 +148,19 @@ def test_topic_alter(capsys: pytest.CaptureFixture[str]) -> None:
         assert len(live.backend.controller.topics["orders"].partitions) == 3
         assert main(["topic", "add-partitions", "orders", "--count", "2", *addr]) == 1
         assert "must be larger" in capsys.readouterr().err
+
+
+def test_output_json_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        live.run(live.backend.create_topic(CreateTopicRequest("orders", 2, 1)))
+        addr = ["--bootstrap", live.addr, "--output", "json"]
+        assert main(["topic", "list", *addr]) == 0
+        assert json.loads(capsys.readouterr().out) == {"topics": ["orders"]}
+        assert main(["partition", "reassignments", *addr]) == 0
+        assert json.loads(capsys.readouterr().out) == {"reassignments": []}
+        assert main(["status", *addr]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert set(status) == {"brokers", "controller", "topics", "reassignments"}
+        assert status["reassignments"] == []
+        assert [t["name"] for t in status["topics"]] == ["orders"]
+        assert status["brokers"][0]["id"] == 1
