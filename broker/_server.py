@@ -757,35 +757,39 @@ class Broker:
         """Walk the reassignments this broker leads (PartitionManager), send the
         controller leader the reports of those that reached their target, and, as the
         controller leader, complete the reported ones."""
-        assert self.partitions is not None
-        assert self.host is not None
         last_decommission = 0.0
         while True:
             await asyncio.sleep(_REASSIGN_INTERVAL_S)
-            state = self.controller.state
             now = time.monotonic()
-            for report in self.partitions.walk_reassignments(state, _LEARNER_MAX_LAG_ENTRIES):
-                if now - self._reported_at.get(report.group_id, 0.0) < _REPORT_EVERY_S:
-                    continue
-                self._reported_at[report.group_id] = now
-                if self.controller.is_leader:
-                    self._reports[report.group_id] = report
-                elif self.controller.leader is not None:
-                    self.host.send_app(self.controller.leader, encode_report(report))
-            if not self.controller.is_leader:
-                self._reports.clear()
-                self._absent_since.clear()  # a later term starts the clocks afresh
-                continue
-            for group_id, report in list(self._reports.items()):
-                del self._reports[group_id]
-                await self._complete(report)
-            if now - last_decommission >= _DECOMMISSION_EVERY_S:
-                last_decommission = now
-                try:
+            try:
+                await self._reassign_pass(now)
+                if self.controller.is_leader and now - last_decommission >= _DECOMMISSION_EVERY_S:
+                    last_decommission = now
                     await self._decommission_step()
                     await self._replace_dead_step(now)
-                except (ZStreamError, replication.RaftError) as exc:
-                    log.info("decommission step deferred: %s", exc)
+            except (ZStreamError, replication.RaftError, storage.StorageError) as exc:
+                # Never the end of the broker: the next pass decides again from scratch.
+                log.info("reassignment pass deferred: %s", exc)
+
+    async def _reassign_pass(self, now: float) -> None:
+        assert self.partitions is not None
+        assert self.host is not None
+        state = self.controller.state
+        for report in self.partitions.walk_reassignments(state, _LEARNER_MAX_LAG_ENTRIES):
+            if now - self._reported_at.get(report.group_id, 0.0) < _REPORT_EVERY_S:
+                continue
+            self._reported_at[report.group_id] = now
+            if self.controller.is_leader:
+                self._reports[report.group_id] = report
+            elif self.controller.leader is not None:
+                self.host.send_app(self.controller.leader, encode_report(report))
+        if not self.controller.is_leader:
+            self._reports.clear()
+            self._absent_since.clear()  # a later term starts the clocks afresh
+            return
+        for group_id, report in list(self._reports.items()):
+            del self._reports[group_id]
+            await self._complete(report)
 
     def _live(self) -> set[int]:
         """Brokers discovery lists and the host has heard from lately."""
