@@ -911,13 +911,13 @@ class Broker:
             return
         try:
             if isinstance(step, Transfer):
-                log.info("decommission: controller leadership to %d", step.to)
+                log.info("broker %d leaving: controller leadership to %d", leaving, step.to)
                 handle.transfer_leader(step.to)
             else:
-                log.info("decommission: controller group change %s", step.changes)
+                log.info("broker %d leaving: controller group change %s", leaving, step.changes)
                 handle.propose_conf_change(step).add_done_callback(_quiet_conf_change)
         except replication.RaftError as exc:
-            log.info("decommission: controller group step deferred: %s", exc)
+            log.info("broker %d leaving: controller group step deferred: %s", leaving, exc)
 
     async def _complete(self, report: ReassignedReport) -> None:
         topic = self.controller.state.topics.get(report.topic)
