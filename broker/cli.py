@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gd.add_argument("name")
     _add_bootstrap(gd)
+    _add_group_output(gsub)
     _add_partition_parser(sub)
     return parser
 
@@ -771,7 +772,30 @@ def _format_group(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _add_group_output(gsub: Any) -> None:
+    """``--output json`` on ``group list`` and ``group describe``."""
+    for action in ("list", "describe"):
+        _add_output(gsub.choices[action])
+
+
+def _group_json(args: argparse.Namespace) -> int:
+    """``group list``: {"groups": [name]}; ``group describe``: Admin.describe_group's
+    document (members, offsets, and the per-partition rows with lag)."""
+
+    async def go(admin: Admin) -> int:
+        if args.group_command == "list":
+            _print_json({"groups": await admin.list_groups()})
+        else:
+            _print_json(await admin.describe_group(args.name))
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
 def _group(args: argparse.Namespace) -> int:
+    if getattr(args, "output", "text") == "json" and args.group_command in ("list", "describe"):
+        return _group_json(args)
+
     async def go(admin: Admin) -> int:
         if args.group_command == "list":
             for name in await admin.list_groups():

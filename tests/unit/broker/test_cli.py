@@ -164,3 +164,11 @@ def test_output_json_shapes(capsys: pytest.CaptureFixture[str]) -> None:
         assert status["reassignments"] == []
         assert [t["name"] for t in status["topics"]] == ["orders"]
         assert status["brokers"][0]["id"] == 1
+        live.run(live.backend.group_heartbeat(GroupHeartbeatRequest("g", "m-1", ["orders"])))
+        assert main(["group", "list", *addr]) == 0
+        assert json.loads(capsys.readouterr().out) == {"groups": ["g"]}
+        assert main(["group", "describe", "g", *addr]) == 0
+        group = json.loads(capsys.readouterr().out)
+        assert group["group"] == "g"
+        assert [m["member_id"] for m in group["members"]] == ["m-1"]
+        assert {row["partition"] for row in group["partitions"]} == {0, 1}
