@@ -95,6 +95,10 @@ class BrokerConfig:
     # Compact the controller's Raft log (group 0) once this many entries sit below its
     # latest saved state; consumer-group commits are controller entries.
     controller_compact_after: int = 4096
+    # A broker absent (from discovery, or silent on the peer links) this long has its
+    # replicas re-placed on live brokers. 15 minutes, Redpanda's default: long enough
+    # that a reboot or a rolling upgrade never triggers a full copy of its data.
+    replica_replace_after_ms: int = 15 * 60 * 1000
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -124,6 +128,7 @@ class BrokerConfig:
         _at_least("retention_check_ms", self.retention_check_ms, 10)
         _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
         _at_least("controller_compact_after", self.controller_compact_after, 64)
+        _at_least("replica_replace_after_ms", self.replica_replace_after_ms, 100)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
 

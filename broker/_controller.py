@@ -21,6 +21,14 @@ Command encoding (one msgpack map per Raft entry)::
      "now_ms": int}
     {"op": "expire_offsets", "now_ms": int, "retention_ms": int}
     {"op": "group_delete", "group": str}
+    {"op": "reassign_partition", "topic": str, "partition": int, "replicas": [int, ...],
+     "live": [int, ...], "override": bool}
+    {"op": "complete_reassignment", "topic": str, "partition": int, "group_id": int,
+     "voters": [int, ...]}
+    {"op": "alter_topic_configs", "name": str, "configs": {str: int}}
+    {"op": "add_partitions", "name": str, "count": int, "live": [int, ...]}
+    {"op": "decommission_broker", "id": int}
+    {"op": "remove_broker", "id": int}
 
 ``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
 view of the brokers: apply never reads a clock, so every replica agrees.
@@ -59,13 +67,48 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
   members, its committed offsets with it: GROUP_NOT_EMPTY while it has members,
   UNKNOWN_GROUP if there is no such group. A snapshot simply no longer lists it.
 
-Snapshot: msgpack of {"v": 3, "applied_index", "brokers", "topics",
-"next_group_id", "next_producer_id", "groups"}, where ``groups`` is
-``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
+Reassignment (see broker/_reassign.py for how a partition's leader carries it out):
+
+- ``reassign_partition`` records ``replicas`` as the partition's target: distinct
+  registered brokers, at least one, every broker it adds live in the proposer's
+  ``live``; at most one reassignment per partition (the same target again is
+  accepted and changes nothing; ``override`` true, sent only by the controller
+  leader to move a target off a dead or leaving broker, replaces it), no new replica
+  on a decommissioning broker, and at most MAX_MOVES_PER_BROKER reassignments
+  adding a replica to any one broker (UNAVAILABLE: retry once one finishes). A
+  target holding the same brokers as the replica set only reorders it (the first
+  is the preferred leader), at once. Result: the partition's assignment.
+- ``complete_reassignment`` (proposed by the controller leader when the partition's
+  leader reports that the group's voters are ``voters``) makes the target the
+  replica set, if ``voters`` are the target's brokers; otherwise it is stale and
+  rejected. Replicas outside the new set close their group and delete its data.
+
+Growing a topic: ``add_partitions`` raises a topic's partition count to ``count``,
+placing the new partitions as ``create_topic`` does, and reassigns the groups that
+subscribe to it. Result: the topic.
+
+Topic configs: ``alter_topic_configs`` merges validated ``configs`` into a topic's
+(result: the topic); each replica hands its log the new settings when it next
+reconciles.
+
+Decommission:
+
+- ``decommission_broker`` marks a registered broker as leaving (refused when the
+  other placeable brokers could not hold the widest partition): no new replica goes
+  there, and the controller leader reassigns its replicas a few at a time
+  (`decommission_moves`). Result: the brokers leaving.
+- ``remove_broker`` (the controller leader, once the broker holds no replica) removes
+  it for good: it leaves ``brokers``, and ``register_broker`` refuses its id after.
+
+Snapshot: msgpack of {"v": 4, "applied_index", "brokers", "topics",
+"next_group_id", "next_producer_id", "groups", "decommissioning", "removed"}, where
+``groups`` is ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
-sorted ``[[topic, partition, next_offset], ...]``. A version 1 snapshot (no
-``groups``) restores with no groups, a version 2 one (no ``active_ms``) with 0.
+sorted ``[[topic, partition, next_offset], ...]``. Each topic is ``[name, rf, partitions,
+configs]``, each partition ``[partition, group_id, replicas, target]``. A version 1
+snapshot (no ``groups``) restores with no groups, a version 2 one (no ``active_ms``)
+with 0, a version 3 one (partitions without ``target``) with no reassignments.
 """
 
 from __future__ import annotations
@@ -104,16 +147,22 @@ __all__ = [
     "ControllerState",
     "PartitionAssignment",
     "TopicRecord",
+    "add_partitions_command",
     "allocate_producer_id_command",
+    "alter_topic_configs_command",
     "commit_offsets_command",
+    "complete_reassignment_command",
     "create_topic_command",
+    "decommission_broker_command",
     "delete_topic_command",
     "group_delete_command",
     "group_expire_command",
     "group_join_or_update_command",
     "group_leave_command",
     "heartbeat_interval_ms",
+    "reassign_partition_command",
     "register_broker_command",
+    "remove_broker_command",
 ]
 
 CONTROLLER_GROUP_ID = 0
@@ -127,8 +176,12 @@ MAX_MEMBER_TOPICS = 1_000
 # group names, meets a clear error instead of growing the controller without end.
 MAX_GROUP_MEMBERS = 1_000
 MAX_GROUPS = 10_000
-_SNAPSHOT_VERSION = 3
-_SNAPSHOT_VERSIONS = (1, 2, 3)
+_SNAPSHOT_VERSION = 4
+_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
+# Reassignments a broker may be receiving at once (each one a new replica catching up
+# from its leader): a decommission moves replicas a few at a time instead of flooding
+# the disks and links of the brokers that take them.
+MAX_MOVES_PER_BROKER = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +196,9 @@ class PartitionAssignment:
     partition: int
     group_id: int
     replicas: tuple[int, ...]  # the first is the preferred leader
+    # A reassignment in progress: the replica set the partition's leader walks its
+    # Raft configuration towards (broker/_reassign.py); empty when none.
+    target: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -243,6 +299,56 @@ def commit_offsets_command(
 
 def expire_offsets_command(now_ms: int, retention_ms: int) -> bytes:
     return _pack({"op": "expire_offsets", "now_ms": now_ms, "retention_ms": retention_ms})
+
+
+def reassign_partition_command(
+    topic: str,
+    partition: int,
+    replicas: Sequence[int],
+    live: Sequence[int],
+    *,
+    override: bool = False,
+) -> bytes:
+    return _pack(
+        {
+            "op": "reassign_partition",
+            "topic": topic,
+            "partition": partition,
+            "replicas": list(replicas),
+            "live": sorted(live),
+            "override": override,
+        }
+    )
+
+
+def complete_reassignment_command(
+    topic: str, partition: int, group_id: int, voters: Iterable[int]
+) -> bytes:
+    return _pack(
+        {
+            "op": "complete_reassignment",
+            "topic": topic,
+            "partition": partition,
+            "group_id": group_id,
+            "voters": sorted(voters),
+        }
+    )
+
+
+def add_partitions_command(name: str, count: int, live: Sequence[int]) -> bytes:
+    return _pack({"op": "add_partitions", "name": name, "count": count, "live": sorted(live)})
+
+
+def alter_topic_configs_command(name: str, configs: Mapping[str, int]) -> bytes:
+    return _pack({"op": "alter_topic_configs", "name": name, "configs": dict(configs)})
+
+
+def decommission_broker_command(broker_id: int) -> bytes:
+    return _pack({"op": "decommission_broker", "id": broker_id})
+
+
+def remove_broker_command(broker_id: int) -> bytes:
+    return _pack({"op": "remove_broker", "id": broker_id})
 
 
 def heartbeat_interval_ms(session_timeout_ms: int) -> int:
@@ -359,6 +465,10 @@ class ControllerState:
         self.next_group_id = CONTROLLER_GROUP_ID + 1
         self.next_producer_id = 1
         self.applied_index = 0
+        # Decommission: brokers whose replicas are moving off, and brokers removed for
+        # good (refused registration; their ids are never reused).
+        self.decommissioning: set[int] = set()
+        self.removed: set[int] = set()
 
     # -- applying commands -------------------------------------------------------------
 
@@ -397,6 +507,18 @@ class ControllerState:
             if op == "group_delete":
                 self._group_delete(cmd)
                 return None
+            if op == "reassign_partition":
+                return self._reassign_partition(cmd)
+            if op == "complete_reassignment":
+                return self._complete_reassignment(cmd)
+            if op == "add_partitions":
+                return self._add_partitions(cmd)
+            if op == "alter_topic_configs":
+                return self._alter_topic_configs(cmd)
+            if op == "decommission_broker":
+                return self._decommission_broker(cmd)
+            if op == "remove_broker":
+                return self._remove_broker(cmd)
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -405,6 +527,10 @@ class ControllerState:
 
     def _register_broker(self, cmd: Mapping[str, Any]) -> BrokerRecord:
         record = BrokerRecord(_int(cmd, "id", 1), _str(cmd, "client_addr"), _str(cmd, "peer_addr"))
+        if record.id in self.removed:
+            raise InvalidRequestError(
+                f"broker {record.id} was decommissioned and removed: it may not join again"
+            )
         self.brokers[record.id] = record
         return record
 
@@ -423,24 +549,12 @@ class ControllerState:
             raise TopicExistsError(f"topic {name!r} already exists")
         if count > MAX_PARTITIONS:
             raise InvalidRequestError(f"at most {MAX_PARTITIONS} partitions per topic")
-        candidates = sorted(b for b in set(live) if b in self.brokers)
+        candidates = sorted(b for b in set(live) if self.placeable(b))
         if rf > len(candidates):
             raise UnavailableError(
                 f"replication factor {rf} needs {rf} live brokers, {len(candidates)} are live"
             )
-        leaders, replicas = self._load()
-        assignments = []
-        for p in range(count):
-            leader = min(candidates, key=lambda b: (leaders.get(b, 0), replicas.get(b, 0), b))
-            others = sorted(
-                (b for b in candidates if b != leader), key=lambda b: (replicas.get(b, 0), b)
-            )[: rf - 1]
-            chosen = (leader, *others)
-            leaders[leader] = leaders.get(leader, 0) + 1
-            for b in chosen:
-                replicas[b] = replicas.get(b, 0) + 1
-            assignments.append(PartitionAssignment(p, self.next_group_id, chosen))
-            self.next_group_id += 1
+        assignments = self._place(range(count), rf, candidates)
         topic = TopicRecord(name, rf, tuple(assignments), configs)
         self.topics[name] = topic
         for group in self.groups.values():
@@ -624,15 +738,283 @@ class ControllerState:
                     replicas[b] = replicas.get(b, 0) + 1
         return leaders, replicas
 
+    # -- reassignment --------------------------------------------------------------------
+
+    def _partition(self, cmd: Mapping[str, Any]) -> tuple[TopicRecord, PartitionAssignment]:
+        topic = self.topics.get(_topic(cmd.get("topic")))
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {cmd.get('topic')!r}")
+        p = _int(cmd, "partition", 0)
+        if p >= len(topic.partitions):
+            raise UnknownPartitionError(f"topic {topic.name!r} has no partition {p}")
+        return topic, topic.partitions[p]
+
+    def _set_partition(self, topic: TopicRecord, part: PartitionAssignment) -> None:
+        parts = list(topic.partitions)
+        parts[part.partition] = part
+        self.topics[topic.name] = dataclasses.replace(topic, partitions=tuple(parts))
+
+    def moves_into(self, broker_id: int) -> int:
+        """Reassignments in progress that add a replica on ``broker_id``."""
+        return sum(
+            1
+            for t in self.topics.values()
+            for p in t.partitions
+            if p.target and broker_id in p.target and broker_id not in p.replicas
+        )
+
+    def _reassign_partition(self, cmd: Mapping[str, Any]) -> PartitionAssignment:
+        topic, part = self._partition(cmd)
+        raw, live = cmd.get("replicas"), cmd.get("live", [])
+        if (
+            type(raw) is not list
+            or not raw
+            or len(raw) > max(1, len(self.brokers))
+            or not all(type(b) is int for b in raw)
+        ):
+            raise InvalidRequestError(
+                "replicas must be a non-empty list of broker ids, at most one per broker"
+            )
+        if type(live) is not list or not all(type(b) is int for b in live):
+            raise InvalidRequestError("controller command: live must be a list of ids")
+        replicas = tuple(raw)
+        if len(set(replicas)) != len(replicas):
+            raise InvalidRequestError(f"replicas {list(replicas)} name a broker twice")
+        unknown = [b for b in replicas if b not in self.brokers]
+        if unknown:
+            raise InvalidRequestError(f"replicas name unknown broker(s) {unknown}")
+        override = cmd.get("override", False) is True
+        if part.target:
+            if part.target == replicas:
+                return part  # asked again (a retry): nothing changes
+            if not override:
+                raise InvalidRequestError(
+                    f"{topic.name}/{part.partition} is already being reassigned to "
+                    f"{list(part.target)}: wait until it finishes"
+                )
+        elif set(replicas) == set(part.replicas):
+            # The same brokers: only the preferred leader changes, no data moves.
+            part = dataclasses.replace(part, replicas=replicas)
+            self._set_partition(topic, part)
+            return part
+        added = [b for b in replicas if b not in part.replicas]
+        dead = [b for b in added if b not in live]
+        if dead:
+            raise UnavailableError(f"broker(s) {dead} are not live: a new replica must be")
+        leaving = [b for b in added if not self.placeable(b)]
+        if leaving:
+            raise InvalidRequestError(f"broker(s) {leaving} are being decommissioned")
+        busy = [
+            b for b in added if b not in part.target and self.moves_into(b) >= MAX_MOVES_PER_BROKER
+        ]
+        if busy:
+            raise UnavailableError(
+                f"broker(s) {busy} already receive {MAX_MOVES_PER_BROKER} reassignments: "
+                "retry once one finishes"
+            )
+        part = dataclasses.replace(part, target=replicas)
+        self._set_partition(topic, part)
+        return part
+
+    def _complete_reassignment(self, cmd: Mapping[str, Any]) -> PartitionAssignment:
+        topic, part = self._partition(cmd)
+        group_id = _int(cmd, "group_id", 1)
+        voters = cmd.get("voters")
+        if type(voters) is not list or not all(type(v) is int for v in voters):
+            raise InvalidRequestError("controller command: voters must be a list of ids")
+        if group_id != part.group_id or not part.target or set(voters) != set(part.target):
+            raise InvalidRequestError(
+                f"stale reassignment report for {topic.name}/{part.partition}: voters "
+                f"{sorted(voters)}, target {list(part.target)}"
+            )
+        part = dataclasses.replace(part, replicas=part.target, target=())
+        self._set_partition(topic, part)
+        return part
+
+    def _place(
+        self, partitions: Iterable[int], rf: int, candidates: Sequence[int]
+    ) -> list[PartitionAssignment]:
+        """New partitions placed as the module docstring says, each with a new group id."""
+        leaders, replicas = self._load()
+        assignments = []
+        for p in partitions:
+            leader = min(candidates, key=lambda b: (leaders.get(b, 0), replicas.get(b, 0), b))
+            others = sorted(
+                (b for b in candidates if b != leader), key=lambda b: (replicas.get(b, 0), b)
+            )[: rf - 1]
+            chosen = (leader, *others)
+            leaders[leader] = leaders.get(leader, 0) + 1
+            for b in chosen:
+                replicas[b] = replicas.get(b, 0) + 1
+            assignments.append(PartitionAssignment(p, self.next_group_id, chosen))
+            self.next_group_id += 1
+        return assignments
+
+    def _add_partitions(self, cmd: Mapping[str, Any]) -> TopicRecord:
+        name = _str(cmd, "name")
+        count = _int(cmd, "count", 1)
+        live = cmd.get("live", [])
+        if type(live) is not list or not all(type(b) is int for b in live):
+            raise InvalidRequestError("controller command: live must be a list of ids")
+        topic = self.topics.get(name)
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        have = len(topic.partitions)
+        if count <= have:
+            raise InvalidRequestError(
+                f"topic {name!r} has {have} partitions: the new count must be larger"
+            )
+        if count > MAX_PARTITIONS:
+            raise InvalidRequestError(f"at most {MAX_PARTITIONS} partitions per topic")
+        candidates = sorted(b for b in set(live) if self.placeable(b))
+        rf = topic.replication_factor
+        if rf > len(candidates):
+            raise UnavailableError(
+                f"replication factor {rf} needs {rf} live brokers, {len(candidates)} are live"
+            )
+        added = self._place(range(have, count), rf, candidates)
+        topic = dataclasses.replace(topic, partitions=(*topic.partitions, *added))
+        self.topics[name] = topic
+        for group in self.groups.values():
+            if any(name in m.topics for m in group.members.values()):
+                rebalance(group, self._partition_counts())
+        return topic
+
+    # -- topic configs -------------------------------------------------------------------
+
+    def _alter_topic_configs(self, cmd: Mapping[str, Any]) -> TopicRecord:
+        name = _str(cmd, "name")
+        raw = cmd.get("configs")
+        if type(raw) is not dict or not raw:
+            raise InvalidRequestError("controller command: configs must be a non-empty map")
+        topic = self.topics.get(name)
+        if topic is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        merged = validate_topic_configs({**topic.configs, **raw})
+        topic = dataclasses.replace(topic, configs=merged)
+        self.topics[name] = topic
+        return topic
+
+    # -- decommission --------------------------------------------------------------------
+
+    def placeable(self, broker_id: int) -> bool:
+        """May new replicas go to ``broker_id`` (registered, not leaving)?"""
+        return broker_id in self.brokers and broker_id not in self.decommissioning
+
+    def replica_counts(self) -> dict[int, int]:
+        """Replicas per broker, counting where reassignments are taking them."""
+        counts: dict[int, int] = {}
+        for t in self.topics.values():
+            for p in t.partitions:
+                for b in set(p.replicas) | set(p.target):
+                    counts[b] = counts.get(b, 0) + 1
+        return counts
+
+    def _decommission_broker(self, cmd: Mapping[str, Any]) -> list[int]:
+        broker_id = _int(cmd, "id", 1)
+        if broker_id in self.removed:
+            raise InvalidRequestError(f"broker {broker_id} is removed already")
+        if broker_id not in self.brokers:
+            raise InvalidRequestError(f"unknown broker {broker_id}")
+        if broker_id not in self.decommissioning:
+            remaining = [b for b in self.brokers if self.placeable(b) and b != broker_id]
+            widest = max(
+                (len(p.replicas) for t in self.topics.values() for p in t.partitions), default=0
+            )
+            if len(remaining) < widest:
+                raise UnavailableError(
+                    f"broker {broker_id} cannot leave: a partition has {widest} replicas "
+                    f"and only {len(remaining)} other brokers would remain"
+                )
+            self.decommissioning.add(broker_id)
+        return sorted(self.decommissioning)
+
+    def _remove_broker(self, cmd: Mapping[str, Any]) -> int:
+        broker_id = _int(cmd, "id", 1)
+        if broker_id not in self.decommissioning:
+            raise InvalidRequestError(f"broker {broker_id} is not being decommissioned")
+        held = [p for t in self.topics.values() for p in t.partitions if broker_id in p.replicas]
+        if held or any(broker_id in p.target for t in self.topics.values() for p in t.partitions):
+            raise UnavailableError(f"broker {broker_id} still holds {len(held)} replica(s)")
+        self.decommissioning.discard(broker_id)
+        self.removed.add(broker_id)
+        self.brokers.pop(broker_id, None)
+        return broker_id
+
+    def decommission_moves(
+        self, live: Iterable[int]
+    ) -> list[tuple[str, int, tuple[int, ...], bool]]:
+        """The reassignments that move replicas off decommissioning brokers now (see
+        `replacement_moves`)."""
+        return self.replacement_moves(self.decommissioning, live)
+
+    def replacement_moves(
+        self, leaving: Iterable[int], live: Iterable[int]
+    ) -> list[tuple[str, int, tuple[int, ...], bool]]:
+        """The reassignments that move replicas off the ``leaving`` brokers (being
+        decommissioned, or dead for too long), as the controller leader would propose
+        them now: (topic, partition, new replicas, override) for each partition
+        holding such a replica, when enough ``live`` placeable brokers exist to keep
+        its replica count. A partition being reassigned already is only touched when
+        its target names a leaving broker: the target is then replaced (``override``),
+        so a move towards a broker that died does not wait for it forever. The leaving
+        broker's place goes to the live placeable broker with the fewest replicas
+        (ties: lowest id) not in the partition; the order of the others is kept, so a
+        leaving preferred leader hands that role to the next replica."""
+        gone = set(leaving)
+        live_set = set(live) - gone
+        counts = self.replica_counts()
+        moves = []
+        for t in sorted(self.topics.values(), key=lambda t: t.name):
+            for p in t.partitions:
+                base = p.target or p.replicas
+                out = [b for b in base if b in gone]
+                if not out:
+                    continue
+                keep = [b for b in base if b not in gone]
+                spare = sorted(
+                    (
+                        b
+                        for b in live_set
+                        if self.placeable(b) and b not in p.replicas and b not in p.target
+                    ),
+                    key=lambda b: (counts.get(b, 0), b),
+                )
+                if len(spare) < len(out):
+                    continue
+                chosen = spare[: len(out)]
+                for b in chosen:
+                    counts[b] = counts.get(b, 0) + 1
+                moves.append((t.name, p.partition, (*keep, *chosen), bool(p.target)))
+        return moves
+
+    def reassignments(self) -> list[dict[str, Any]]:
+        """Every reassignment in progress (the ListReassignmentsRequest reply rows)."""
+        return [
+            {
+                "topic": t.name,
+                "partition": p.partition,
+                "group_id": p.group_id,
+                "replicas": list(p.replicas),
+                "target": list(p.target),
+                "adding": [b for b in p.target if b not in p.replicas],
+                "removing": [b for b in p.replicas if b not in p.target],
+            }
+            for t in sorted(self.topics.values(), key=lambda t: t.name)
+            for p in t.partitions
+            if p.target
+        ]
+
     # -- queries -----------------------------------------------------------------------
 
     def partitions_of(self, broker_id: int) -> list[tuple[TopicRecord, PartitionAssignment]]:
-        """Every partition with a replica on ``broker_id``."""
+        """Every partition with a replica on ``broker_id``, or one being added there by
+        a reassignment (its target)."""
         return [
             (topic, part)
             for topic in self.topics.values()
             for part in topic.partitions
-            if broker_id in part.replicas
+            if broker_id in part.replicas or broker_id in part.target
         ]
 
     def heartbeat_reply(self, group: str, member_id: str) -> dict[str, Any]:
@@ -733,13 +1115,18 @@ class ControllerState:
                     [
                         t.name,
                         t.replication_factor,
-                        [[p.partition, p.group_id, list(p.replicas)] for p in t.partitions],
+                        [
+                            [p.partition, p.group_id, list(p.replicas), list(p.target)]
+                            for p in t.partitions
+                        ],
                         dict(t.configs),
                     ]
                     for t in self.topics.values()
                 ],
                 "next_group_id": self.next_group_id,
                 "next_producer_id": self.next_producer_id,
+                "decommissioning": sorted(self.decommissioning),
+                "removed": sorted(self.removed),
                 "groups": [
                     [
                         g.name,
@@ -778,11 +1165,19 @@ class ControllerState:
                 state.topics[name] = TopicRecord(
                     str(name),
                     int(rf),
-                    tuple(PartitionAssignment(int(p), int(g), tuple(r)) for p, g, r in parts),
+                    tuple(
+                        # v4 adds the reassignment target; older versions have none.
+                        PartitionAssignment(
+                            int(p), int(g), tuple(r), tuple(int(b) for b in (rest or [[]])[0])
+                        )
+                        for p, g, r, *rest in parts
+                    ),
                     {str(k): int(v) for k, v in configs.items()},
                 )
             state.next_group_id = int(doc["next_group_id"])
             state.next_producer_id = int(doc["next_producer_id"])
+            state.decommissioning = {int(b) for b in doc.get("decommissioning", [])}
+            state.removed = {int(b) for b in doc.get("removed", [])}
             for name, epoch, members, offsets, *rest in doc.get("groups", []):
                 group = Group(str(name), int(epoch), active_ms=int(rest[0]) if rest else 0)
                 for mid, topics, timeout, member_epoch, target, owned in members:

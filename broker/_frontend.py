@@ -76,7 +76,12 @@ from zstream.clients import (
     ZStreamError,
 )
 from zstream.clients._protocol import (
+    AddPartitionsRequest,
+    AlterTopicRequest,
     Buffer,
+    DecommissionBrokerRequest,
+    ListReassignmentsRequest,
+    ReassignPartitionRequest,
     Request,
     decode_request,
     encode_error_reply,
@@ -102,6 +107,11 @@ _SLOW_OPS = (
     ListGroupsRequest,
     DescribeGroupRequest,
     DeleteGroupRequest,
+    ReassignPartitionRequest,
+    ListReassignmentsRequest,
+    DecommissionBrokerRequest,
+    AlterTopicRequest,
+    AddPartitionsRequest,
 )
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
@@ -175,6 +185,18 @@ class Backend(Protocol):
     async def describe_group(self, name: str) -> dict[str, Any]: ...
 
     async def delete_group(self, name: str) -> None: ...
+
+    # Cluster operations: the controller leader answers; others raise NotControllerError.
+
+    async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]: ...
+
+    async def list_reassignments(self) -> list[dict[str, Any]]: ...
+
+    async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]: ...
+
+    async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]: ...
+
+    async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -389,6 +411,16 @@ class Frontend:
                 partition = backend.partition(args.topic, args.partition)
                 partition.check_leader()
                 return offset_for_time(partition, args.timestamp_ms), ()
+            case ReassignPartitionRequest():
+                return await backend.reassign_partition(args), ()
+            case ListReassignmentsRequest():
+                return {"reassignments": await backend.list_reassignments()}, ()
+            case DecommissionBrokerRequest():
+                return await backend.decommission_broker(args), ()
+            case AlterTopicRequest():
+                return await backend.alter_topic(args), ()
+            case AddPartitionsRequest():
+                return await backend.add_partitions(args), ()
             case SubscribeRequest():
                 return self._subscribe(identity, args), ()
             case CreditRequest():

@@ -30,6 +30,7 @@ from pathlib import Path
 from zstream import replication, storage
 from zstream.broker._controller import ControllerState, PartitionAssignment, TopicRecord
 from zstream.broker._idempotence import ProducerTable
+from zstream.broker._reassign import Reached, ReassignedReport, Transfer, next_step
 from zstream.clients import (
     Acks,
     NotLeaderError,
@@ -48,6 +49,8 @@ log = logging.getLogger("zstream.partitions")
 # How far back from the log end the producer table is rebuilt: a producer silent for
 # longer than this many records is forgotten (its next batch starts a new sequence).
 TAIL_RECORDS = 50_000
+# How long a reassignment's leadership transfer may take before it is asked again.
+_TRANSFER_RETRY_S = 2.0
 # Bytes per read while replaying the log tail into the producer table (one pread each).
 _REBUILD_READ_BYTES = 1024 * 1024
 
@@ -82,6 +85,7 @@ class RaftReplica:
         self.handle = handle
         self.log = raft_log
         self._hwm_cache = (-1, 0)  # (commit index, offset after it)
+        self.log_config: storage.LogConfig | None = None  # what the log was given last
         self.closed = False
         # Idempotent producers: rebuilt from the log tail when stale (at open, after a
         # leader change, after a proposal with an unknown outcome).
@@ -253,15 +257,23 @@ class RaftReplica:
         return True
 
 
+def _quiet(fut: asyncio.Future[int]) -> None:
+    """A reassignment's conf change proposal: its outcome shows in the next walk."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("reassign conf change failed: %s", fut.exception())
+
+
 def _open_log(
-    directory: Path, config: storage.LogConfig, voters: replication.ConfState
+    directory: Path, config: storage.LogConfig, voters: replication.ConfState | None
 ) -> tuple[replication.RaftLog, bool]:
-    """Open (recover) a partition's log and bootstrap its first configuration; says
-    whether the group is brand new."""
+    """Open (recover) a partition's log and bootstrap its first configuration (None: a
+    replica a reassignment adds, which waits, blank, for its leader); says whether the
+    group is brand new."""
     raft_log = replication.RaftLog.open(directory, config, records=True)
     try:
         fresh = raft_log.last_index() == 0 and raft_log.initial_state()[0].term == 0
-        raft_log.bootstrap(voters)
+        if voters is not None:
+            raft_log.bootstrap(voters)
     except BaseException:
         raft_log.close()
         raise
@@ -289,6 +301,9 @@ class PartitionManager:
         self._by_name: dict[tuple[str, int], RaftReplica] = {}
         self._lock = asyncio.Lock()
         self._leadership_changed = asyncio.Event()
+        # Per group standing on its reassignment target: the commit index then.
+        self._reached: dict[int, int] = {}
+        self._transfers: dict[int, float] = {}  # group id -> when a transfer was asked
 
     def get(self, topic: str, partition: int) -> RaftReplica | None:
         return self._by_name.get((topic, partition))
@@ -299,7 +314,10 @@ class PartitionManager:
     async def _open(self, topic: TopicRecord, part: PartitionAssignment) -> RaftReplica:
         directory = self._groups_dir / str(part.group_id)
         config = log_config_for(topic.configs, self._segment_bytes)
-        voters = replication.ConfState(voters=frozenset(part.replicas))
+        # A replica only in a reassignment's target joins an existing group: it must not
+        # bootstrap a configuration of its own (it would count itself a voter).
+        joining = self._broker_id not in part.replicas
+        voters = None if joining else replication.ConfState(voters=frozenset(part.replicas))
         # Recovery scans and fsyncs: in a thread, so serving goes on while a broker
         # opens (or a new topic creates) many partitions.
         raft_log, fresh = await asyncio.to_thread(_open_log, directory, config, voters)
@@ -310,6 +328,7 @@ class PartitionManager:
             raise
         gid = part.group_id
         replica = RaftReplica(handle, raft_log)
+        replica.log_config = config
 
         def leader_changed(leader: int, term: int) -> None:
             log.info("leader group=%d leader=%d term=%d", gid, leader, term)
@@ -317,7 +336,7 @@ class PartitionManager:
             self._leadership_changed.set()
 
         handle.on_leader_change(leader_changed)
-        if fresh and part.replicas[0] == self._broker_id:
+        if fresh and not joining and part.replicas[0] == self._broker_id:
             handle.campaign()  # the preferred leader: leaders spread as placed
         return replica
 
@@ -331,9 +350,10 @@ class PartitionManager:
                 self._close(group_id, replica)
                 directory = self._groups_dir / str(group_id)
                 await asyncio.to_thread(shutil.rmtree, directory, True)
-                log.info("partition removed group=%d (topic deleted)", group_id)
+                log.info("partition removed group=%d (topic deleted or replica moved)", group_id)
             for group_id, (topic, part) in sorted(wanted.items()):
                 if group_id in self._by_group:
+                    self._reconfigure(self._by_group[group_id], topic)
                     continue
                 try:
                     replica = await self._open(topic, part)
@@ -349,6 +369,19 @@ class PartitionManager:
                     group_id,
                     list(part.replicas),
                 )
+
+    def _reconfigure(self, replica: RaftReplica, topic: TopicRecord) -> None:
+        """A topic's configs altered: hand the replica's log its new settings."""
+        config = log_config_for(topic.configs, self._segment_bytes)
+        if config == replica.log_config or replica.closed:
+            return
+        try:
+            replica.log.reconfigure(config)
+        except (replication.RaftError, storage.StorageError):
+            log.exception("reconfigure failed group=%d", replica.handle.group_id)
+            return
+        replica.log_config = config
+        log.info("topic configs applied topic=%s group=%d", topic.name, replica.handle.group_id)
 
     def _close(self, group_id: int, replica: RaftReplica) -> None:
         replica.closed = True
@@ -405,6 +438,68 @@ class PartitionManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leadership_changed.wait(), left)
         return sum(1 for r in moving if r.is_leader)
+
+    def walk_reassignments(
+        self, state: ControllerState, max_lag_entries: int
+    ) -> list[ReassignedReport]:
+        """One step of every reassignment whose partition this broker leads (see
+        broker/_reassign.py): propose the next configuration change or leadership
+        transfer. Returns a report for each group that stands on its target, once a
+        majority of the target holds the log up to the commit index seen when it got
+        there (a dead target member must not hold the report back; the others learn
+        that the configuration is final from the next heartbeat)."""
+        reports = []
+        for topic, part in state.partitions_of(self._broker_id):
+            if not part.target:
+                self._reached.pop(part.group_id, None)
+                continue
+            replica = self._by_group.get(part.group_id)
+            if replica is None or not replica.is_leader:
+                continue
+            handle = replica.handle
+            matches = {n: pr[0] for n, pr in handle.progress().items()}
+            commit = handle.commit_index
+            target = frozenset(part.target)
+            step = next_step(
+                handle.conf_state,
+                self._broker_id,
+                target,
+                matches,
+                commit,
+                max_lag_entries,
+                self._host.down_peers(),
+            )
+            if isinstance(step, Reached):
+                at = self._reached.setdefault(part.group_id, commit)
+                holding = sum(1 for n in target if n == self._broker_id or matches.get(n, 0) >= at)
+                if holding > len(target) // 2:
+                    reports.append(
+                        ReassignedReport(
+                            topic.name, part.partition, part.group_id, tuple(sorted(target))
+                        )
+                    )
+                continue
+            self._reached.pop(part.group_id, None)
+            if step is None:
+                continue
+            try:
+                if isinstance(step, Transfer):
+                    # The leader refuses proposals while a transfer runs: one attempt per
+                    # _TRANSFER_RETRY_S, so a failed one (abandoned by the core after an
+                    # election timeout) leaves producers room in between.
+                    now = time.monotonic()
+                    if now - self._transfers.get(part.group_id, 0.0) < _TRANSFER_RETRY_S:
+                        continue
+                    self._transfers[part.group_id] = now
+                    log.info("reassign group=%d transfer leadership to %d", part.group_id, step.to)
+                    handle.transfer_leader(step.to)
+                else:
+                    log.info("reassign group=%d conf change %s", part.group_id, step.changes)
+                    fut = handle.propose_conf_change(step)
+                    fut.add_done_callback(_quiet)
+            except replication.RaftError as exc:
+                log.debug("reassign group=%d step deferred: %s", part.group_id, exc)
+        return reports
 
     async def close(self) -> None:
         async with self._lock:

@@ -35,10 +35,15 @@ from zstream.broker._config import BrokerConfig
 from zstream.broker._controller import (
     CONTROLLER_GROUP_ID,
     ControllerState,
+    PartitionAssignment,
     TopicRecord,
+    add_partitions_command,
     allocate_producer_id_command,
+    alter_topic_configs_command,
     commit_offsets_command,
+    complete_reassignment_command,
     create_topic_command,
+    decommission_broker_command,
     delete_topic_command,
     expire_offsets_command,
     group_delete_command,
@@ -46,7 +51,9 @@ from zstream.broker._controller import (
     group_join_or_update_command,
     group_leave_command,
     heartbeat_interval_ms,
+    reassign_partition_command,
     register_broker_command,
+    remove_broker_command,
     validate_topic_configs,
 )
 from zstream.broker._discovery import (
@@ -60,12 +67,21 @@ from zstream.broker._frontend import Frontend
 from zstream.broker._groups import Sessions
 from zstream.broker._metrics import BrokerMetrics
 from zstream.broker._partitions import PartitionManager, RaftReplica, translate_raft_error
+from zstream.broker._reassign import (
+    Reached,
+    ReassignedReport,
+    Transfer,
+    decode_report,
+    encode_report,
+    next_step,
+)
 from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
     CreateTopicRequest,
     FetchOffsetsRequest,
     GroupHeartbeatRequest,
+    InvalidRequestError,
     NotControllerError,
     NotLeaderError,
     UnavailableError,
@@ -75,7 +91,14 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from zstream.clients._protocol import MIN_SESSION_TIMEOUT_MS, Buffer
+from zstream.clients._protocol import (
+    MIN_SESSION_TIMEOUT_MS,
+    AddPartitionsRequest,
+    AlterTopicRequest,
+    Buffer,
+    DecommissionBrokerRequest,
+    ReassignPartitionRequest,
+)
 
 __all__ = ["Broker", "Controller", "GroupCoordinator"]
 
@@ -95,6 +118,20 @@ _DUTY_INTERVAL_S = 1.0
 # brokers only look every half duty interval whether they lead yet.)
 _SESSION_CHECK_S = MIN_SESSION_TIMEOUT_MS / 1000 / 5
 _CATCH_UP_TIMEOUT_S = 5.0
+# A restarted broker waits this long, at most, for the controller state to catch up
+# before serving clients (checking every _METADATA_POLL_S).
+_METADATA_CATCH_UP_S = 10.0
+_METADATA_POLL_S = 0.02
+# Reassignments: how often each partition leader takes the next step of the walks it
+# leads, and how often it repeats a report the controller has not acted on yet.
+_REASSIGN_INTERVAL_S = 0.2
+_REPORT_EVERY_S = 1.0
+# A learner this close to the commit index (in entries) is promoted: under continuous
+# produce it never reaches the very end, and a joint configuration commits without
+# it anyway (the old voters' majority and the new one's overlap in the others).
+_LEARNER_MAX_LAG_ENTRIES = 256
+# How often the controller leader takes the next step of a decommission.
+_DECOMMISSION_EVERY_S = 1.0
 
 
 class Controller:
@@ -320,6 +357,11 @@ def _sync_and_compact(raft_log: replication.RaftLog, index: int, data: bytes) ->
     raft_log.compact(index, data)
 
 
+def _quiet_conf_change(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.info("controller group change failed: %s", fut.exception())
+
+
 def _wall_ms() -> int:
     """Wall-clock milliseconds, for retention decisions carried in commands."""
     return int(time.time() * 1000)
@@ -483,6 +525,11 @@ class Broker:
         self.metrics_port: int | None = None
         self._membership_changed = asyncio.Event()
         self.groups = GroupCoordinator(self.controller)
+        # Reassignment reports received as the controller leader, by group id.
+        self._reports: dict[int, ReassignedReport] = {}
+        self._reported_at: dict[int, float] = {}
+        # As the controller leader: since when each registered broker is absent.
+        self._absent_since: dict[int, float] = {}
 
     def _make_registry(self) -> EtcdRegistry | StaticRegistry:
         cfg = self.config
@@ -514,6 +561,7 @@ class Broker:
         )
         self.host = host
         host.on_peer_address(self._learn_peer)
+        host.on_app_message(self._on_app_message)
         self.partitions = PartitionManager(
             cfg.broker_id, cfg.data_dir, host, self._raft_config, cfg.segment_bytes
         )
@@ -535,7 +583,17 @@ class Broker:
                 chosen = sorted(members)[: min(MAX_CONTROLLER_VOTERS, expect)]
                 voters = frozenset(chosen) if cfg.broker_id in chosen else None
                 log.info("controller forming voters=%s", sorted(chosen))
+            restarted = not self.controller.is_fresh()
             self.controller.start(host, self._raft_config(), voters)
+            if cfg.broker_id in self.controller.state.removed:
+                log.error(
+                    "broker %d was decommissioned and removed from the cluster: refusing to "
+                    "start (a new broker needs a new id and an empty data dir)",
+                    cfg.broker_id,
+                )
+                return
+            if restarted:
+                await self._catch_up_metadata()
             self.frontend = Frontend(
                 self,
                 cfg.client_addr,
@@ -552,6 +610,7 @@ class Broker:
             tasks.append(asyncio.create_task(self._controller_duties(), name="duties"))
             tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
             tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
+            tasks.append(asyncio.create_task(self._reassign_loop(), name="reassign"))
             log.info(
                 "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
                 cfg.broker_id,
@@ -569,6 +628,20 @@ class Broker:
                     raise error
         finally:
             await self._shutdown(tasks)
+
+    async def _catch_up_metadata(self) -> None:
+        """On a restart, before serving clients: wait (at most _METADATA_CATCH_UP_S)
+        until group 0 has a leader and this broker applied what it knows committed.
+        The saved state may predate topics created since; serving it would tell
+        clients those topics do not exist (a non-retriable UNKNOWN_TOPIC)."""
+        handle = self.controller.handle
+        assert handle is not None
+        deadline = time.monotonic() + _METADATA_CATCH_UP_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if handle.leader and handle.applied_index >= handle.commit_index:
+                return
+            await asyncio.sleep(_METADATA_POLL_S)
+        log.warning("serving before the controller state caught up")
 
     async def _until_stopped(self, awaitable: Any) -> Members | None:
         wait = asyncio.ensure_future(awaitable)
@@ -606,6 +679,12 @@ class Broker:
             for b in self.controller.state.brokers.values():
                 if b.id not in self.registry.members:
                     self._add_peer(b.id, b.peer_addr)
+            if self.config.broker_id in self.controller.state.removed:
+                log.error(
+                    "broker %d was decommissioned and removed from the cluster: stopping",
+                    self.config.broker_id,
+                )
+                self.request_stop()
             await self.partitions.reconcile(self.controller.state)
             await self.controller.save_snapshot()
 
@@ -647,6 +726,8 @@ class Broker:
         handle = self.controller.handle
         assert handle is not None
         for b in sorted(self.registry.members.values(), key=lambda b: b.id):
+            if b.id in state.removed:
+                continue  # decommissioned for good: refused a place
             known = state.brokers.get(b.id)
             if known is None or (known.client_addr, known.peer_addr) != (
                 b.client_addr,
@@ -664,10 +745,214 @@ class Broker:
                 await handle.propose_conf_change(change)
                 log.info("controller added broker id=%d as a learner of group 0", b.id)
 
+    # -- reassignment ----------------------------------------------------------------------
+
+    def _on_app_message(self, frm: int, data: bytes) -> None:
+        """A peer's reassignment report (broker/_reassign.py); kept, as the controller
+        leader, for `_reassign_loop` to act on. Bad input is logged and dropped."""
+        try:
+            report = decode_report(data)
+        except InvalidRequestError as exc:
+            log.warning("bad app message from broker %d: %s", frm, exc)
+            return
+        if self.controller.is_leader:
+            self._reports[report.group_id] = report
+
+    async def _reassign_loop(self) -> None:
+        """Walk the reassignments this broker leads (PartitionManager), send the
+        controller leader the reports of those that reached their target, and, as the
+        controller leader, complete the reported ones."""
+        last_decommission = 0.0
+        while True:
+            await asyncio.sleep(_REASSIGN_INTERVAL_S)
+            now = time.monotonic()
+            try:
+                await self._reassign_pass(now)
+                if self.controller.is_leader and now - last_decommission >= _DECOMMISSION_EVERY_S:
+                    last_decommission = now
+                    await self._decommission_step()
+                    await self._replace_dead_step(now)
+            except (ZStreamError, replication.RaftError, storage.StorageError) as exc:
+                # Never the end of the broker: the next pass decides again from scratch.
+                log.info("reassignment pass deferred: %s", exc)
+
+    async def _reassign_pass(self, now: float) -> None:
+        assert self.partitions is not None
+        assert self.host is not None
+        state = self.controller.state
+        for report in self.partitions.walk_reassignments(state, _LEARNER_MAX_LAG_ENTRIES):
+            if now - self._reported_at.get(report.group_id, 0.0) < _REPORT_EVERY_S:
+                continue
+            self._reported_at[report.group_id] = now
+            if self.controller.is_leader:
+                self._reports[report.group_id] = report
+            elif self.controller.leader is not None:
+                self.host.send_app(self.controller.leader, encode_report(report))
+        if not self.controller.is_leader:
+            self._reports.clear()
+            self._absent_since.clear()  # a later term starts the clocks afresh
+            return
+        for group_id, report in list(self._reports.items()):
+            del self._reports[group_id]
+            await self._complete(report)
+
+    def _live(self) -> set[int]:
+        """Brokers discovery lists and the host has heard from lately."""
+        down = self.host.down_peers() if self.host is not None else frozenset()
+        return set(self.registry.members) - down
+
+    async def _decommission_step(self) -> None:
+        """As the controller leader: move replicas off decommissioning brokers (a few
+        at a time: the controller bounds moves per broker), take them out of the
+        controller group, and remove each one that holds nothing any more."""
+        state = self.controller.state
+        if not state.decommissioning:
+            return
+        live = self._live()
+        for topic, partition, replicas, override in state.decommission_moves(live):
+            try:
+                await self.controller.propose(
+                    reassign_partition_command(
+                        topic, partition, replicas, sorted(live), override=override
+                    )
+                )
+            except UnavailableError:
+                continue  # that broker receives enough already: later
+            log.info("decommission: moving topic=%s partition=%d to %s", topic, partition, replicas)
+        handle = self.controller.handle
+        assert handle is not None
+        for broker_id in sorted(state.decommissioning):
+            conf = handle.conf_state
+            if broker_id in conf.all_voters():
+                self._controller_group_step(broker_id, live)
+                continue
+            if any(
+                broker_id in p.replicas or broker_id in p.target
+                for t in state.topics.values()
+                for p in t.partitions
+            ):
+                continue
+            await self.controller.propose(remove_broker_command(broker_id))
+            log.info("decommission: broker %d removed", broker_id)
+            if broker_id in handle.conf_state.learners:
+                change = replication.ConfChange(
+                    ((replication.ConfChangeType.REMOVE_NODE, broker_id),)
+                )
+                await handle.propose_conf_change(change)
+
+    async def _replace_dead_step(self, now: float) -> None:
+        """As the controller leader: a registered broker absent (from discovery, or
+        silent on the peer links) for ``replica_replace_after_ms`` has its replicas
+        re-placed on live brokers, through the same reassignment as a decommission,
+        and only where enough live brokers exist to keep each partition's replica
+        count; its controller vote goes to a live learner. The clock is the leader's
+        own (a new controller leader starts it again) and stops when the broker
+        returns: nothing new is moved off it then (moves under way finish)."""
+        state = self.controller.state
+        live = self._live()
+        for broker_id in list(self._absent_since):
+            if broker_id in live or broker_id not in state.brokers:
+                del self._absent_since[broker_id]
+                log.info("broker %d is back (or gone): its replicas stay", broker_id)
+        for broker_id in state.brokers:
+            if broker_id not in live and broker_id not in state.decommissioning:
+                self._absent_since.setdefault(broker_id, now)
+        limit_s = self.config.replica_replace_after_ms / 1000
+        dead = {b for b, since in self._absent_since.items() if now - since >= limit_s}
+        if not dead:
+            return
+        for topic, partition, replicas, override in state.replacement_moves(dead, live):
+            try:
+                await self.controller.propose(
+                    reassign_partition_command(
+                        topic, partition, replicas, sorted(live), override=override
+                    )
+                )
+            except UnavailableError:
+                continue  # the receiving broker is busy: later
+            log.info(
+                "dead broker(s) %s: moving topic=%s partition=%d to %s",
+                sorted(dead),
+                topic,
+                partition,
+                replicas,
+            )
+        handle = self.controller.handle
+        assert handle is not None
+        for broker_id in sorted(dead):
+            if broker_id in handle.conf_state.all_voters():
+                self._controller_group_step(broker_id, live)
+
+    def _controller_group_step(self, leaving: int, live: set[int]) -> None:
+        """Walk group 0's voters towards "without ``leaving``": the live placeable
+        learner with the lowest id takes its place (none: the group shrinks). The same
+        decision as a partition's (next_step), over the voters only: group 0's other
+        learners (every other broker) stay."""
+        handle = self.controller.handle
+        assert handle is not None
+        conf = handle.conf_state
+        state = self.controller.state
+        voters = conf.voters - {leaving}
+        spare = sorted(b for b in conf.learners if b in live and state.placeable(b))
+        target = frozenset(voters | set(spare[:1])) if spare else frozenset(voters)
+        if not target:
+            return
+        view = replication.ConfState(
+            voters=conf.voters,
+            learners=conf.learners & target,
+            voters_outgoing=conf.voters_outgoing,
+        )
+        matches = {n: pr[0] for n, pr in handle.progress().items()}
+        step = next_step(
+            view,
+            self.config.broker_id,
+            target,
+            matches,
+            handle.commit_index,
+            _LEARNER_MAX_LAG_ENTRIES,
+            self.host.down_peers() if self.host is not None else frozenset(),
+        )
+        if step is None or isinstance(step, Reached):
+            return
+        try:
+            if isinstance(step, Transfer):
+                log.info("broker %d leaving: controller leadership to %d", leaving, step.to)
+                handle.transfer_leader(step.to)
+            else:
+                log.info("broker %d leaving: controller group change %s", leaving, step.changes)
+                handle.propose_conf_change(step).add_done_callback(_quiet_conf_change)
+        except replication.RaftError as exc:
+            log.info("broker %d leaving: controller group step deferred: %s", leaving, exc)
+
+    async def _complete(self, report: ReassignedReport) -> None:
+        topic = self.controller.state.topics.get(report.topic)
+        if topic is None or report.partition >= len(topic.partitions):
+            return
+        part = topic.partitions[report.partition]
+        if part.group_id != report.group_id or set(part.target) != set(report.voters):
+            return  # stale: finished already, or another target since
+        try:
+            await self.controller.propose(
+                complete_reassignment_command(
+                    report.topic, report.partition, report.group_id, report.voters
+                )
+            )
+        except ZStreamError as exc:
+            log.info("reassignment completion deferred group=%d: %s", report.group_id, exc)
+            return
+        log.info(
+            "reassignment done topic=%s partition=%d replicas=%s",
+            report.topic,
+            report.partition,
+            list(part.target),
+        )
+
     async def _shutdown(self, tasks: Sequence[asyncio.Task[Any]]) -> None:
         log.info("broker stopping id=%d", self.config.broker_id)
         serving = [
-            t for t in tasks if t.get_name() in ("frontend", "duties", "sessions", "reconcile")
+            t
+            for t in tasks
+            if t.get_name() in ("frontend", "duties", "sessions", "reconcile", "reassign")
         ]
         for task in serving:
             task.cancel()
@@ -745,15 +1030,26 @@ class Broker:
             parts.append(
                 {
                     "partition": p.partition,
+                    "group_id": p.group_id,  # its Raft group (data under groups/<id>)
                     "leader": leader,
                     "replicas": list(p.replicas),
+                    # A reassignment in progress: where the replicas are going.
+                    "target": list(p.target) if p.target else None,
                     "live_replicas": [b for b in p.replicas if b in live],
                     "hwm": replica.high_watermark if leads_here and replica else None,
                     # This broker's own copy: how far its log reaches (a follower's lag).
                     "local_end": replica.log_end_offset if replica is not None else None,
+                    "local_start": replica.log_start_offset if replica is not None else None,
                     "log_start": replica.log_start_offset if leads_here and replica else None,
                 }
             )
+            if leads_here and replica is not None:
+                # The Raft group's own view, as its leader holds it (a reassignment's
+                # progress: learners catching up, then the joint configuration).
+                conf = replica.handle.conf_state
+                parts[-1]["voters"] = sorted(conf.voters)
+                parts[-1]["learners"] = sorted(conf.learners)
+                parts[-1]["joint"] = conf.joint
         return {
             "name": topic.name,
             "replication_factor": topic.replication_factor,
@@ -767,8 +1063,21 @@ class Broker:
         known = {b.id: b.client_addr for b in state.brokers.values()}
         for b in live.values():
             known.setdefault(b.id, b.client_addr)
+        counts = state.replica_counts()
+
+        def role(bid: int) -> str:
+            if bid in state.removed:
+                return "removed"
+            return "decommissioning" if bid in state.decommissioning else "active"
+
         brokers = [
-            {"id": bid, "client_addr": addr, "alive": bid in live}
+            {
+                "id": bid,
+                "client_addr": addr,
+                "alive": bid in live,
+                "state": role(bid),
+                "replicas": counts.get(bid, 0),
+            }
             for bid, addr in sorted(known.items())
         ]
         names = sorted(state.topics) if topics is None else [t for t in topics if t in state.topics]
@@ -812,6 +1121,59 @@ class Broker:
         if self.partitions is not None:
             await self.partitions.reconcile(self.controller.state)
         log.info("topic deleted name=%s", name)
+
+    async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]:
+        live = sorted(self.registry.members)
+        result = await self.controller.propose(
+            reassign_partition_command(request.topic, request.partition, request.replicas, live)
+        )
+        if not isinstance(result, PartitionAssignment):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"reassign_partition applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info(
+            "reassignment recorded topic=%s partition=%d target=%s",
+            request.topic,
+            request.partition,
+            list(result.target or result.replicas),
+        )
+        return {
+            "topic": request.topic,
+            "partition": result.partition,
+            "replicas": list(result.replicas),
+            "target": list(result.target) if result.target else None,
+        }
+
+    async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]:
+        live = sorted(self._live())
+        result = await self.controller.propose(
+            add_partitions_command(request.name, request.count, live)
+        )
+        if not isinstance(result, TopicRecord):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"add_partitions applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info("partitions added name=%s count=%d", request.name, request.count)
+        return self._topic_doc(result)
+
+    async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
+        configs = validate_topic_configs(request.configs)
+        result = await self.controller.propose(alter_topic_configs_command(request.name, configs))
+        if not isinstance(result, TopicRecord):  # pragma: no cover - a controller bug
+            raise UnknownServerError(f"alter_topic_configs applied as {result!r}")
+        if self.partitions is not None:
+            await self.partitions.reconcile(self.controller.state)
+        log.info("topic configs altered name=%s configs=%s", request.name, dict(result.configs))
+        return self._topic_doc(result)
+
+    async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
+        leaving = await self.controller.propose(decommission_broker_command(request.broker_id))
+        log.info("decommission recorded broker=%d", request.broker_id)
+        return {"decommissioning": leaving}
+
+    async def list_reassignments(self) -> list[dict[str, Any]]:
+        await self.controller.caught_up()
+        return self.controller.state.reassignments()
 
     async def init_producer(self) -> dict[str, Any]:
         pid = await self.controller.propose(allocate_producer_id_command())

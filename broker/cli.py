@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import sys
 import time
@@ -47,6 +48,7 @@ from zstream.clients import (
     ZStreamError,
 )
 from zstream.clients._admin import partition_bounds
+from zstream.clients._protocol import ListReassignmentsRequest
 
 __all__ = ["DEV_BOOTSTRAP", "build_parser", "main"]
 
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster-name", dest="cluster_name", help="etcd key namespace")
     b.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
     b.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    _add_broker_actions(b)
 
     d = sub.add_parser(
         "dev",
@@ -174,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "describe":
             p.add_argument("name")
         _add_bootstrap(p)
+        _add_output(p)
+    _add_topic_alter_parser(tsub)
     td = tsub.add_parser("delete", help="delete a topic and its data")
     td.add_argument("name")
     _add_bootstrap(td)
@@ -239,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="brokers, controller and partitions")
     _add_bootstrap(s)
+    _add_output(s)
 
     g = sub.add_parser(
         "group", help="list, describe, reset the offsets of, or delete consumer groups"
@@ -281,13 +287,139 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gdel.add_argument("name", metavar="GROUP")
     _add_bootstrap(gdel)
+    _add_group_output(gsub)
+    _add_partition_parser(sub)
     return parser
+
+
+def _broker_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of broker ids: {text!r}") from None
+    if not ids or any(b <= 0 for b in ids):
+        raise argparse.ArgumentTypeError(f"broker ids must be > 0: {text!r}")
+    return ids
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON document on stdout (shapes in docs/operations.md)",
+    )
+
+
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _add_topic_alter_parser(tsub: Any) -> None:
+    ta = tsub.add_parser(
+        "alter",
+        help="change a topic's configs",
+        description="Change a topic's configs; every replica applies them (retention at "
+        "its next check, segment_bytes from its next segment).",
+    )
+    ta.add_argument("name")
+    ta.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE",
+        help="retention_bytes, retention_ms or segment_bytes (repeatable)",
+    )
+    _add_bootstrap(ta)
+    tp = tsub.add_parser(
+        "add-partitions",
+        help="grow a topic",
+        description="Grow a topic to COUNT partitions (placed like a new topic's); "
+        "consumer groups subscribing to it are reassigned.",
+    )
+    tp.add_argument("name")
+    tp.add_argument("--count", type=_positive_int, required=True, help="the new total")
+    _add_bootstrap(tp)
+
+
+def _topic_alter(args: argparse.Namespace) -> int:
+    async def go(admin: Admin) -> int:
+        if args.topic_command == "add-partitions":
+            doc = await admin.add_partitions(args.name, args.count)
+        else:
+            doc = await admin.alter_topic(args.name, _parse_configs(args.settings))
+        _print_topic(doc)
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
+def _add_broker_actions(b: argparse.ArgumentParser) -> None:
+    """``zstream broker decommission ID``: an operator action beside running one."""
+    b.add_argument(
+        "action",
+        nargs="?",
+        choices=["decommission"],
+        help="decommission: move every replica off broker ID, then remove it for good",
+    )
+    b.add_argument("target_id", nargs="?", type=_positive_int, metavar="ID")
+    b.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT[,...]",
+        default=os.environ.get("ZSTREAM_BOOTSTRAP", DEV_BOOTSTRAP),
+        help="with an action: brokers to contact (default: $ZSTREAM_BOOTSTRAP, else "
+        f"{DEV_BOOTSTRAP})",
+    )
+
+
+def _decommission(args: argparse.Namespace) -> int:
+    if args.target_id is None:
+        raise UserError("decommission needs the broker ID")
+
+    async def go(admin: Admin) -> int:
+        leaving = await admin.decommission_broker(args.target_id)
+        print(
+            f"broker {args.target_id}: decommissioning (leaving: {_ids(leaving)}); "
+            "progress in `zstream status`"
+        )
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
+def _add_partition_parser(sub: Any) -> None:
+    pa = sub.add_parser("partition", help="move partition replicas (reassignment)")
+    psub = pa.add_subparsers(dest="partition_command", metavar="ACTION", required=True)
+    pr = psub.add_parser(
+        "reassign",
+        help="move a partition to other brokers",
+        description="Record a new replica set for a partition; its leader moves the "
+        "replicas there (new ones catch up as learners, then a joint configuration "
+        "promotes them and removes the old). Returns at once: watch "
+        "`zstream partition reassignments`.",
+    )
+    pr.add_argument("topic")
+    pr.add_argument("partition", type=int)
+    pr.add_argument(
+        "--replicas",
+        type=_broker_ids,
+        required=True,
+        metavar="ID[,ID...]",
+        help="the new replica set, the preferred leader first (e.g. 1,2,4)",
+    )
+    _add_bootstrap(pr)
+    pl = psub.add_parser("reassignments", help="list reassignments in progress")
+    _add_bootstrap(pl)
+    _add_output(pl)
 
 
 # -- the commands -------------------------------------------------------------------------
 
 
 def _broker(args: argparse.Namespace) -> int:
+    if args.action == "decommission":
+        return _decommission(args)
     from zstream.broker._metrics import configure_logging
     from zstream.broker._server import Broker, install_signal_handlers
 
@@ -390,6 +522,9 @@ def _print_topic(doc: dict[str, Any]) -> None:
 
 
 def _topic(args: argparse.Namespace) -> int:
+    if args.topic_command in ("alter", "add-partitions"):
+        return _topic_alter(args)
+
     async def go(cluster: ClusterClient) -> int:
         action = args.topic_command
         if action == "create":
@@ -403,12 +538,19 @@ def _topic(args: argparse.Namespace) -> int:
             )
             _print_topic(doc)
         elif action == "list":
-            for name in (await cluster.call_any(ListTopicsRequest())).result["topics"]:
+            names = (await cluster.call_any(ListTopicsRequest())).result["topics"]
+            if args.output == "json":
+                _print_json({"topics": names})
+            for name in names if args.output == "text" else ():
                 print(name)
         elif action == "describe":
             doc = (await cluster.call_any(DescribeTopicRequest(args.name))).result
             reports = await _reports(cluster, await cluster.refresh())
-            _print_topic(_merge_leader_view(doc, reports))
+            merged = _merge_leader_view(doc, reports)
+            if args.output == "json":
+                _print_json(merged)
+            else:
+                _print_topic(merged)
         else:
             await cluster.call_controller(DeleteTopicRequest(args.name))
             print(f"deleted topic {args.name}")
@@ -713,11 +855,17 @@ def _merge_leader_view(topic: dict[str, Any], reports: list[dict[str, Any]]) -> 
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.output == "json":
+        return _run(_status_json, args.bootstrap)
+
     async def go(cluster: ClusterClient) -> int:
         meta = await cluster.refresh()
         print("brokers:")
         for b in meta["brokers"]:
-            print(f"  {b['id']:>3}  {b['client_addr']:<24} {'alive' if b['alive'] else 'DOWN'}")
+            print(
+                f"  {b['id']:>3}  {b['client_addr']:<24} {'alive' if b['alive'] else 'DOWN':<5}"
+                f"{_broker_role(b)}"
+            )
         controller = meta.get("controller")
         print(f"controller: {'broker ' + str(controller) if controller else 'none'}")
         reports = await _reports(cluster, meta)
@@ -737,9 +885,52 @@ def _status(args: argparse.Namespace) -> int:
                 )
         if not meta["topics"]:
             print("  (no topics)")
+        await _print_reassignments(cluster)
         return 0
 
     return _run(go, args.bootstrap)
+
+
+async def _status_json(cluster: ClusterClient) -> int:
+    """``zstream status --output json``: metadata with each partition as its leader
+    reports it, plus the reassignments in progress (None when the controller does
+    not answer)."""
+    meta = await cluster.refresh()
+    reports = await _reports(cluster, meta)
+    try:
+        reply = await cluster.call_controller(ListReassignmentsRequest())
+        moving: list[dict[str, Any]] | None = reply.result["reassignments"]
+    except ZStreamError:
+        moving = None
+    _print_json(
+        {
+            "brokers": meta["brokers"],
+            "controller": meta.get("controller"),
+            "topics": [_merge_leader_view(t, reports) for t in meta["topics"]],
+            "reassignments": moving,
+        }
+    )
+    return 0
+
+
+def _broker_role(b: dict[str, Any]) -> str:
+    """A broker's decommission state and replica count, for `zstream status`."""
+    state = b.get("state", "active")
+    replicas = b.get("replicas")
+    count = "" if replicas is None else f"  replicas={replicas}"
+    return count + ("" if state == "active" else f"  {state.upper()}")
+
+
+async def _print_reassignments(cluster: ClusterClient) -> None:
+    try:
+        reply = await cluster.call_controller(ListReassignmentsRequest())
+    except ZStreamError as exc:
+        print(f"reassignments: unknown ({exc})")
+        return
+    rows = reply.result["reassignments"]
+    print(f"reassignments in progress: {len(rows)}")
+    for line in _format_reassignments(rows) if rows else []:
+        print(f"  {line}")
 
 
 def _run_admin(coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], bootstrap: str) -> int:
@@ -844,7 +1035,30 @@ async def _reset_offsets(args: argparse.Namespace, admin: Admin) -> int:
     return 0
 
 
+def _add_group_output(gsub: Any) -> None:
+    """``--output json`` on ``group list`` and ``group describe``."""
+    for action in ("list", "describe"):
+        _add_output(gsub.choices[action])
+
+
+def _group_json(args: argparse.Namespace) -> int:
+    """``group list``: {"groups": [name]}; ``group describe``: Admin.describe_group's
+    document (members, offsets, and the per-partition rows with lag)."""
+
+    async def go(admin: Admin) -> int:
+        if args.group_command == "list":
+            _print_json({"groups": await admin.list_groups()})
+        else:
+            _print_json(await admin.describe_group(args.name))
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
 def _group(args: argparse.Namespace) -> int:
+    if getattr(args, "output", "text") == "json" and args.group_command in ("list", "describe"):
+        return _group_json(args)
+
     async def go(admin: Admin) -> int:
         if args.group_command == "list":
             for name in await admin.list_groups():
@@ -857,6 +1071,44 @@ def _group(args: argparse.Namespace) -> int:
         else:
             await admin.delete_group(args.name)
             print(f"deleted group {args.name}")
+        return 0
+
+    return _run_admin(go, args.bootstrap)
+
+
+def _format_reassignments(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["no reassignments in progress"]
+    lines = [f"{'topic':<20} {'part':>4}  {'replicas':<12} {'target':<12} {'adding':<8} removing"]
+    for r in rows:
+        lines.append(
+            f"{r['topic']:<20} {r['partition']:>4}  {_ids(r['replicas']):<12} "
+            f"{_ids(r['target']):<12} {_ids(r['adding']):<8} {_ids(r['removing'])}"
+        )
+    return lines
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids)) or "-"
+
+
+def _partition(args: argparse.Namespace) -> int:
+    async def go(admin: Admin) -> int:
+        if args.partition_command == "reassign":
+            doc = await admin.reassign_partition(args.topic, args.partition, args.replicas)
+            if doc["target"] is None:
+                print(f"{args.topic}/{doc['partition']}: replicas {_ids(doc['replicas'])}")
+            else:
+                print(
+                    f"{args.topic}/{doc['partition']}: moving {_ids(doc['replicas'])} -> "
+                    f"{_ids(doc['target'])}"
+                )
+        else:
+            rows = await admin.list_reassignments()
+            if args.output == "json":
+                _print_json({"reassignments": rows})
+            for line in _format_reassignments(rows) if args.output == "text" else ():
+                print(line)
         return 0
 
     return _run_admin(go, args.bootstrap)
@@ -877,6 +1129,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "consume": _consume,
     "status": _status,
     "group": _group,
+    "partition": _partition,
 }
 
 

@@ -9,8 +9,11 @@ from typing import Any
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._errors import OffsetOutOfRangeError, ZStreamError
 from zstream.clients._protocol import (
+    AddPartitionsRequest,
+    AlterTopicRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
+    DecommissionBrokerRequest,
     DeleteGroupRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
@@ -18,9 +21,11 @@ from zstream.clients._protocol import (
     FetchOffsetsRequest,
     FetchRequest,
     ListGroupsRequest,
+    ListReassignmentsRequest,
     ListTopicsRequest,
     MetadataRequest,
     OffsetsForTimeRequest,
+    ReassignPartitionRequest,
 )
 
 __all__ = ["Admin", "partition_bounds"]
@@ -59,6 +64,16 @@ class Admin:
     ) -> dict[str, Any]:
         request = CreateTopicRequest(name, partitions, replication_factor, dict(configs or {}))
         return (await self._cluster.call_controller(request)).result
+
+    async def alter_topic(self, name: str, configs: Mapping[str, int]) -> dict[str, Any]:
+        """Change a topic's configs (merged into its own; see AlterTopicRequest);
+        returns the topic's description."""
+        request = AlterTopicRequest(name, dict(configs))
+        return (await self._cluster.call_controller(request)).result
+
+    async def add_partitions(self, name: str, count: int) -> dict[str, Any]:
+        """Grow a topic to ``count`` partitions; returns its description."""
+        return (await self._cluster.call_controller(AddPartitionsRequest(name, count))).result
 
     async def delete_topic(self, name: str) -> None:
         await self._cluster.call_controller(DeleteTopicRequest(name))
@@ -204,6 +219,34 @@ class Admin:
                     if p.get("hwm") is not None and p.get("log_start") is not None:
                         out[(topic["name"], p["partition"])] = (p["log_start"], p["hwm"])
         return out
+
+    # -- cluster operations (the controller answers) --------------------------------------
+
+    async def reassign_partition(
+        self, topic: str, partition: int, replicas: Sequence[int]
+    ) -> dict[str, Any]:
+        """Move a partition's replicas to ``replicas`` (the first: preferred leader).
+        Returns at once, with ``{"topic", "partition", "replicas", "target"}``: the
+        partition's leader carries the move out (learners catch up, then a joint
+        configuration); watch it with `list_reassignments`. See
+        ReassignPartitionRequest for the errors."""
+        request = ReassignPartitionRequest(topic, partition, list(replicas))
+        return (await self._cluster.call_controller(request)).result
+
+    async def list_reassignments(self) -> list[dict[str, Any]]:
+        """Reassignments in progress: ``{"topic", "partition", "group_id", "replicas",
+        "target", "adding", "removing"}`` each, sorted by topic and partition."""
+        reply = await self._cluster.call_controller(ListReassignmentsRequest())
+        rows: list[dict[str, Any]] = reply.result["reassignments"]
+        return rows
+
+    async def decommission_broker(self, broker_id: int) -> list[int]:
+        """Start moving every replica off ``broker_id``, then remove it for good (see
+        DecommissionBrokerRequest). Returns the brokers leaving; watch the progress in
+        `describe_cluster` (each broker's ``state`` and ``replicas``)."""
+        reply = await self._cluster.call_controller(DecommissionBrokerRequest(broker_id))
+        leaving: list[int] = reply.result["decommissioning"]
+        return leaving
 
     async def describe_cluster(self) -> dict[str, Any]:
         """Brokers, controller and every topic's partitions (see ClusterClient)."""

@@ -57,10 +57,13 @@ __all__ = [
     "MAX_CORRELATION_ID",
     "PROTOCOL_VERSION",
     "Acks",
+    "AddPartitionsRequest",
+    "AlterTopicRequest",
     "Buffer",
     "CommitOffsetsRequest",
     "CreateTopicRequest",
     "CreditRequest",
+    "DecommissionBrokerRequest",
     "DeleteGroupRequest",
     "DeleteTopicRequest",
     "DescribeGroupRequest",
@@ -70,11 +73,13 @@ __all__ = [
     "GroupHeartbeatRequest",
     "InitProducerRequest",
     "ListGroupsRequest",
+    "ListReassignmentsRequest",
     "ListTopicsRequest",
     "MetadataRequest",
     "OffsetsForTimeRequest",
     "ProduceRequest",
     "Push",
+    "ReassignPartitionRequest",
     "Reply",
     "Request",
     "RequestArgs",
@@ -463,6 +468,101 @@ class DeleteGroupRequest:
         validate_group_name(self.group)
 
 
+# -- cluster operations (the controller leader answers; others: NOT_CONTROLLER) --
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddPartitionsRequest:
+    """Grow a topic to ``count`` partitions (more than it has; partitions are never
+    removed). The new ones are placed like a new topic's; consumer groups that
+    subscribe to it are reassigned. Reply ``res``: the ``topic``."""
+
+    op: ClassVar[str] = "add_partitions"
+    name: str
+    count: int
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.name)
+        _positive("count", self.count)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlterTopicRequest:
+    """Change a topic's configs (``retention_bytes``, ``retention_ms``,
+    ``segment_bytes``: merged into the ones it has). Every replica applies them:
+    retention from its next check, segment_bytes from its next segment. Reply ``res``:
+    the ``topic`` as describe_topic gives it."""
+
+    op: ClassVar[str] = "alter_topic"
+    name: str
+    configs: dict[str, int]
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.name)
+        if not self.configs:
+            raise InvalidRequestError("configs must name at least one setting")
+
+
+# Replicas of one partition: far above any real replication factor.
+MAX_REPLICAS = 16
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReassignPartitionRequest:
+    """Move a partition to the replica set ``replicas`` (broker ids, distinct, the
+    first the preferred leader). The controller records it as the partition's target
+    and its leader walks the Raft group there (learners catch up, then a joint
+    configuration promotes them and removes the old voters). Reply ``res``::
+
+        {"topic": str, "partition": int, "replicas": [int], "target": [int] | None}
+
+    ``target`` is None when nothing has to move (the same brokers: only the preferred
+    leader changes). INVALID_REQUEST when the partition is being reassigned to another
+    target already or a broker is unknown; UNAVAILABLE (retriable) when a new replica's
+    broker is not live or receives too many reassignments already."""
+
+    op: ClassVar[str] = "reassign_partition"
+    topic: str
+    partition: int
+    replicas: list[int]
+
+    def __post_init__(self) -> None:
+        validate_topic_name(self.topic)
+        _non_negative("partition", self.partition)
+        if not 0 < len(self.replicas) <= MAX_REPLICAS:
+            raise InvalidRequestError(f"replicas must name 1-{MAX_REPLICAS} brokers")
+        for b in self.replicas:
+            _positive("replicas broker id", b)
+        if len(set(self.replicas)) != len(self.replicas):
+            raise InvalidRequestError("replicas must be distinct brokers")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecommissionBrokerRequest:
+    """Move every replica off ``broker_id`` (and it out of the controller group), then
+    remove it for good: a removed broker is refused registration. Returns at once,
+    ``res`` ``{"decommissioning": [id, ...]}`` (every broker leaving); progress shows in
+    metadata (each broker's ``state`` and ``replicas``) and in ListReassignments.
+    UNAVAILABLE when the other brokers could not hold the widest partition."""
+
+    op: ClassVar[str] = "decommission_broker"
+    broker_id: int
+
+    def __post_init__(self) -> None:
+        _positive("broker_id", self.broker_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListReassignmentsRequest:
+    """Reassignments in progress. Reply ``res``::
+
+    {"reassignments": [{"topic": str, "partition": int, "group_id": int,
+                        "replicas": [int], "target": [int],
+                        "adding": [int], "removing": [int]}, ...]}"""
+
+    op: ClassVar[str] = "list_reassignments"
+
+
 RequestArgs: TypeAlias = (
     MetadataRequest
     | CreateTopicRequest
@@ -482,6 +582,11 @@ RequestArgs: TypeAlias = (
     | DescribeGroupRequest
     | DeleteGroupRequest
     | OffsetsForTimeRequest
+    | ReassignPartitionRequest
+    | ListReassignmentsRequest
+    | DecommissionBrokerRequest
+    | AlterTopicRequest
+    | AddPartitionsRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -505,6 +610,11 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         DescribeGroupRequest,
         DeleteGroupRequest,
         OffsetsForTimeRequest,
+        ReassignPartitionRequest,
+        ListReassignmentsRequest,
+        DecommissionBrokerRequest,
+        AlterTopicRequest,
+        AddPartitionsRequest,
     )
 }
 

@@ -48,7 +48,9 @@ Wire format (the header of one transport item, msgpack)
 - Raft message: ``[group_id uint, core_header]`` where core_header is
   `message_to_wire`'s header; the item's payload frames are the entries' data.
 - Host control: ``[-1, 0, address str]`` liveness heartbeat from the sender;
-  ``[-1, 1, group_id uint, term uint]`` quiesce notice from the group's leader.
+  ``[-1, 1, group_id uint, term uint]`` quiesce notice from the group's leader;
+  ``[-1, 2, data bin]`` an application message (`RaftHost.send_app`), opaque here
+  and handed to the ``on_app_message`` callbacks (at most ``MAX_APP_MESSAGE_BYTES``).
 
 Items that do not decode are counted and dropped; a peer can never crash the host.
 """
@@ -104,6 +106,10 @@ _T = TypeVar("_T")
 _HOST = -1
 _LIVENESS = 0
 _QUIESCE = 1
+_APP = 2
+# An application message rides the peer transport between Raft traffic: small
+# notices (a partition leader's report to the controller), never bulk data.
+MAX_APP_MESSAGE_BYTES = 64 * 1024
 _CONF_CHANGE = EntryType.CONF_CHANGE
 _APPEND = MessageType.APPEND
 _APPEND_RESP = MessageType.APPEND_RESP
@@ -464,6 +470,7 @@ class RaftHost:
         self._last_heard: dict[NodeId, float] = {}
         self._down: set[NodeId] = set()
         self._peer_callbacks: list[Callable[[NodeId, str], None]] = []
+        self._app_callbacks: list[Callable[[NodeId, bytes], None]] = []
         self._liveness_header = msgpack.packb([_HOST, _LIVENESS, transport.address])
         self._stats = HostStats()
 
@@ -524,6 +531,29 @@ class RaftHost:
         transport does not know; the callback decides whether to add it (a blank node
         learns its leader's address this way)."""
         self._peer_callbacks.append(callback)
+
+    def down_peers(self) -> frozenset[NodeId]:
+        """Peers silent for longer than the liveness timeout (as quiescence sees them)."""
+        return frozenset(self._down)
+
+    def on_app_message(self, callback: Callable[[NodeId, bytes], None]) -> None:
+        """Call ``callback(node_id, data)`` for each `send_app` message from a peer. The
+        data is whatever the peer sent: the callback validates it (and must not raise)."""
+        self._app_callbacks.append(callback)
+
+    def send_app(self, peer: NodeId, data: bytes) -> bool:
+        """Send ``data`` to ``peer``'s `on_app_message` callbacks within a tick, best
+        effort (lost if the peer is unknown, down or at its high-water mark: the caller
+        retries).
+        Returns False when it was not even queued."""
+        if self._stopped or peer == self._id or len(data) > MAX_APP_MESSAGE_BYTES:
+            return False
+        if peer not in self._transport.peers():
+            return False
+        # Queued only: the next tick's liveness flush sends it (within one tick), and a
+        # flush from here could not tell which Raft messages are safe to send yet.
+        self._transport.send(peer, msgpack.packb([_HOST, _APP, data]))
+        return True
 
     @property
     def stats(self) -> HostStats:
@@ -807,6 +837,11 @@ class RaftHost:
             ):
                 g.quiesced = True
                 self._active.pop(g.id, None)
+        elif kind == _APP and len(h) == 3 and type(h[2]) is bytes:
+            if len(h[2]) > MAX_APP_MESSAGE_BYTES:
+                raise ValueError("application message too large")
+            for app in self._app_callbacks:
+                app(frm, h[2])
         else:
             raise ValueError("unknown host message")
 

@@ -637,6 +637,10 @@ class RaftLog:
         self._run_starts, self._run_terms = [], []
         self._ofs, self._ofs_start = [], meta.index + 1
 
+    def reconfigure(self, log_config: LogConfig) -> None:
+        """New storage settings for the segments (see SegmentedLog.reconfigure)."""
+        self._log.reconfigure(log_config)
+
     def retention_index(self, now_ms: int) -> int:
         """Where the log's retention settings (storage.LogConfig retention_bytes and
         retention_ms) would move its start now: the index to `compact` to, or 0.

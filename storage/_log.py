@@ -614,6 +614,12 @@ class SegmentedLog:
                 self._drop_oldest()
         return count
 
+    def reconfigure(self, config: LogConfig) -> None:
+        """Take new settings (a topic's configs altered): retention applies from the
+        next check, ``segment_bytes`` from the next roll."""
+        self._check_open()
+        self._config = config
+
     def retention_cut(self, now_ms: int) -> int:
         """The last index of the newest segment `apply_retention` would delete now, or
         0 if none: for a caller that must record a new log start before deleting

@@ -28,6 +28,11 @@ _ops = st.sampled_from(
         "create_topic",
         "offsets_for_time",
         "delete_group",
+        "reassign_partition",
+        "list_reassignments",
+        "decommission_broker",
+        "alter_topic",
+        "add_partitions",
         "nope",
         "",
     ]

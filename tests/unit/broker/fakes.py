@@ -12,12 +12,18 @@ from typing import Any, TypeVar
 from zstream import storage
 from zstream.broker._controller import (
     ControllerState,
+    PartitionAssignment,
+    TopicRecord,
+    add_partitions_command,
+    alter_topic_configs_command,
     commit_offsets_command,
     create_topic_command,
+    decommission_broker_command,
     delete_topic_command,
     group_delete_command,
     group_join_or_update_command,
     group_leave_command,
+    reassign_partition_command,
     register_broker_command,
 )
 from zstream.broker._frontend import Frontend
@@ -36,7 +42,13 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
-from zstream.clients._protocol import Buffer
+from zstream.clients._protocol import (
+    AddPartitionsRequest,
+    AlterTopicRequest,
+    Buffer,
+    DecommissionBrokerRequest,
+    ReassignPartitionRequest,
+)
 
 T = TypeVar("T")
 
@@ -230,6 +242,51 @@ class FakeBackend:
 
     async def delete_group(self, name: str) -> None:
         self._propose(group_delete_command(name))
+
+    async def reassign_partition(self, request: ReassignPartitionRequest) -> dict[str, Any]:
+        live = sorted(self.controller.brokers)  # every registered broker counts as live
+        command = reassign_partition_command(
+            request.topic, request.partition, request.replicas, live
+        )
+        part = self._propose(command)
+        assert isinstance(part, PartitionAssignment)
+        return {
+            "topic": request.topic,
+            "partition": part.partition,
+            "replicas": list(part.replicas),
+            "target": list(part.target) or None,
+        }
+
+    async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
+        leaving = self._propose(decommission_broker_command(request.broker_id))
+        return {"decommissioning": leaving}
+
+    async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
+        topic = self._propose(alter_topic_configs_command(request.name, request.configs))
+        assert isinstance(topic, TopicRecord)
+        return {
+            "name": topic.name,
+            "configs": dict(topic.configs),
+            "partitions": [],
+            "replication_factor": topic.replication_factor,
+        }
+
+    async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]:
+        topic = self._propose(add_partitions_command(request.name, request.count, [1]))
+        assert isinstance(topic, TopicRecord)
+        self.topics[topic.name] += [
+            FakePartition() for _ in range(len(topic.partitions) - len(self.topics[topic.name]))
+        ]
+        return {
+            "name": topic.name,
+            "configs": dict(topic.configs),
+            "partitions": [],
+            "replication_factor": topic.replication_factor,
+        }
+
+    async def list_reassignments(self) -> list[dict[str, Any]]:
+        self._check_controller()
+        return self.controller.reassignments()
 
 
 class LiveFrontend:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.support import free_port
 from tests.unit.broker.fakes import LiveFrontend
 from zstream import storage
+from zstream.broker._controller import register_broker_command
 from zstream.broker.cli import build_parser, default_dev_data_dir, main
 from zstream.clients import (
     Acks,
@@ -31,6 +34,9 @@ SUBCOMMANDS = [
     ["group", "describe"],
     ["group", "reset-offsets"],
     ["group", "delete"],
+    ["partition"],
+    ["partition", "reassign"],
+    ["partition", "reassignments"],
 ]
 
 
@@ -158,3 +164,68 @@ def test_dev_data_goes_to_a_documented_place(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("ZSTREAM_DEV_DATA", "/data/dev")
     assert str(default_dev_data_dir()) == "/data/dev"
     assert build_parser().parse_args(["dev"]).data_dir is None  # resolved at run time
+
+
+def test_partition_reassign_list_and_broker_decommission(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with LiveFrontend() as live:
+        backend = live.backend
+        live.run(backend.create_topic(CreateTopicRequest("orders", 1, 1)))
+        backend._propose(register_broker_command(2, "tcp://b:1", "tcp://b:2"))
+        addr = ["--bootstrap", live.addr]
+        assert main(["partition", "reassignments", *addr]) == 0
+        assert capsys.readouterr().out == "no reassignments in progress\n"
+        assert main(["partition", "reassign", "orders", "0", "--replicas", "2,1", *addr]) == 0
+        assert capsys.readouterr().out == "orders/0: moving 1 -> 2,1\n"
+        assert main(["partition", "reassignments", *addr]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        assert rows[1].split() == ["orders", "0", "1", "2,1", "2", "-"]
+        # Another target while one is in progress: one line, exit 1.
+        assert main(["partition", "reassign", "orders", "0", "--replicas", "2", *addr]) == 1
+        assert "already being reassigned" in capsys.readouterr().err
+        assert main(["broker", "decommission", "2", *addr]) == 0
+        assert "broker 2: decommissioning" in capsys.readouterr().out
+        assert main(["broker", "decommission", *addr]) == 1
+        assert "needs the broker ID" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["partition", "reassign", "orders", "0", "--replicas", "0"])
+
+
+def test_topic_alter(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        live.run(live.backend.create_topic(CreateTopicRequest("orders", 1, 1)))
+        addr = ["--bootstrap", live.addr]
+        assert main(["topic", "alter", "orders", "--set", "retention_ms=5000", *addr]) == 0
+        assert "configs=retention_ms=5000" in capsys.readouterr().out
+        assert main(["topic", "alter", "orders", "--set", "nope=1", *addr]) == 1
+        assert "unknown topic config" in capsys.readouterr().err
+        assert main(["topic", "add-partitions", "orders", "--count", "3", *addr]) == 0
+        assert "topic orders:" in capsys.readouterr().out
+        assert len(live.backend.controller.topics["orders"].partitions) == 3
+        assert main(["topic", "add-partitions", "orders", "--count", "2", *addr]) == 1
+        assert "must be larger" in capsys.readouterr().err
+
+
+def test_output_json_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        live.run(live.backend.create_topic(CreateTopicRequest("orders", 2, 1)))
+        addr = ["--bootstrap", live.addr, "--output", "json"]
+        assert main(["topic", "list", *addr]) == 0
+        assert json.loads(capsys.readouterr().out) == {"topics": ["orders"]}
+        assert main(["partition", "reassignments", *addr]) == 0
+        assert json.loads(capsys.readouterr().out) == {"reassignments": []}
+        assert main(["status", *addr]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert set(status) == {"brokers", "controller", "topics", "reassignments"}
+        assert status["reassignments"] == []
+        assert [t["name"] for t in status["topics"]] == ["orders"]
+        assert status["brokers"][0]["id"] == 1
+        live.run(live.backend.group_heartbeat(GroupHeartbeatRequest("g", "m-1", ["orders"])))
+        assert main(["group", "list", *addr]) == 0
+        assert json.loads(capsys.readouterr().out) == {"groups": ["g"]}
+        assert main(["group", "describe", "g", *addr]) == 0
+        group = json.loads(capsys.readouterr().out)
+        assert group["group"] == "g"
+        assert [m["member_id"] for m in group["members"]] == ["m-1"]
+        assert {row["partition"] for row in group["partitions"]} == {0, 1}

@@ -35,7 +35,12 @@ from zstream.clients import (
 )
 from zstream.clients._protocol import (
     PROTOCOL_VERSION,
+    AddPartitionsRequest,
+    AlterTopicRequest,
+    DecommissionBrokerRequest,
+    ListReassignmentsRequest,
     Push,
+    ReassignPartitionRequest,
     Reply,
     decode_incoming,
     decode_push,
@@ -212,6 +217,8 @@ _envelopes = st.fixed_dictionaries(
                 "describe_group",
                 "delete_group",
                 "offsets_for_time",
+                "reassign_partition",
+                "list_reassignments",
                 "x",
             ]
         )
@@ -230,6 +237,7 @@ _envelopes = st.fixed_dictionaries(
                     "replication_factor",
                     "configs",
                     "group",
+                    "replicas",
                     "member_id",
                     "topics",
                     "owned",
@@ -343,3 +351,52 @@ def test_group_errors_have_their_own_codes() -> None:
     assert error_for_code(int(ErrorCode.UNKNOWN_MEMBER)) is UnknownMemberError
     assert not UnknownMemberError.retriable
     assert not FencedMemberError.retriable
+
+
+# -- cluster operations ----------------------------------------------------------
+
+
+def test_reassignment_requests_round_trip() -> None:
+    for args in (
+        ReassignPartitionRequest("t", 2, [1, 2, 4]),
+        ListReassignmentsRequest(),
+        DecommissionBrokerRequest(3),
+        AlterTopicRequest("t", {"retention_ms": 60_000}),
+        AddPartitionsRequest("t", 6),
+    ):
+        assert decode_request(encode_request(9, args)).args == args
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"topic": "t", "partition": 0}, "missing argument 'replicas'"),
+        ({"topic": "t", "partition": 0, "replicas": []}, "replicas must name"),
+        ({"topic": "t", "partition": 0, "replicas": list(range(1, 18))}, "replicas must name"),
+        ({"topic": "t", "partition": 0, "replicas": [1, 1]}, "distinct"),
+        ({"topic": "t", "partition": 0, "replicas": [0]}, "must be > 0"),
+        ({"topic": "t", "partition": -1, "replicas": [1]}, "partition must be >= 0"),
+        ({"topic": "t", "partition": 0, "replicas": ["1"]}, "must be an integer"),
+        ({"topic": "t", "partition": 0, "replicas": 1}, "must be a list"),
+    ],
+)
+def test_bad_reassign_requests_name_their_fault(args: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        decode_request(_group_request("reassign_partition", **args))
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "fragment"),
+    [
+        ("decommission_broker", {"broker_id": 0}, "broker_id must be > 0"),
+        ("decommission_broker", {}, "missing argument 'broker_id'"),
+        ("alter_topic", {"name": "t", "configs": {}}, "at least one"),
+        ("add_partitions", {"name": "t", "count": 0}, "count must be > 0"),
+        ("alter_topic", {"name": "t", "configs": {"retention_ms": "x"}}, "integer"),
+    ],
+)
+def test_bad_cluster_requests_name_their_fault(
+    op: str, args: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        decode_request(_group_request(op, **args))

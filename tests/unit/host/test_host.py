@@ -30,6 +30,7 @@ from zstream.replication import (
     Snapshot,
     message_to_wire,
 )
+from zstream.replication._host import MAX_APP_MESSAGE_BYTES
 from zstream.storage import LogConfig, encode_batch
 
 IDS = (1, 2, 3)
@@ -313,6 +314,8 @@ async def test_garbage_from_a_peer_is_dropped_and_the_group_keeps_working(
                 msgpack.packb([1, [1, 2, 3]]),
                 msgpack.packb([-1, 7]),
                 msgpack.packb([-1, 1, "x", "y"]),
+                msgpack.packb([-1, 2, "not bytes"]),
+                msgpack.packb([-1, 2, b"x" * (MAX_APP_MESSAGE_BYTES + 1)]),
                 msgpack.packb([99, []]),
                 msgpack.packb({"a": 1}),
             ]
@@ -331,6 +334,19 @@ async def test_garbage_from_a_peer_is_dropped_and_the_group_keeps_working(
             await asyncio.wait_for(leader.groups[1].propose(batch(b"still fine")), 5)
         finally:
             await rogue.close()
+
+
+async def test_app_messages_reach_the_peer_callbacks(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as nodes:
+        got: list[tuple[int, bytes]] = []
+        assert nodes[2].host is not None
+        assert nodes[1].host is not None
+        nodes[2].host.on_app_message(lambda frm, data: got.append((frm, data)))
+        assert nodes[1].host.send_app(2, b"report")
+        assert not nodes[1].host.send_app(9, b"nobody")  # unknown peer: not queued
+        assert not nodes[1].host.send_app(2, b"x" * (MAX_APP_MESSAGE_BYTES + 1))
+        await until(lambda: got == [(1, b"report")], 5, "the app message")
+        assert nodes[1].host.down_peers() == frozenset()
 
 
 async def test_read_index_transfer_and_leader_callbacks(tmp_path: Path) -> None:
