@@ -123,7 +123,7 @@ async def _leader_view(brokers: list[BrokerProcess], p: int = 0) -> dict[str, An
     or None while no live broker says it leads."""
     async with ClusterClient(bootstrap_of(brokers), timeout_s=2) as client:
         for b in brokers:
-            if not b.process.running():
+            if not b.running():
                 continue
             try:
                 reply = await client.connection(b.addr).call(
@@ -315,10 +315,10 @@ async def test_decommission_the_controller_leader_under_produce(tmp_path: Path) 
             for p, r in replicas.items():
                 await _wait_caught_up(brokers, r, p)
         # It stopped itself on seeing its removal; started again it is refused at once.
-        await _until(lambda: not brokers[0].process.running(), 30, "broker 1 to stop")
+        await _until(lambda: not brokers[0].running(), 30, "broker 1 to stop")
         brokers[0].stop()  # reap it (closes its log file)
         brokers[0].launch()
-        await _until(lambda: not brokers[0].process.running(), 30, "broker 1 to be refused")
+        await _until(lambda: not brokers[0].running(), 30, "broker 1 to be refused")
         assert not (brokers[0].data_dir / "groups" / str(groups[0])).exists()
     for p, load in enumerate(loads):
         gid = groups[p]
@@ -328,14 +328,13 @@ async def test_decommission_the_controller_leader_under_produce(tmp_path: Path) 
         assert all(e.retriable for e in load.errors), load.errors[:3]
 
 
-async def test_a_broker_dead_for_good_has_its_replicas_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_broker_dead_for_good_has_its_replicas_replaced(tmp_path: Path) -> None:
     """kill -9 of broker 2 for good, with replica_replace_after_ms = 3 s: every
     partition gets back to three replicas on the other brokers (and group 0 its third
     voter); producers see only retriable errors; nothing is lost or duplicated."""
-    monkeypatch.setenv("ZSTREAM_REPLICA_REPLACE_AFTER_MS", "3000")
-    with running_brokers(tmp_path, 4, extra=["--log-level=INFO"]) as brokers:
+    config = tmp_path / "broker.toml"
+    config.write_text("replica_replace_after_ms = 3000\n")
+    with running_brokers(tmp_path, 4, extra=["--log-level=INFO", f"--config={config}"]) as brokers:
         bootstrap = bootstrap_of(brokers)
         async with Admin(bootstrap) as admin:
             await admin.create_topic(TOPIC, partitions=2, replication_factor=3)
