@@ -28,7 +28,8 @@ the comparison favours NATS.
     .venv/bin/python bench/peers.py [--quick]
 
 Writes bench/results/peers-<time>.json and a PNG chart of the same name. Progress goes
-to stderr. Last line: ``e2e records_per_s=X nats_ratio=Y latency_p99_ms=Z``: X and Z are
+to stderr. Last line: ``e2e records_per_s=X nats_ratio=Y latency_p99_ms=Z latency_p50_ms=P
+consume_records_per_s=C`` (C: getmany_values, 100 B, RF 3): X and Z are
 zstream's (100 B, RF 3, acks=all), Y is X divided by NATS's records/s for 100 B.
 """
 
@@ -386,8 +387,12 @@ def main() -> None:
     chart_next_to(path, lambda png: chart(png, results))
     x = results["zstream"]["produce_100"]["records_per_s"]
     y = ratio(x, results["nats"]["produce_100"]["records_per_s"])
-    p99 = results["zstream"]["latency"]["p99_ms"]
-    print(f"e2e records_per_s={x:.0f} nats_ratio={y:.2f} latency_p99_ms={p99:.2f}")
+    lat = results["zstream"]["latency"]
+    consumed = results["zstream"]["consume_batch_100"]["records_per_s"]
+    print(
+        f"e2e records_per_s={x:.0f} nats_ratio={y:.2f} latency_p99_ms={lat['p99_ms']:.2f} "
+        f"latency_p50_ms={lat['p50_ms']:.2f} consume_records_per_s={consumed:.0f}"
+    )
 
 
 if __name__ == "__main__":

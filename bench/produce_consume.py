@@ -92,19 +92,30 @@ async def produce(bootstrap: str, topic: str, size: int, seconds: float) -> dict
     }
 
 
-async def consume(bootstrap: str, topic: str, partitions: int, total: int) -> dict[str, Any]:
+async def consume(
+    bootstrap: str, topic: str, partitions: int, total: int, *, batch: bool = False
+) -> dict[str, Any]:
+    """Read ``total`` records: one at a time (``async for``), or with ``batch`` through
+    the batch interface (``getmany_values``: no object per record)."""
+    label = "consume (getmany_values)" if batch else "consume"
     started = time.perf_counter()
     got = 0
     async with Consumer(bootstrap) as consumer:
         consumer.assign(TopicPartition(topic, p) for p in range(partitions))
-        async for _ in consumer:
-            got += 1
-            if got % 50_000 == 0:
-                progress("consume", got, total)
-            if got >= total:
-                break
+        if batch:
+            while got < total:
+                for values in (await consumer.getmany_values(timeout_ms=1000)).values():
+                    got += len(values)
+                progress(label, got, total)
+        else:
+            async for _ in consumer:
+                got += 1
+                if got % 50_000 == 0:
+                    progress(label, got, total)
+                if got >= total:
+                    break
     elapsed = time.perf_counter() - started
-    progress("consume", total, total)
+    progress(label, total, total)
     return {"records": got, "seconds": elapsed, "records_per_s": got / elapsed}
 
 
@@ -155,6 +166,9 @@ async def run_rf(bootstrap: str, rf: int, args: argparse.Namespace) -> dict[str,
             c = await consume(bootstrap, topic, args.partitions, p["records"])
             out[f"produce_{size}"] = p
             out[f"consume_{size}"] = c
+            out[f"consume_batch_{size}"] = await consume(
+                bootstrap, topic, args.partitions, p["records"], batch=True
+            )
         if rf == 3:
             await admin.create_topic("bench-latency", partitions=1, replication_factor=rf)
             await asyncio.sleep(0.5)
@@ -213,8 +227,21 @@ def main() -> None:
     for rf in [] if args.latency_only else factors:
         for size in (100, 1024):
             p, c = results[f"rf{rf}"][f"produce_{size}"], results[f"rf{rf}"][f"consume_{size}"]
-            rows.append([rf, size, p["records_per_s"], p["mb_per_s"], c["records_per_s"]])
-    print_table(["rf", "bytes", "produce rec/s", "produce MB/s", "consume rec/s"], rows)
+            b = results[f"rf{rf}"][f"consume_batch_{size}"]
+            rows.append(
+                [
+                    rf,
+                    size,
+                    p["records_per_s"],
+                    p["mb_per_s"],
+                    c["records_per_s"],
+                    b["records_per_s"],
+                ]
+            )
+    print_table(
+        ["rf", "bytes", "produce rec/s", "produce MB/s", "consume rec/s", "getmany_values rec/s"],
+        rows,
+    )
     path = write_results("produce_consume", results)
     print(f"results: {path}")
     if not args.latency_only:
