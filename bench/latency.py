@@ -56,8 +56,9 @@ from bench._common import (
     reply,
     write_results,
 )
-from tests.support import bootstrap_of, running_brokers, wait_until_async
+from tests.support import wait_until_async
 from zstream.clients import Admin, Consumer, Producer, RecordFuture, TopicPartition
+from zstream.testing import cluster
 
 TOPIC = "bench-latency"
 SIZE = 100
@@ -336,18 +337,13 @@ def main() -> None:
         fsync = raw_fsync_ms(root, probes // 2)
         trace_dir = root / "trace"
         for n, rate in enumerate(rates):
-            if n == 0:  # the first rate runs traced (the tracing costs a little)
-                os.environ["ZSTREAM_TRACE_DIR"] = str(trace_dir)
-            try:
-                with running_brokers(
-                    root / f"r{rate}", 3, extra=["--log-level=WARNING"], ready_timeout_s=60
-                ) as brokers:
-                    os.environ.pop("ZSTREAM_TRACE_DIR", None)
-                    bootstrap = bootstrap_of(brokers)
-                    _run(prepare(bootstrap))
-                    run = _run(run_rate(bootstrap, rate, seconds[n]))
-            finally:
-                os.environ.pop("ZSTREAM_TRACE_DIR", None)
+            # The first rate runs traced (the tracing costs a little).
+            env = {"ZSTREAM_TRACE_DIR": str(trace_dir)} if n == 0 else {}
+            with cluster(
+                3, path=root / f"r{rate}", log_level="WARNING", ready_timeout_s=60, env=env
+            ) as brokers:
+                _run(prepare(brokers.bootstrap))
+                run = _run(run_rate(brokers.bootstrap, rate, seconds[n]))
             produce, e2e = latencies(run)
             entry: dict[str, Any] = {"produce": summary(produce), "e2e": summary(e2e)}
             if n == 0:

@@ -70,6 +70,15 @@ def test_settings_of_the_callers_environment_do_not_reach_the_brokers(
     assert c.broker(1).running()
 
 
+def test_env_given_explicitly_does_reach_the_brokers(tmp_path: Path) -> None:
+    # The same invalid setting, passed on purpose: the broker refuses to start.
+    with (
+        pytest.raises(RuntimeError, match="cluster_name"),
+        cluster(path=tmp_path, env={"ZSTREAM_CLUSTER_NAME": "not a valid name!"}),
+    ):
+        pass
+
+
 async def test_three_brokers_survive_a_kill_and_the_restarted_one_serves_again(
     zstream_cluster_factory: ClusterFactory,
 ) -> None:

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Protocol
@@ -83,6 +83,7 @@ class Broker:
         etcd: str | None = None,
         extra_args: Sequence[str] = (),
         log_level: str = "INFO",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         root = Path(root).absolute()  # the same place after a chdir, for a restart too
         self.broker_id = broker_id
@@ -109,8 +110,10 @@ class Broker:
         argv.extend(extra_args)
         # The caller's ZSTREAM_* settings (a ZSTREAM_DATA_DIR, a ZSTREAM_ETCD_ENDPOINTS)
         # would reconfigure the broker behind the test's back: they do not reach it.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTREAM_")}
-        self._process = ManagedProcess(f"broker-{broker_id}", argv, root, env=env)
+        # ``env`` is set on top on purpose (say, ZSTREAM_TRACE_DIR for bench/latency.py).
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTREAM_")}
+        child_env.update(env or {})
+        self._process = ManagedProcess(f"broker-{broker_id}", argv, root, env=child_env)
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running() else "down"
@@ -215,6 +218,7 @@ class Cluster:
         extra_args: Sequence[str] = (),
         log_level: str = "INFO",
         ready_timeout_s: float = _READY_TIMEOUT_S,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError(f"a cluster needs at least one broker, not {brokers}")
@@ -243,6 +247,7 @@ class Cluster:
                 etcd=etcd,
                 extra_args=extra,
                 log_level=log_level,
+                env=env,
             )
             for i, (client, peer, metrics) in ports.items()
         ]
@@ -352,6 +357,7 @@ def cluster(
     extra_args: Sequence[str] = (),
     log_level: str = "INFO",
     ready_timeout_s: float = _READY_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A running cluster of real brokers for the length of the ``with`` block::
 
@@ -361,7 +367,8 @@ def cluster(
     One broker runs embedded, several as a static cluster (no etcd), unless ``etcd``
     names an etcd endpoint to discover each other through. Data and logs go to
     ``path`` (kept) or a temporary directory (removed). Every broker is stopped by
-    PID on the way out, whatever happened inside.
+    PID on the way out, whatever happened inside. The brokers get this process's
+    environment without its ``ZSTREAM_*`` variables, plus ``env``.
     """
     c = Cluster(
         brokers,
@@ -370,6 +377,7 @@ def cluster(
         extra_args=extra_args,
         log_level=log_level,
         ready_timeout_s=ready_timeout_s,
+        env=env,
     )
     with c:
         yield c
