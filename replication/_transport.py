@@ -706,13 +706,19 @@ class PeerTransport:
         self._garbage_log.warning(
             "peer %d at %s refused the CURVE handshake; connecting again", peer.node_id, peer.addr
         )
-        _close_dealer(peer.socket, peer.monitor)
         peer.refused = False
         # The peer may have a new key (rotated): take the key set's current one.
         if self._keys is not None:
             with contextlib.suppress(KeyFileError):
                 peer.server_key = self._keys.key_of(str(peer.node_id)) or peer.server_key
-        self._connect(peer)
+        old_socket, old_monitor = peer.socket, peer.monitor
+        try:
+            self._connect(peer)  # replaces peer.socket only once the new one is up
+        except TransportError as e:
+            self._garbage_log.warning("peer %d: %s", peer.node_id, e)
+            peer.retry_at = time.monotonic() + self._config.reconnect_ivl_max_ms / 1000
+            return
+        _close_dealer(old_socket, old_monitor)
 
     def remove_peer(self, node_id: NodeId) -> None:
         """Disconnect from a peer; what is queued for it is dropped. Unknown ids are ignored."""
