@@ -30,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import latency_summary, paced, print_table, progress, write_results
-from tests.support import bootstrap_of, running_brokers
-from tests.support.security import ClusterKeys
+from tests.support import running_brokers
+from tests.support.security import ClusterKeys, secure_brokers
 from zstream.clients import Admin, Credentials, Producer
 
 SIZE = 100
@@ -92,10 +92,13 @@ async def run_mode(
     root: Path, keys: ClusterKeys | None, partitions: int, seconds: float, rate: int
 ) -> dict[str, Any]:
     credentials = keys.credentials("admin") if keys is not None else None
-    with running_brokers(
-        root, 3, keys=keys, extra=["--log-level=WARNING"], ready_timeout_s=60
+    extra = ["--log-level=WARNING"]
+    with (
+        running_brokers(root, 3, extra=extra, ready_timeout_s=60)
+        if keys is None
+        else secure_brokers(root, keys, 3, extra=extra, ready_timeout_s=60)
     ) as brokers:
-        bootstrap = bootstrap_of(brokers)
+        bootstrap = ",".join(b.bootstrap for b in brokers)
         async with Admin(bootstrap, credentials=credentials) as admin:
             await admin.create_topic(TOPIC, partitions=partitions, replication_factor=3)
         produced = await throughput(bootstrap, credentials, seconds)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
 from tests.support.malformed import malformed_messages
-from tests.support.security import ClusterKeys, curve_dealer
+from tests.support.security import ClusterKeys, SecureBroker, curve_dealer
 from zstream import storage
 from zstream.clients import (
     Acks,
@@ -263,14 +263,11 @@ def lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProc
 
 
 @pytest.fixture(scope="module")
-def secure_lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+def secure_lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     """The same, with CURVE on its sockets."""
     keys = ClusterKeys.make(tmp_path_factory.mktemp("fuzz-keys"), (1,))
-    node = BrokerProcess(
-        tmp_path_factory.mktemp("fuzz-secure"),
-        1,
-        extra=["--log-level=WARNING", "--no-fsync"],
-        keys=keys,
+    node = SecureBroker(
+        tmp_path_factory.mktemp("fuzz-secure"), 1, keys, ["--log-level=WARNING", "--no-fsync"]
     )
     node.start()
     try:
@@ -283,10 +280,10 @@ def secure_lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
 def raw_client(request: pytest.FixtureRequest) -> Iterator[zmq.Socket[bytes]]:
     """A raw DEALER on a lone broker, plain or (as a known client key) over CURVE."""
     secure = request.param == "curve"
-    broker: BrokerProcess = request.getfixturevalue(
+    broker: BrokerProcess | SecureBroker = request.getfixturevalue(
         "secure_lone_broker" if secure else "lone_broker"
     )
-    creds = broker.credentials
+    creds = broker.credentials if isinstance(broker, SecureBroker) else None
 
     async def create() -> None:
         async with Admin(broker.bootstrap, credentials=creds) as admin:

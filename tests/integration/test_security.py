@@ -17,8 +17,8 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from tests.support import BrokerProcess, free_port, running_brokers, wait_until
-from tests.support.security import ClusterKeys, curve_dealer
+from tests.support import free_port, wait_until
+from tests.support.security import ClusterKeys, SecureBroker, curve_dealer, secure_brokers
 from zstream import Admin, Consumer, Producer
 from zstream.clients import MetadataRequest
 from zstream.clients._protocol import decode_reply, encode_request
@@ -72,14 +72,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> ClusterKeys:
 @pytest.fixture(scope="module")
 def secure_three(
     tmp_path_factory: pytest.TempPathFactory, keys: ClusterKeys
-) -> Iterator[list[BrokerProcess]]:
-    with running_brokers(
-        tmp_path_factory.mktemp("secure"), 3, keys=keys, extra=["--no-fsync"]
+) -> Iterator[list[SecureBroker]]:
+    with secure_brokers(
+        tmp_path_factory.mktemp("secure"), keys, 3, extra=["--no-fsync"]
     ) as brokers:
         yield brokers
 
 
-def _bootstrap(brokers: list[BrokerProcess]) -> str:
+def _bootstrap(brokers: list[SecureBroker]) -> str:
     return ",".join(b.bootstrap for b in brokers)
 
 
@@ -88,7 +88,7 @@ def _bootstrap(brokers: list[BrokerProcess]) -> str:
 
 @pytest.mark.parametrize("who", ["no CURVE", "unknown key"])
 async def test_client_port_answers_only_known_keys(
-    secure_three: list[BrokerProcess], keys: ClusterKeys, who: str
+    secure_three: list[SecureBroker], keys: ClusterKeys, who: str
 ) -> None:
     broker = secure_three[0]
     server = _public(keys, "server")
@@ -119,7 +119,7 @@ async def test_client_port_answers_only_known_keys(
 
 
 def test_a_client_key_cannot_connect_to_the_peer_port(
-    secure_three: list[BrokerProcess], keys: ClusterKeys
+    secure_three: list[SecureBroker], keys: ClusterKeys
 ) -> None:
     broker = secure_three[0]
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -139,7 +139,7 @@ def test_a_client_key_cannot_connect_to_the_peer_port(
 
 
 async def test_broker_2_key_claiming_id_3_is_refused_and_replication_goes_on(
-    secure_three: list[BrokerProcess], keys: ClusterKeys
+    secure_three: list[SecureBroker], keys: ClusterKeys
 ) -> None:
     creds = {"credentials": keys.secret_file("admin"), "server_key": keys.server_key}
     bootstrap = _bootstrap(secure_three)
@@ -228,7 +228,7 @@ async def test_secure_produce_group_consume_and_leader_kill(
     tmp_path: Path, keys: ClusterKeys
 ) -> None:
     creds = {"credentials": keys.secret_file("admin"), "server_key": keys.server_key}
-    with running_brokers(tmp_path, 3, keys=keys) as brokers:
+    with secure_brokers(tmp_path, keys, 3) as brokers:
         bootstrap = _bootstrap(brokers)
         async with Admin(bootstrap, **creds) as admin:
             doc = await admin.create_topic("e2e", partitions=3, replication_factor=3)
