@@ -32,12 +32,24 @@ def readme_commands() -> list[str]:
 def test_readme_secure_quick_start_works_as_written(tmp_path: Path) -> None:
     commands = readme_commands()
     assert any("client.env" in c for c in commands)
+    text = (ROOT / "README.md").read_text()
+    assert "zstream dev --secure --data-dir zstream-dev-data" in text
     # The block runs where the user started `zstream dev --secure`: the repository,
     # whose .venv the block activates. Here: a scratch directory with that .venv.
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     dev = ManagedProcess(
         "dev",
-        [sys.executable, "-m", "zstream.broker.cli", "dev", "--secure", "--port-base=0"],
+        # As the README starts it, on free ports.
+        [
+            sys.executable,
+            "-m",
+            "zstream.broker.cli",
+            "dev",
+            "--secure",
+            "--data-dir",
+            "zstream-dev-data",
+            "--port-base=0",
+        ],
         tmp_path,
         cwd=tmp_path,
     )
