@@ -28,6 +28,15 @@ a heartbeat push (with the high watermark) when it has been idle for
 deleted) sends a ``closed`` push carrying the error code and ends; the client
 resubscribes on the new leader from its last offset.
 
+Security: given a `ClientSecurity`, the socket is a CURVE server behind a ZAP
+handler that accepts only the client keys of ``client_credentials_dir`` and sets
+each connection's ZeroMQ User-Id to the key's principal name (``alice.key`` ->
+``alice``). A client without CURVE or with an unknown key is refused during the
+handshake and never reaches the steps above. Each request's principal is read
+from its received frame (``frame.get("User-Id")``) and handed to `_dispatch`,
+where the authorization checks run (`_authorize`); with security off the
+principal is None and everything is allowed.
+
 The partitions and metadata sit behind :class:`Backend`, a narrow interface with
 a fake for tests and the real partition manager in the server.
 """
@@ -45,7 +54,8 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
-from zstream import storage
+from zstream import replication, storage
+from zstream.broker._config import ClientSecurity
 from zstream.clients import (
     Acks,
     CommitOffsetsRequest,
@@ -90,9 +100,19 @@ from zstream.clients._protocol import (
     peek_correlation_id,
 )
 
-__all__ = ["Backend", "Frontend", "FrontendStats", "PartitionBackend", "offset_for_time"]
+__all__ = [
+    "CLIENT_ZAP_DOMAIN",
+    "Backend",
+    "Frontend",
+    "FrontendStats",
+    "PartitionBackend",
+    "offset_for_time",
+]
 
 log = logging.getLogger("zstream.frontend")
+
+# ZMQ_ZAP_DOMAIN of the client ROUTER (the peer ROUTER has its own).
+CLIENT_ZAP_DOMAIN = "zstream-client"
 
 # Answered from a task of their own: they wait on Raft or on new data.
 _SLOW_OPS = (
@@ -242,6 +262,7 @@ class Frontend:
         heartbeat_ms: int = 1000,
         context: zmq.asyncio.Context | None = None,
         on_request: Callable[[str, float, ZStreamError | None], None] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self._backend = backend
         self._max_bytes = max_message_bytes
@@ -254,6 +275,17 @@ class Frontend:
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes * _ZMQ_CEILING_FACTOR)
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._auth: replication.KeyAuthenticator | None = None
+        if security is not None:
+            # The ZAP handler first: a CURVE server without one accepts every key.
+            keys = replication.KeySet(security.credentials_dir)
+            self._auth = replication.KeyAuthenticator(self._ctx, keys, CLIENT_ZAP_DOMAIN)
+            self._auth.start()
+            self._sock.setsockopt(zmq.ZAP_DOMAIN, CLIENT_ZAP_DOMAIN.encode())
+            self._sock.setsockopt(zmq.CURVE_SERVER, 1)
+            self._sock.setsockopt(zmq.CURVE_PUBLICKEY, security.public_key)
+            self._sock.setsockopt(zmq.CURVE_SECRETKEY, security.secret_key)
+        self._secure = security is not None
         self._sock.bind(bind_addr)
         self.addr: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._in_flight: dict[bytes, int] = {}
@@ -292,6 +324,8 @@ class Frontend:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sock.close(linger=0)
+        if self._auth is not None:
+            await self._auth.aclose()
         if self._own_ctx:
             self._ctx.term()
 
@@ -300,6 +334,13 @@ class Frontend:
         if len(msg) < 2:
             return  # no envelope: nothing can be answered (ROUTER always adds identity)
         identity = msg[0].bytes
+        principal: str | None = None
+        if self._secure:
+            # Set by the ZAP handler at the handshake: the client key's name.
+            try:
+                principal = str(msg[1].get("User-Id"))
+            except zmq.ZMQError:
+                return  # cannot happen on a CURVE socket; nothing to trust, no answer
         frames: list[Buffer] = [f.buffer for f in msg[1:]]
         size = sum(len(f) for f in frames)
         self.stats.bytes_in += size
@@ -321,15 +362,17 @@ class Frontend:
             return
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
         if isinstance(request.args, _SLOW_OPS):
-            task = asyncio.create_task(self._serve(identity, request, started))
+            task = asyncio.create_task(self._serve(identity, request, started, principal))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            await self._serve(identity, request, started)
+            await self._serve(identity, request, started, principal)
 
-    async def _serve(self, identity: bytes, request: Request, started: float) -> None:
+    async def _serve(
+        self, identity: bytes, request: Request, started: float, principal: str | None
+    ) -> None:
         try:
-            result, frames = await self._dispatch(identity, request)
+            result, frames = await self._dispatch(identity, request, principal)
         except ZStreamError as exc:
             await self._send_error(identity, request.corr_id, exc, request.op, started)
         except asyncio.CancelledError:
@@ -370,9 +413,17 @@ class Frontend:
 
     # -- handlers --------------------------------------------------------------------------
 
+    def _authorize(self, principal: str | None, request: Request) -> None:
+        """Where the ACL checks of a request go (raise NotAuthorizedError).
+
+        ``principal`` is the name of the client key that sent ``request`` (from the
+        ZAP handler), or None with security off: then everything is allowed."""
+
     async def _dispatch(
-        self, identity: bytes, request: Request
+        self, identity: bytes, request: Request, principal: str | None
     ) -> tuple[dict[str, Any], Sequence[Buffer]]:
+        # The principal is known here, for every request.
+        self._authorize(principal, request)
         args = request.args
         backend = self._backend
         match args:

@@ -553,7 +553,16 @@ class Broker:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         tasks: list[asyncio.Task[Any]] = []
-        transport = replication.PeerTransport(cfg.broker_id, cfg.peer_addr)
+        if not cfg.secure and cfg.insecure:
+            log.warning(
+                "security is off (--insecure): anyone who reaches client=%s or peer=%s can "
+                "read, write and delete every topic, or pose as a broker",
+                cfg.client_addr,
+                cfg.peer_addr,
+            )
+        transport = replication.PeerTransport(
+            cfg.broker_id, cfg.peer_addr, security=cfg.peer_security()
+        )
         await transport.start()
         self.transport = transport
         host = replication.RaftHost(
@@ -601,6 +610,7 @@ class Broker:
                 max_in_flight_per_client=cfg.max_in_flight_per_client,
                 heartbeat_ms=cfg.stream_heartbeat_ms,
                 on_request=self.metrics.on_request,
+                security=cfg.client_security(),
             )
             if cfg.metrics_addr is not None:
                 mhost, _, mport = cfg.metrics_addr.removeprefix("tcp://").rpartition(":")
@@ -612,12 +622,13 @@ class Broker:
             tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
             tasks.append(asyncio.create_task(self._reassign_loop(), name="reassign"))
             log.info(
-                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
+                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s security=%s",
                 cfg.broker_id,
                 self.frontend.addr,
                 transport.address,
                 cfg.discovery,
                 self.metrics_port,
+                "curve" if cfg.secure else "off",
             )
             stop = asyncio.create_task(self._stop.wait(), name="stop")
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import OffsetOutOfRangeError, ZStreamError
 from zstream.clients._protocol import (
     AddPartitionsRequest,
@@ -52,8 +54,17 @@ async def partition_bounds(cluster: ClusterClient, topic: str, partition: int) -
 class Admin:
     """``async with Admin("127.0.0.1:7101") as admin: await admin.create_topic(...)``"""
 
-    def __init__(self, bootstrap: str | Sequence[str], *, timeout_s: float = 10.0) -> None:
-        self._cluster = ClusterClient(bootstrap, timeout_s=timeout_s)
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        timeout_s: float = 10.0,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._cluster = ClusterClient(
+            bootstrap, timeout_s=timeout_s, credentials=credentials, server_key=server_key
+        )
 
     async def create_topic(
         self,

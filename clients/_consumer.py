@@ -63,6 +63,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import repeat
@@ -71,6 +72,7 @@ from typing import Any, Generic, Literal, NamedTuple, Self, TypeVar
 
 from zstream import storage
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import (
     CorruptBatchError,
     DeserializationError,
@@ -259,6 +261,8 @@ class Consumer(Generic[K, V]):
         request_timeout_ms: int = 5000,
         key_deserializer: Callable[[bytes], K] | None = None,
         value_deserializer: Callable[[bytes], V] | None = None,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         # credit 4 MiB: enough to keep a stream busy through one round trip at several
         # hundred MB/s, small enough to bound the memory a slow application holds.
@@ -287,7 +291,13 @@ class Consumer(Generic[K, V]):
         self._fetch_wait_ms = fetch_max_wait_ms
         self._silence_s = stream_silence_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
-        self.cluster = ClusterClient(bootstrap, timeout_s=self._timeout_s, retry_for_s=30)
+        self.cluster = ClusterClient(
+            bootstrap,
+            timeout_s=self._timeout_s,
+            retry_for_s=30,
+            credentials=credentials,
+            server_key=server_key,
+        )
         self._key_deserializer = key_deserializer
         self._value_deserializer = value_deserializer
         self._states: dict[TopicPartition, _PartitionState] = {}
