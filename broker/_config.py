@@ -95,6 +95,10 @@ class BrokerConfig:
     # Compact the controller's Raft log (group 0) once this many entries sit below its
     # latest saved state; consumer-group commits are controller entries.
     controller_compact_after: int = 4096
+    # Principals that every ACL check lets through (with security on): the operators'
+    # own credentials, so a fresh secured cluster, which denies everything else, can
+    # be given its first ACLs.
+    super_users: tuple[str, ...] = ()
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -124,6 +128,9 @@ class BrokerConfig:
         _at_least("retention_check_ms", self.retention_check_ms, 10)
         _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
         _at_least("controller_compact_after", self.controller_compact_after, 64)
+        for name in self.super_users:
+            if not re.fullmatch(r"[A-Za-z0-9._@=+-]{1,255}", name):
+                raise ConfigError(f"super_users: invalid principal {name[:64]!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
 
@@ -181,7 +188,7 @@ def _coerce(name: str, value: object) -> object:
         if not isinstance(value, str | Path) or not str(value):
             raise ConfigError(f"data_dir must be a path, got {value!r}")
         return Path(value)
-    if name == "etcd_endpoints":
+    if name in ("etcd_endpoints", "super_users"):
         return tuple(_split_list(value))
     if name == "peers":
         return tuple(PeerSpec.parse(p) for p in _split_list(value))

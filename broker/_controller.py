@@ -20,6 +20,14 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "commit_offsets", "group": str, "member_id": str, "offsets": [[str, int, int], ...],
      "now_ms": int}
     {"op": "expire_offsets", "now_ms": int, "retention_ms": int}
+    {"op": "acl_add", "entries": [{ACL entry}, ...]}
+    {"op": "acl_remove", "entries": [{ACL entry}, ...]}
+    {"op": "quota_set", "principal": str, "produce_bytes_per_s": int | None,
+     "fetch_bytes_per_s": int | None}
+
+ACL entries and quotas have the wire form of clients/_acl.py. ``acl_add`` and
+``acl_remove`` result in how many entries were added (new) or removed (present);
+``quota_set`` replaces the principal's quota (both rates None: it has none).
 
 ``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
 view of the brokers: apply never reads a clock, so every replica agrees.
@@ -55,13 +63,16 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
   last commit or departure (``now_ms`` of those commands) is older than
   ``retention_ms``.
 
-Snapshot: msgpack of {"v": 3, "applied_index", "brokers", "topics",
-"next_group_id", "next_producer_id", "groups"}, where ``groups`` is
+Snapshot: msgpack of {"v": 4, "applied_index", "brokers", "topics",
+"next_group_id", "next_producer_id", "groups", "acls", "quotas"}, where ``groups`` is
 ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
 sorted ``[[topic, partition, next_offset], ...]``. A version 1 snapshot (no
 ``groups``) restores with no groups, a version 2 one (no ``active_ms``) with 0.
+``acls`` is ``[[principal, resource_type, pattern, name, operation, permission], ...]``
+sorted, ``quotas`` ``[[principal, produce_bytes_per_s, fetch_bytes_per_s], ...]`` sorted
+by principal; versions 1-3 restore with neither.
 """
 
 from __future__ import annotations
@@ -72,6 +83,7 @@ from typing import Any
 
 import msgpack
 
+from zstream.broker._acl import AclTable
 from zstream.broker._groups import Group, Member, TopicPartition, partition_map, rebalance
 from zstream.clients import (
     FencedMemberError,
@@ -84,6 +96,7 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
+from zstream.clients._acl import AclEntry, QuotaLimits
 from zstream.clients._protocol import (
     MAX_MEMBER_ID_CHARS,
     MAX_SESSION_TIMEOUT_MS,
@@ -99,6 +112,8 @@ __all__ = [
     "ControllerState",
     "PartitionAssignment",
     "TopicRecord",
+    "acl_add_command",
+    "acl_remove_command",
     "allocate_producer_id_command",
     "commit_offsets_command",
     "create_topic_command",
@@ -107,6 +122,7 @@ __all__ = [
     "group_join_or_update_command",
     "group_leave_command",
     "heartbeat_interval_ms",
+    "quota_set_command",
     "register_broker_command",
 ]
 
@@ -121,8 +137,14 @@ MAX_MEMBER_TOPICS = 1_000
 # group names, meets a clear error instead of growing the controller without end.
 MAX_GROUP_MEMBERS = 1_000
 MAX_GROUPS = 10_000
-_SNAPSHOT_VERSION = 3
-_SNAPSHOT_VERSIONS = (1, 2, 3)
+# ACL entries and quotas: each replica keeps them in memory and checks every request
+# against them; thousands cover any real deployment, and the bound keeps one admin
+# client from growing every broker without end.
+MAX_ACLS = 10_000
+MAX_ACLS_PER_COMMAND = 1_000
+MAX_QUOTAS = 10_000
+_SNAPSHOT_VERSION = 4
+_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -235,6 +257,18 @@ def expire_offsets_command(now_ms: int, retention_ms: int) -> bytes:
     return _pack({"op": "expire_offsets", "now_ms": now_ms, "retention_ms": retention_ms})
 
 
+def acl_add_command(entries: Iterable[AclEntry]) -> bytes:
+    return _pack({"op": "acl_add", "entries": [e.to_wire() for e in entries]})
+
+
+def acl_remove_command(entries: Iterable[AclEntry]) -> bytes:
+    return _pack({"op": "acl_remove", "entries": [e.to_wire() for e in entries]})
+
+
+def quota_set_command(quota: QuotaLimits) -> bytes:
+    return _pack({"op": "quota_set", **quota.to_wire()})
+
+
 def heartbeat_interval_ms(session_timeout_ms: int) -> int:
     """How often a member should heartbeat: a third of its session, at most 1 s."""
     return min(1000, session_timeout_ms // 3)
@@ -332,6 +366,20 @@ def _offset_rows(value: object) -> list[tuple[str, int, int]]:
     return [(topic, ints[0], ints[1]) for topic, ints in _rows(value, 2, "offsets")]
 
 
+def _acl_entries(cmd: Mapping[str, Any]) -> list[AclEntry]:
+    value = cmd.get("entries")
+    if type(value) is not list or len(value) > MAX_ACLS_PER_COMMAND:
+        raise InvalidRequestError(
+            f"controller command: entries must be a list of at most {MAX_ACLS_PER_COMMAND}"
+        )
+    out = []
+    for doc in value:
+        if type(doc) is not dict:
+            raise InvalidRequestError("controller command: an ACL entry must be a map")
+        out.append(AclEntry.from_wire(doc))
+    return out
+
+
 def _describe_tps(tps: Iterable[TopicPartition]) -> str:
     shown = sorted(tps)
     text = ", ".join(f"{t}/{p}" for t, p in shown[:8])
@@ -349,6 +397,8 @@ class ControllerState:
         self.next_group_id = CONTROLLER_GROUP_ID + 1
         self.next_producer_id = 1
         self.applied_index = 0
+        self.acls = AclTable()
+        self.quotas: dict[str, QuotaLimits] = {}
 
     # -- applying commands -------------------------------------------------------------
 
@@ -384,6 +434,13 @@ class ControllerState:
                 return None
             if op == "expire_offsets":
                 return self._expire_offsets(cmd)
+            if op == "acl_add":
+                return self._acl_add(cmd)
+            if op == "acl_remove":
+                return self.acls.remove(_acl_entries(cmd))
+            if op == "quota_set":
+                self._quota_set(cmd)
+                return None
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -589,6 +646,28 @@ class ControllerState:
             for g in self.groups.values()
         )
 
+    # -- ACLs and quotas ---------------------------------------------------------------
+
+    def _acl_add(self, cmd: Mapping[str, Any]) -> int:
+        entries = _acl_entries(cmd)
+        new = {e for e in entries if e not in self.acls}
+        if len(self.acls) + len(new) > MAX_ACLS:
+            raise InvalidRequestError(f"at most {MAX_ACLS} ACL entries per cluster")
+        return self.acls.add(entries)
+
+    def _quota_set(self, cmd: Mapping[str, Any]) -> None:
+        quota = QuotaLimits(
+            cmd.get("principal"),  # type: ignore[arg-type]  # checked by QuotaLimits
+            cmd.get("produce_bytes_per_s"),
+            cmd.get("fetch_bytes_per_s"),
+        )
+        if quota.unlimited:
+            self.quotas.pop(quota.principal, None)
+            return
+        if quota.principal not in self.quotas and len(self.quotas) >= MAX_QUOTAS:
+            raise InvalidRequestError(f"at most {MAX_QUOTAS} quotas per cluster")
+        self.quotas[quota.principal] = quota
+
     def _load(self) -> tuple[dict[int, int], dict[int, int]]:
         leaders: dict[int, int] = {}
         replicas: dict[int, int] = {}
@@ -735,6 +814,21 @@ class ControllerState:
                     ]
                     for g in sorted(self.groups.values(), key=lambda g: g.name)
                 ],
+                "acls": [
+                    [
+                        e.principal,
+                        e.resource_type.value,
+                        e.pattern.value,
+                        e.name,
+                        e.operation.value,
+                        e.permission.value,
+                    ]
+                    for e in self.acls.entries()
+                ],
+                "quotas": [
+                    [q.principal, q.produce_bytes_per_s, q.fetch_bytes_per_s]
+                    for _, q in sorted(self.quotas.items())
+                ],
             }
         )
 
@@ -771,6 +865,12 @@ class ControllerState:
                     )
                 group.offsets = {(str(t), int(p)): int(o) for t, p, o in offsets}
                 state.groups[group.name] = group
+            state.acls = AclTable(AclEntry(*row) for row in doc.get("acls", []))
+            for principal, produce, fetch in doc.get("quotas", []):
+                quota = QuotaLimits(principal, produce, fetch)
+                state.quotas[quota.principal] = quota
+        except ZStreamError as exc:  # an entry that does not validate
+            raise ValueError(f"bad controller snapshot: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"bad controller snapshot: {exc!r}") from exc
         return state

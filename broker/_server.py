@@ -24,18 +24,21 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from zstream import replication, storage
+from zstream.broker._acl import AclTable
 from zstream.broker._config import BrokerConfig
 from zstream.broker._controller import (
     CONTROLLER_GROUP_ID,
     ControllerState,
     TopicRecord,
+    acl_add_command,
+    acl_remove_command,
     allocate_producer_id_command,
     commit_offsets_command,
     create_topic_command,
@@ -45,6 +48,7 @@ from zstream.broker._controller import (
     group_join_or_update_command,
     group_leave_command,
     heartbeat_interval_ms,
+    quota_set_command,
     register_broker_command,
     validate_topic_configs,
 )
@@ -61,12 +65,14 @@ from zstream.broker._metrics import BrokerMetrics
 from zstream.broker._partitions import PartitionManager, RaftReplica, translate_raft_error
 from zstream.clients import (
     Acks,
+    AclEntry,
     CommitOffsetsRequest,
     CreateTopicRequest,
     FetchOffsetsRequest,
     GroupHeartbeatRequest,
     NotControllerError,
     NotLeaderError,
+    QuotaLimits,
     UnavailableError,
     UnknownMemberError,
     UnknownPartitionError,
@@ -538,6 +544,7 @@ class Broker:
                 max_in_flight_per_client=cfg.max_in_flight_per_client,
                 heartbeat_ms=cfg.stream_heartbeat_ms,
                 on_request=self.metrics.on_request,
+                super_users=cfg.super_users,
             )
             if cfg.metrics_addr is not None:
                 mhost, _, mport = cfg.metrics_addr.removeprefix("tcp://").rpartition(":")
@@ -828,6 +835,46 @@ class Broker:
 
     async def describe_group(self, name: str) -> dict[str, Any]:
         return await self.groups.describe_group(name)
+
+    # ACLs and quotas: every broker checks against its own copy of the controller
+    # state; changes and consistent listings go through the controller leader.
+
+    @property
+    def acls(self) -> AclTable:
+        return self.controller.state.acls
+
+    @property
+    def quotas(self) -> Mapping[str, QuotaLimits]:
+        return self.controller.state.quotas
+
+    async def list_acls(self) -> list[AclEntry]:
+        await self.controller.caught_up()
+        return self.controller.state.acls.entries()
+
+    async def add_acls(self, entries: Sequence[AclEntry]) -> int:
+        added = await self.controller.propose(acl_add_command(entries))
+        assert isinstance(added, int)
+        log.info("acl added count=%d new=%d", len(entries), added)
+        return added
+
+    async def remove_acls(self, entries: Sequence[AclEntry]) -> int:
+        removed = await self.controller.propose(acl_remove_command(entries))
+        assert isinstance(removed, int)
+        log.info("acl removed count=%d removed=%d", len(entries), removed)
+        return removed
+
+    async def set_quota(self, quota: QuotaLimits) -> None:
+        await self.controller.propose(quota_set_command(quota))
+        log.info(
+            "quota set principal=%s produce_bytes_per_s=%s fetch_bytes_per_s=%s",
+            quota.principal,
+            quota.produce_bytes_per_s,
+            quota.fetch_bytes_per_s,
+        )
+
+    async def list_quotas(self) -> list[QuotaLimits]:
+        await self.controller.caught_up()
+        return [q for _, q in sorted(self.controller.state.quotas.items())]
 
 
 def install_signal_handlers(broker: Broker) -> None:

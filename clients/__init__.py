@@ -4,6 +4,14 @@ protocol shared with the broker.
 Depends on ``storage`` only (for the record-batch format).
 """
 
+from zstream.clients._acl import (
+    AclEntry,
+    AclOperation,
+    AclPermission,
+    PatternType,
+    QuotaLimits,
+    ResourceType,
+)
 from zstream.clients._admin import Admin
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._connection import Connection
@@ -37,6 +45,9 @@ from zstream.clients._errors import (
 from zstream.clients._producer import BlockingProducer, Producer, RecordFuture, RecordMetadata
 from zstream.clients._protocol import (
     Acks,
+    AclAddRequest,
+    AclListRequest,
+    AclRemoveRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
     CreditRequest,
@@ -51,12 +62,20 @@ from zstream.clients._protocol import (
     ListTopicsRequest,
     MetadataRequest,
     ProduceRequest,
+    QuotaListRequest,
+    QuotaSetRequest,
     SubscribeRequest,
     UnsubscribeRequest,
 )
 
 __all__ = [
     "Acks",
+    "AclAddRequest",
+    "AclEntry",
+    "AclListRequest",
+    "AclOperation",
+    "AclPermission",
+    "AclRemoveRequest",
     "Admin",
     "BlockingProducer",
     "ClusterClient",
@@ -87,12 +106,17 @@ __all__ = [
     "NotLeaderError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
+    "PatternType",
     "ProduceRequest",
     "Producer",
+    "QuotaLimits",
+    "QuotaListRequest",
+    "QuotaSetRequest",
     "Record",
     "RecordFuture",
     "RecordMetadata",
     "RequestTimedOutError",
+    "ResourceType",
     "SubscribeRequest",
     "ThrottledError",
     "TopicExistsError",

@@ -63,6 +63,7 @@ from zstream.clients._errors import (
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
+    throttle_time_s,
 )
 from zstream.clients._protocol import Acks, InitProducerRequest, ProduceRequest
 
@@ -189,6 +190,7 @@ class _PartitionSender:
         self._pid = -1
         self._epoch = -1
         self._next_seq = 0
+        self._throttle_s = 0.0  # the longest wait a THROTTLED reply of the window asked
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     def push(self, batch: _Batch) -> None:
@@ -286,6 +288,7 @@ class _PartitionSender:
             # A gap behind a failed batch is that failure's echo, not its own.
             echo = behind_failure and isinstance(exc, OutOfOrderSequenceError)
             behind_failure = True
+            self._throttle_s = max(self._throttle_s, throttle_time_s(exc))
             if (exc.retriable or echo) and now - batch.created <= delivery_s:
                 retry.append(batch)
             else:
@@ -312,6 +315,10 @@ class _PartitionSender:
             if self._failed():
                 if all(task.done() for _, task in self.window):
                     if self._requeue_failed():
+                        if self._throttle_s:  # over a quota: wait as the broker said
+                            await asyncio.sleep(self._throttle_s)
+                            self._throttle_s = 0.0
+                            continue
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 1.0)
                         with contextlib.suppress(ZStreamError):

@@ -6,22 +6,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from zstream import storage
+from zstream.broker._acl import AclTable
 from zstream.broker._controller import (
     ControllerState,
+    acl_add_command,
+    acl_remove_command,
     commit_offsets_command,
     create_topic_command,
     delete_topic_command,
     group_join_or_update_command,
     group_leave_command,
+    quota_set_command,
     register_broker_command,
 )
 from zstream.broker._frontend import Frontend
 from zstream.clients import (
     Acks,
+    AclEntry,
     CommitOffsetsRequest,
     CreateTopicRequest,
     FetchOffsetsRequest,
@@ -29,6 +34,7 @@ from zstream.clients import (
     NotControllerError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    QuotaLimits,
     TopicExistsError,
     UnknownMemberError,
     UnknownPartitionError,
@@ -225,6 +231,35 @@ class FakeBackend:
     async def describe_group(self, name: str) -> dict[str, Any]:
         self._check_controller()
         return self.controller.describe_group(name)
+
+    @property
+    def acls(self) -> AclTable:
+        return self.controller.acls
+
+    @property
+    def quotas(self) -> Mapping[str, QuotaLimits]:
+        return self.controller.quotas
+
+    async def list_acls(self) -> list[AclEntry]:
+        self._check_controller()
+        return self.controller.acls.entries()
+
+    async def add_acls(self, entries: Sequence[AclEntry]) -> int:
+        added = self._propose(acl_add_command(entries))
+        assert isinstance(added, int)
+        return added
+
+    async def remove_acls(self, entries: Sequence[AclEntry]) -> int:
+        removed = self._propose(acl_remove_command(entries))
+        assert isinstance(removed, int)
+        return removed
+
+    async def set_quota(self, quota: QuotaLimits) -> None:
+        self._propose(quota_set_command(quota))
+
+    async def list_quotas(self) -> list[QuotaLimits]:
+        self._check_controller()
+        return [q for _, q in sorted(self.controller.quotas.items())]
 
 
 class LiveFrontend:
