@@ -670,6 +670,8 @@ class Frontend:
                     )
                     if wait_s > 0:
                         await asyncio.sleep(min(wait_s, self._heartbeat_s))
+                        if wait_s >= self._heartbeat_s:  # a long wait: show we are alive
+                            await self._heartbeat(stream, partition)
                         continue
                 batches = partition.read(stream.offset, stream.credit_bytes)
                 if not batches:

@@ -19,7 +19,20 @@ _scalars = st.one_of(
     st.binary(max_size=8),
 )
 _ops = st.sampled_from(
-    ["produce", "fetch", "metadata", "subscribe", "credit", "create_topic", "nope", ""]
+    [
+        "produce",
+        "fetch",
+        "metadata",
+        "subscribe",
+        "credit",
+        "create_topic",
+        "acl_add",
+        "acl_remove",
+        "acl_list",
+        "quota_set",
+        "nope",
+        "",
+    ]
 )
 _envelopes = st.fixed_dictionaries(
     {"v": st.one_of(st.just(1), _scalars), "id": st.one_of(st.integers(0, 1000), _scalars)},

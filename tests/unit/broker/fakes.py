@@ -266,17 +266,26 @@ class LiveFrontend:
     """A front end over a FakeBackend, serving from its own thread and event loop
     (for synchronous clients: raw sockets, the CLI)."""
 
-    def __init__(self, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_message_bytes: int = 8 * 1024 * 1024, principal: str | None = None
+    ) -> None:
         self.addr = ""
         self.backend = FakeBackend()
         self._max_bytes = max_message_bytes
+        self._principal = principal  # every request's, as if CURVE said so (None: off)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()))
 
     async def _main(self) -> None:
-        frontend = Frontend(self.backend, "tcp://127.0.0.1:*", max_message_bytes=self._max_bytes)
+        principal = self._principal
+        frontend = Frontend(
+            self.backend,
+            "tcp://127.0.0.1:*",
+            max_message_bytes=self._max_bytes,
+            principal_of=None if principal is None else (lambda msg: principal),
+        )
         self.addr = self.backend.addr = frontend.addr
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 
 from zstream.clients import (
     Acks,
+    AclAddRequest,
+    AclListRequest,
+    AclRemoveRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
     DescribeGroupRequest,
@@ -25,6 +28,8 @@ from zstream.clients import (
     NotLeaderError,
     OffsetOutOfRangeError,
     ProduceRequest,
+    QuotaListRequest,
+    QuotaSetRequest,
     UnknownMemberError,
     UnknownServerError,
     UnsupportedVersionError,
@@ -208,6 +213,11 @@ _envelopes = st.fixed_dictionaries(
                 "commit_offsets",
                 "fetch_offsets",
                 "describe_group",
+                "acl_list",
+                "acl_add",
+                "acl_remove",
+                "quota_set",
+                "quota_list",
                 "x",
             ]
         )
@@ -232,6 +242,11 @@ _envelopes = st.fixed_dictionaries(
                     "offsets",
                     "session_timeout_ms",
                     "leave",
+                    "entries",
+                    "principal",
+                    "resource_type",
+                    "produce_bytes_per_s",
+                    "fetch_bytes_per_s",
                 ]
             ),
             _msgpack_values,
@@ -323,3 +338,52 @@ def test_group_errors_have_their_own_codes() -> None:
     assert error_for_code(int(ErrorCode.UNKNOWN_MEMBER)) is UnknownMemberError
     assert not UnknownMemberError.retriable
     assert not FencedMemberError.retriable
+
+
+# -- ACLs and quotas ------------------------------------------------------------
+
+
+_ENTRY = {
+    "principal": "alice",
+    "resource_type": "topic",
+    "pattern": "prefixed",
+    "name": "orders.",
+    "operation": "produce",
+    "permission": "deny",
+}
+
+
+def test_acl_and_quota_requests_round_trip() -> None:
+    requests = [
+        AclListRequest(),
+        AclListRequest("alice", "group"),
+        AclAddRequest([_ENTRY]),
+        AclRemoveRequest([_ENTRY, {**_ENTRY, "permission": "allow"}]),
+        QuotaSetRequest("*", 100, None),
+        QuotaSetRequest("bob"),
+        QuotaListRequest(),
+    ]
+    for args in requests:
+        assert decode_request(encode_request(7, args)).args == args
+    (entry,) = AclAddRequest([_ENTRY]).acl_entries()
+    assert entry.to_wire() == _ENTRY
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "fragment"),
+    [
+        ("acl_add", {}, "missing argument 'entries'"),
+        ("acl_add", {"entries": []}, "give 1-1000 ACL entries"),
+        ("acl_add", {"entries": [{"principal": "a"}]}, "lacks"),
+        ("acl_add", {"entries": [{**_ENTRY, "operation": "write"}]}, "operation"),
+        ("acl_add", {"entries": [{**_ENTRY, "principal": 3}]}, "must be a string"),
+        ("acl_remove", {"entries": [{**_ENTRY, "name": "a b"}]}, "resource name"),
+        ("acl_list", {"resource_type": "table"}, "resource_type must be one of"),
+        ("acl_list", {"principal": "a/b"}, "invalid principal"),
+        ("quota_set", {"principal": "a", "fetch_bytes_per_s": 0}, "must be an integer > 0"),
+        ("quota_set", {}, "missing argument 'principal'"),
+    ],
+)
+def test_bad_acl_requests_name_their_fault(op: str, args: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        decode_request(_group_request(op, **args))
