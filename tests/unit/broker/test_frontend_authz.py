@@ -5,6 +5,7 @@ ACLs live in a real ControllerState. The quota clock is virtual."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,6 +21,7 @@ from zstream.clients import (
     AclPermission,
     AclRemoveRequest,
     CommitOffsetsRequest,
+    Consumer,
     CreateTopicRequest,
     DeleteTopicRequest,
     DescribeGroupRequest,
@@ -33,7 +35,9 @@ from zstream.clients import (
     MetadataRequest,
     NotAuthorizedError,
     PatternType,
+    Producer,
     ProduceRequest,
+    QuotaLimits,
     QuotaListRequest,
     QuotaSetRequest,
     ResourceType,
@@ -257,3 +261,47 @@ async def test_a_throttled_stream_waits_and_heartbeats(secured: Secured) -> None
     while (push := await asyncio.wait_for(pushes.get(), 5)).kind != "data":
         pass
     assert push.result["offset"] == 1
+
+
+async def test_producer_and_fetch_consumer_wait_out_their_throttle() -> None:
+    """The real clients, against a real clock: over quota they are THROTTLED, wait the
+    time the broker gives, and every record still arrives; none of it takes less time
+    than the quota allows."""
+    backend = FakeBackend()
+    frontend = Frontend(
+        backend,
+        "tcp://127.0.0.1:*",
+        principal_of=lambda msg: "alice",
+        super_users=["alice"],
+    )
+    backend.addr = frontend.addr
+    task = asyncio.create_task(frontend.run())
+    try:
+        await backend.create_topic(CreateTopicRequest("t", 1, 1))
+        rate = 40_000
+        await backend.set_quota(QuotaLimits("alice", rate, rate))
+        total = 120_000  # a second of burst, then two at the rate
+        started = time.monotonic()
+        async with Producer(frontend.addr, linger_ms=1, batch_bytes=4096) as producer:
+            sends = [producer.send("t", b"v" * 1000, partition=0) for _ in range(total // 1000)]
+            await asyncio.gather(*sends)
+        produce_s = time.monotonic() - started
+        assert 0.8 * (total - rate) / rate <= produce_s < 15  # held, and not stuck
+        assert frontend.stats.errors.get("THROTTLED", 0) > 0
+
+        throttled = frontend.stats.errors["THROTTLED"]
+        started = time.monotonic()
+        async with Consumer(frontend.addr, mode="fetch", fetch_max_bytes=8192) as consumer:
+            consumer.assign([("t", 0)])
+            seen = 0
+            while seen < total // 1000:
+                record = await asyncio.wait_for(consumer.getone(), 10)
+                assert record.offset == seen
+                seen += 1
+        fetch_s = time.monotonic() - started
+        assert 0.8 * (total - rate) / rate <= fetch_s < 15
+        assert frontend.stats.errors["THROTTLED"] > throttled
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await frontend.close()
