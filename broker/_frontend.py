@@ -652,6 +652,8 @@ class Frontend:
             while self._streams.get(stream.id) is stream:
                 partition = self._backend.partition(stream.topic, stream.partition)
                 partition.check_leader()
+                if stream.principal is not None:  # an ACL removed meanwhile ends it
+                    self._authz.check(stream.principal, _CONSUME, _TOPIC, stream.topic)
                 if stream.credit_bytes <= 0:
                     stream.credit.clear()
                     with contextlib.suppress(TimeoutError):

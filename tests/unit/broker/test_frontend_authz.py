@@ -26,6 +26,7 @@ from zstream.clients import (
     DeleteTopicRequest,
     DescribeGroupRequest,
     DescribeTopicRequest,
+    ErrorCode,
     FetchOffsetsRequest,
     FetchRequest,
     GroupHeartbeatRequest,
@@ -305,3 +306,16 @@ async def test_producer_and_fetch_consumer_wait_out_their_throttle() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await frontend.close()
+
+
+async def test_removing_the_acl_closes_an_open_stream(secured: Secured) -> None:
+    await secured.as_("root", CreateTopicRequest("t", 1, 1))
+    await secured.grant("allow alice consume topic t")
+    reply = await secured.as_("alice", SubscribeRequest("t", 0, 0, 1 << 20))
+    pushes = secured.conn.stream_queue(reply.result["stream"])
+    assert (await asyncio.wait_for(pushes.get(), 5)).kind == "heartbeat"  # alive, idle
+    await secured.as_("root", AclRemoveRequest([_entry("allow alice consume topic t").to_wire()]))
+    while (push := await asyncio.wait_for(pushes.get(), 5)).kind != "closed":
+        pass
+    assert push.result["err"] == ErrorCode.NOT_AUTHORIZED
+    assert push.result["resource"] == "t"
