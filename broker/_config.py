@@ -99,6 +99,12 @@ class BrokerConfig:
     # own credentials, so a fresh secured cluster, which denies everything else, can
     # be given its first ACLs.
     super_users: tuple[str, ...] = ()
+    # With security on: client connections per principal on one broker. Real clients
+    # hold a few; 1,000 stops a runaway one before it takes the broker's memory. A
+    # connection silent for connection_idle_ms no longer counts (Kafka's
+    # connections.max.idle.ms: 10 min).
+    max_connections_per_principal: int = 1000
+    connection_idle_ms: int = 600_000
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -128,6 +134,8 @@ class BrokerConfig:
         _at_least("retention_check_ms", self.retention_check_ms, 10)
         _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
         _at_least("controller_compact_after", self.controller_compact_after, 64)
+        _at_least("max_connections_per_principal", self.max_connections_per_principal, 1)
+        _at_least("connection_idle_ms", self.connection_idle_ms, 1000)
         for name in self.super_users:
             if not re.fullmatch(r"[A-Za-z0-9._@=+-]{1,255}", name):
                 raise ConfigError(f"super_users: invalid principal {name[:64]!r}")
@@ -159,7 +167,7 @@ def _split_list(value: object) -> list[str]:
 def _coerce(name: str, value: object) -> object:
     """Turn a TOML value or an environment string into the field's type."""
     if name in ("broker_id", "bootstrap_expect", "controller_compact_after") or name.endswith(
-        ("_bytes", "_ms", "_client")
+        ("_bytes", "_ms", "_client", "_principal")
     ):
         if isinstance(value, str):
             try:

@@ -18,8 +18,10 @@ For each message, in order:
 4. with security on (the request has a principal, from the connection's CURVE key):
    the request's ACLs (`_authorize`) -> NOT_AUTHORIZED naming the operation and the
    resource, then the principal's produce/fetch byte quota -> THROTTLED with
-   ``throttle_ms``. Listings (metadata, topics, groups, offsets) are filtered to what
-   the principal may describe, as Kafka does. With security off (no principal) none
+   ``throttle_ms``; before both, a connection (routing identity) beyond the
+   principal's ``max_connections_per_principal`` -> THROTTLED. Listings (metadata,
+   topics, groups, offsets) are filtered to what the principal may describe, as Kafka
+   does. With security off (no principal) none
    of this runs: the cost on the hot path is one ``is None`` test.
 5. dispatch: quick operations are answered inline; produce, long-poll fetch,
    topic operations and consumer-group operations (they wait on the controller's
@@ -53,7 +55,7 @@ import zmq.asyncio
 
 from zstream import storage
 from zstream.broker._acl import AclTable, Authorizer, not_authorized
-from zstream.broker._quota import Direction, Quotas
+from zstream.broker._quota import ConnectionLimit, Direction, Quotas
 from zstream.clients import (
     Acks,
     AclAddRequest,
@@ -272,6 +274,8 @@ class Frontend:
         on_request: Callable[[str, float, ZStreamError | None], None] | None = None,
         principal_of: PrincipalOf | None = None,
         super_users: Iterable[str] = (),
+        max_connections_per_principal: int = 1000,
+        connection_idle_ms: int = 600_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
@@ -279,6 +283,9 @@ class Frontend:
         self._principal_of = principal_of
         self._authz = Authorizer(lambda: backend.acls, super_users)
         self._quotas = Quotas(lambda: backend.quotas)
+        self._connections = ConnectionLimit(
+            max_connections_per_principal, connection_idle_ms / 1000
+        )
         self._clock = clock
         self._max_bytes = max_message_bytes
         self._max_in_flight = max_in_flight_per_client
@@ -354,6 +361,15 @@ class Frontend:
             return
         if self._in_flight.get(identity, 0) >= self._max_in_flight:
             error = ThrottledError(f"more than {self._max_in_flight} requests in flight")
+            await self._send_error(identity, request.corr_id, error, request.op, started)
+            return
+        if principal is not None and not self._connections.admit(
+            principal, identity, self._clock()
+        ):
+            error = ThrottledError(
+                f"principal {principal!r} has {self._connections.max_per_principal} "
+                "connections to this broker already (max_connections_per_principal)"
+            )
             await self._send_error(identity, request.corr_id, error, request.op, started)
             return
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1

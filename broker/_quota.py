@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from zstream.clients._acl import ANY_PRINCIPAL, QuotaLimits
 
-__all__ = ["Direction", "Quotas", "TokenBucket"]
+__all__ = ["ConnectionLimit", "Direction", "Quotas", "TokenBucket"]
 
 # One second of burst: a producer that was idle may send a second's worth at once,
 # and a rate is held to within a second's worth over any interval.
@@ -110,3 +110,39 @@ class Quotas:
     def rate(self, principal: str, direction: Direction) -> int | None:
         """The principal's limit in bytes per second (None: unlimited)."""
         return self._rate(principal, direction)
+
+
+class ConnectionLimit:
+    """At most ``max_per_principal`` client connections per principal on this broker.
+
+    A ROUTER socket does not tell the application when a peer connects or goes away;
+    what it gives is each connection's routing identity with every message. So a
+    connection here is an identity that sent a request within the last ``idle_s``
+    seconds (Kafka closes connections idle for ``connections.max.idle.ms``, 10 min by
+    default). Only a new identity costs more than one dict update: when its principal
+    is at the limit, the idle ones are dropped first. Time is an input.
+    """
+
+    def __init__(self, max_per_principal: int, idle_s: float) -> None:
+        self.max_per_principal = max_per_principal
+        self._idle_s = idle_s
+        self._seen: dict[str, dict[bytes, float]] = {}
+
+    def admit(self, principal: str, identity: bytes, now: float) -> bool:
+        """Record a request of ``identity``; False if it is a connection too many."""
+        seen = self._seen.get(principal)
+        if seen is None:
+            seen = self._seen[principal] = {}
+        if identity in seen or len(seen) < self.max_per_principal:
+            seen[identity] = now
+            return True
+        cutoff = now - self._idle_s
+        for idle in [i for i, t in seen.items() if t < cutoff]:
+            del seen[idle]
+        if len(seen) >= self.max_per_principal:
+            return False
+        seen[identity] = now
+        return True
+
+    def connections(self, principal: str) -> int:
+        return len(self._seen.get(principal, ()))

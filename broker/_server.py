@@ -545,6 +545,8 @@ class Broker:
                 heartbeat_ms=cfg.stream_heartbeat_ms,
                 on_request=self.metrics.on_request,
                 super_users=cfg.super_users,
+                max_connections_per_principal=cfg.max_connections_per_principal,
+                connection_idle_ms=cfg.connection_idle_ms,
             )
             if cfg.metrics_addr is not None:
                 mhost, _, mport = cfg.metrics_addr.removeprefix("tcp://").rpartition(":")

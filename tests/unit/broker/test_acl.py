@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zstream.broker._acl import AclTable, Authorizer
-from zstream.broker._quota import Direction, Quotas, TokenBucket
+from zstream.broker._quota import ConnectionLimit, Direction, Quotas, TokenBucket
 from zstream.clients import (
     AclEntry,
     AclOperation,
@@ -318,3 +318,16 @@ def test_quota_limits_validate() -> None:
     with pytest.raises(InvalidRequestError, match="principal"):
         QuotaLimits("a b")
     assert QuotaLimits("*").unlimited
+
+
+def test_connection_limit_counts_identities_and_forgets_idle_ones() -> None:
+    limit = ConnectionLimit(max_per_principal=2, idle_s=10)
+    assert limit.admit("alice", b"c1", 0.0)
+    assert limit.admit("alice", b"c2", 1.0)
+    assert limit.admit("alice", b"c1", 2.0)  # a known connection is always let through
+    assert not limit.admit("alice", b"c3", 3.0)
+    assert limit.admit("bob", b"c3", 3.0)  # per principal
+    assert not limit.admit("alice", b"c3", 11.0)  # nobody idle for 10 s yet
+    assert limit.admit("alice", b"c3", 11.5)  # c2 (last seen at 1.0) is gone: c3 fits
+    assert limit.connections("alice") == 2
+    assert not limit.admit("alice", b"c4", 11.5)

@@ -319,3 +319,28 @@ async def test_removing_the_acl_closes_an_open_stream(secured: Secured) -> None:
         pass
     assert push.result["err"] == ErrorCode.NOT_AUTHORIZED
     assert push.result["resource"] == "t"
+
+
+async def test_connections_per_principal_are_limited() -> None:
+    backend = FakeBackend()
+    frontend = Frontend(
+        backend,
+        "tcp://127.0.0.1:*",
+        principal_of=lambda msg: "alice",
+        super_users=["alice"],
+        max_connections_per_principal=2,
+    )
+    task = asyncio.create_task(frontend.run())
+    conns = [Connection(frontend.addr, timeout_s=5) for _ in range(3)]
+    try:
+        await conns[0].call(ListTopicsRequest())
+        await conns[1].call(ListTopicsRequest())
+        with pytest.raises(ThrottledError, match="max_connections_per_principal"):
+            await conns[2].call(ListTopicsRequest())
+        await conns[0].call(ListTopicsRequest())  # the first two go on
+    finally:
+        for conn in conns:
+            await conn.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await frontend.close()
