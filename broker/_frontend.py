@@ -21,8 +21,8 @@ For each message, in order:
    ``throttle_ms``; before both, a connection (routing identity) beyond the
    principal's ``max_connections_per_principal`` -> THROTTLED. Listings (metadata,
    topics, groups, offsets) are filtered to what the principal may describe, as Kafka
-   does. With security off (no principal) none
-   of this runs: the cost on the hot path is one ``is None`` test.
+   does. With security off (no principal) none of this runs: the cost on the hot
+   path is one ``is None`` test.
 5. dispatch: quick operations are answered inline; produce, long-poll fetch,
    topic operations and consumer-group operations (they wait on the controller's
    Raft group) run as tasks owned by the front end (cancelled on close).
@@ -35,6 +35,15 @@ a heartbeat push (with the high watermark) when it has been idle for
 ``heartbeat_ms``. A stream that fails (the broker lost leadership, the topic was
 deleted) sends a ``closed`` push carrying the error code and ends; the client
 resubscribes on the new leader from its last offset.
+
+Security: given a `ClientSecurity`, the socket is a CURVE server behind a ZAP
+handler that accepts only the client keys of ``client_credentials_dir`` and sets
+each connection's ZeroMQ User-Id to the key's principal name (``alice.key`` ->
+``alice``). A client without CURVE or with an unknown key is refused during the
+handshake and never reaches the steps above. Each request's principal is read
+from its received envelope frame (``frame.get("User-Id")``; ``principal_of``
+replaces that reader in tests) and checked in step 4; with security off the
+principal is None and everything is allowed.
 
 The partitions and metadata sit behind :class:`Backend`, a narrow interface with
 a fake for tests and the real partition manager in the server.
@@ -53,8 +62,9 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
-from zstream import storage
+from zstream import replication, storage
 from zstream.broker._acl import AclTable, Authorizer, not_authorized
+from zstream.broker._config import ClientSecurity
 from zstream.broker._quota import ConnectionLimit, Direction, Quotas
 from zstream.clients import (
     Acks,
@@ -104,9 +114,12 @@ from zstream.clients._protocol import (
     peek_correlation_id,
 )
 
-__all__ = ["Backend", "Frontend", "FrontendStats", "PartitionBackend"]
+__all__ = ["CLIENT_ZAP_DOMAIN", "Backend", "Frontend", "FrontendStats", "PartitionBackend"]
 
 log = logging.getLogger("zstream.frontend")
+
+# ZMQ_ZAP_DOMAIN of the client ROUTER (the peer ROUTER has its own).
+CLIENT_ZAP_DOMAIN = "zstream-client"
 
 # Answered from a task of their own: they wait on Raft or on new data.
 _SLOW_OPS = (
@@ -137,6 +150,14 @@ _DESCRIBE = AclOperation.DESCRIBE
 _TOPIC = ResourceType.TOPIC
 _GROUP = ResourceType.GROUP
 _CLUSTER = ResourceType.CLUSTER
+
+
+def _zap_principal(msg: Sequence[zmq.Frame]) -> str:
+    """The principal the ZAP handler set at the handshake (the client key's name);
+    read from the envelope frame, which ZeroMQ received (not the identity frame the
+    ROUTER made up)."""
+    return str(msg[1].get("User-Id"))
+
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
 # little too large still gets a MESSAGE_TOO_LARGE reply instead of a dropped link.
@@ -272,6 +293,7 @@ class Frontend:
         heartbeat_ms: int = 1000,
         context: zmq.asyncio.Context | None = None,
         on_request: Callable[[str, float, ZStreamError | None], None] | None = None,
+        security: ClientSecurity | None = None,
         principal_of: PrincipalOf | None = None,
         super_users: Iterable[str] = (),
         max_connections_per_principal: int = 1000,
@@ -279,8 +301,6 @@ class Frontend:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
-        # Security: None (off) means no request has a principal and nothing is checked.
-        self._principal_of = principal_of
         self._authz = Authorizer(lambda: backend.acls, super_users)
         self._quotas = Quotas(lambda: backend.quotas)
         self._connections = ConnectionLimit(
@@ -297,6 +317,20 @@ class Frontend:
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes * _ZMQ_CEILING_FACTOR)
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._auth: replication.KeyAuthenticator | None = None
+        if security is not None:
+            # The ZAP handler first: a CURVE server without one accepts every key.
+            keys = replication.KeySet(security.credentials_dir)
+            self._auth = replication.KeyAuthenticator(self._ctx, keys, CLIENT_ZAP_DOMAIN)
+            self._auth.start()
+            self._sock.setsockopt(zmq.ZAP_DOMAIN, CLIENT_ZAP_DOMAIN.encode())
+            self._sock.setsockopt(zmq.CURVE_SERVER, 1)
+            self._sock.setsockopt(zmq.CURVE_PUBLICKEY, security.public_key)
+            self._sock.setsockopt(zmq.CURVE_SECRETKEY, security.secret_key)
+        if security is not None and principal_of is None:
+            principal_of = _zap_principal
+        # Security: None (off) means no request has a principal and nothing is checked.
+        self._principal_of = principal_of
         self._sock.bind(bind_addr)
         self.addr: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._in_flight: dict[bytes, int] = {}
@@ -335,6 +369,8 @@ class Frontend:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         if self._own_ctx:
             self._ctx.term()
 
@@ -343,7 +379,12 @@ class Frontend:
         if len(msg) < 2:
             return  # no envelope: nothing can be answered (ROUTER always adds identity)
         identity = msg[0].bytes
-        principal = None if self._principal_of is None else self._principal_of(msg)
+        principal: str | None = None
+        if self._principal_of is not None:
+            try:
+                principal = self._principal_of(msg)
+            except zmq.ZMQError:
+                return  # cannot happen on a CURVE socket; nothing to trust, no answer
         frames: list[Buffer] = [f.buffer for f in msg[1:]]
         size = sum(len(f) for f in frames)
         self.stats.bytes_in += size

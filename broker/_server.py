@@ -507,7 +507,16 @@ class Broker:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         tasks: list[asyncio.Task[Any]] = []
-        transport = replication.PeerTransport(cfg.broker_id, cfg.peer_addr)
+        if not cfg.secure and cfg.insecure:
+            log.warning(
+                "security is off (--insecure): anyone who reaches client=%s or peer=%s can "
+                "read, write and delete every topic, or pose as a broker",
+                cfg.client_addr,
+                cfg.peer_addr,
+            )
+        transport = replication.PeerTransport(
+            cfg.broker_id, cfg.peer_addr, security=cfg.peer_security()
+        )
         await transport.start()
         self.transport = transport
         host = replication.RaftHost(
@@ -544,6 +553,7 @@ class Broker:
                 max_in_flight_per_client=cfg.max_in_flight_per_client,
                 heartbeat_ms=cfg.stream_heartbeat_ms,
                 on_request=self.metrics.on_request,
+                security=cfg.client_security(),
                 super_users=cfg.super_users,
                 max_connections_per_principal=cfg.max_connections_per_principal,
                 connection_idle_ms=cfg.connection_idle_ms,
@@ -557,12 +567,13 @@ class Broker:
             tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
             tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
             log.info(
-                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
+                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s security=%s",
                 cfg.broker_id,
                 self.frontend.addr,
                 transport.address,
                 cfg.discovery,
                 self.metrics_port,
+                "curve" if cfg.secure else "off",
             )
             stop = asyncio.create_task(self._stop.wait(), name="stop")
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)

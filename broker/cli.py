@@ -27,6 +27,7 @@ from zstream.clients import (
     ConnectionLostError,
     Consumer,
     CreateTopicRequest,
+    CredentialsError,
     DeleteTopicRequest,
     DescribeTopicRequest,
     FetchRequest,
@@ -78,6 +79,20 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
         help="brokers to contact (default: $ZSTREAM_BOOTSTRAP, else where `zstream dev` "
         f"listens: {DEV_BOOTSTRAP})",
     )
+    parser.add_argument(
+        "--credentials",
+        metavar="PATH",
+        default=os.environ.get("ZSTREAM_CREDENTIALS") or None,
+        help="CURVE: this client's secret key file, NAME.key_secret "
+        "(default: $ZSTREAM_CREDENTIALS; none: no security)",
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="PATH",
+        default=os.environ.get("ZSTREAM_SERVER_KEY") or None,
+        help="CURVE: the cluster's client-facing public key file, or a directory holding "
+        "server.key (default: $ZSTREAM_SERVER_KEY)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +120,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster-name", dest="cluster_name", help="etcd key namespace")
     b.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
     b.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    sec = b.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--curve-secret-key-file",
+        dest="curve_secret_key_file",
+        metavar="PATH",
+        help="this broker's peer key pair (ID.key_secret); turns CURVE on",
+    )
+    sec.add_argument(
+        "--peer-keys-dir", dest="peer_keys_dir", metavar="DIR", help="broker public keys, ID.key"
+    )
+    sec.add_argument(
+        "--client-secret-key-file",
+        dest="client_secret_key_file",
+        metavar="PATH",
+        help="the client-facing key pair, the same on every broker",
+    )
+    sec.add_argument(
+        "--client-credentials-dir",
+        dest="client_credentials_dir",
+        metavar="DIR",
+        help="client public keys, PRINCIPAL.key",
+    )
+    sec.add_argument(
+        "--super-users", dest="super_users", metavar="NAME[,...]", help="principals allowed all"
+    )
+    sec.add_argument(
+        "--insecure",
+        dest="insecure",
+        action="store_true",
+        default=None,
+        help="allow binding outside 127.0.0.0/8 without security",
+    )
 
     d = sub.add_parser(
         "dev",
@@ -114,12 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", type=Path, default=Path("zstream-dev-data"))
     d.add_argument("--brokers", type=_positive_int, default=DEV_DEFAULT_BROKERS)
     d.add_argument(
+        "--secure",
+        action="store_true",
+        help="generate keys (brokers, the client-facing key, an `admin` super user) and "
+        "run the cluster with CURVE; prints the exports a client needs",
+    )
+    d.add_argument(
         "--port-base",
         type=int,
         default=DEV_CLIENT_PORT,
         help=f"broker i listens for clients on BASE+i-1, peers on BASE+100+i-1, metrics on "
         f"BASE+200+i-1 (default {DEV_CLIENT_PORT}); 0 picks free ports",
     )
+
+    k = sub.add_parser("keys", help="generate CURVE key pairs")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kg = ksub.add_parser(
+        "generate",
+        help="write NAME.key (public) and NAME.key_secret (mode 0600) into --out",
+        description="Write a CURVE key pair in pyzmq's zmq.auth format.",
+    )
+    kg.add_argument("name", help="a broker id (peer keys) or a principal name (client keys)")
+    kg.add_argument("--out", type=Path, default=Path("."), help="directory (default: .)")
+    kg.add_argument("--force", action="store_true", help="replace existing files")
 
     t = sub.add_parser("topic", help="create, list, describe or delete topics")
     tsub = t.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
@@ -263,6 +327,12 @@ def _broker(args: argparse.Namespace) -> int:
             "cluster_name",
             "fsync",
             "log_level",
+            "curve_secret_key_file",
+            "peer_keys_dir",
+            "client_secret_key_file",
+            "client_credentials_dir",
+            "super_users",
+            "insecure",
         )
     }
     config: BrokerConfig = load_config(config_file=args.config, flags=flags)
@@ -302,6 +372,8 @@ def _run_client(
     async def go() -> int:
         try:
             client = make()
+        except CredentialsError as exc:
+            raise UserError(str(exc)) from exc
         except ValueError as exc:
             raise UserError(f"bad --bootstrap {bootstrap!r}: {exc}") from exc
         try:
@@ -316,9 +388,19 @@ def _run_client(
     return asyncio.run(go())
 
 
-def _run(coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], bootstrap: str) -> int:
+def _run(
+    coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
     return _run_client(
-        lambda: ClusterClient(bootstrap, timeout_s=5, retry_for_s=10), coro_fn, bootstrap
+        lambda: ClusterClient(
+            args.bootstrap,
+            timeout_s=5,
+            retry_for_s=10,
+            credentials=args.credentials,
+            server_key=args.server_key,
+        ),
+        coro_fn,
+        args.bootstrap,
     )
 
 
@@ -372,7 +454,7 @@ def _topic(args: argparse.Namespace) -> int:
             print(f"deleted topic {args.name}")
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 def _partitions_of(cluster: ClusterClient, topic: str, only: int | None) -> list[int]:
@@ -444,7 +526,7 @@ def _produce(args: argparse.Namespace) -> int:
         print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 def _consume(args: argparse.Namespace) -> int:
@@ -487,7 +569,7 @@ def _consume(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.2)
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 # Without --follow, a group member stops once what it owns is read to the end it saw
@@ -513,6 +595,8 @@ async def _consume_in_group(
         group=args.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if args.from_beginning else "latest",
+        credentials=args.credentials,
+        server_key=args.server_key,
     )
     try:
         await consumer.subscribe([args.topic])
@@ -596,11 +680,22 @@ def _status(args: argparse.Namespace) -> int:
             print("  (no topics)")
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
-def _run_admin(coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], bootstrap: str) -> int:
-    return _run_client(lambda: Admin(bootstrap, timeout_s=5), coro_fn, bootstrap)
+def _run_admin(
+    coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    return _run_client(
+        lambda: Admin(
+            args.bootstrap,
+            timeout_s=5,
+            credentials=args.credentials,
+            server_key=args.server_key,
+        ),
+        coro_fn,
+        args.bootstrap,
+    )
 
 
 def _tps(assignment: dict[str, list[int]]) -> str:
@@ -657,7 +752,7 @@ def _group(args: argparse.Namespace) -> int:
                 print(line)
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _acl_entries(args: argparse.Namespace) -> list[AclEntry]:
@@ -690,7 +785,7 @@ def _acl(args: argparse.Namespace) -> int:
             print(f"removed {removed} of {len(entries)} entries")
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _quota(args: argparse.Namespace) -> int:
@@ -716,19 +811,32 @@ def _quota(args: argparse.Namespace) -> int:
                 )
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _dev(args: argparse.Namespace) -> int:
     from zstream.broker._dev import run_dev
 
-    code: int = run_dev(args.data_dir, args.brokers, args.port_base)
+    code: int = run_dev(args.data_dir, args.brokers, args.port_base, secure=args.secure)
     return code
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from zstream.broker._keys import KeyGenerationError, generate_key_pair
+
+    try:
+        public, secret = generate_key_pair(args.name, args.out, force=args.force)
+    except KeyGenerationError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"public key {public}")
+    print(f"secret key {secret} (mode 0600: keep it on the machine that uses it)")
+    return 0
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "broker": _broker,
     "dev": _dev,
+    "keys": _keys,
     "topic": _topic,
     "produce": _produce,
     "consume": _consume,

@@ -16,6 +16,7 @@ from zstream.clients._admin import Admin
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._connection import Connection
 from zstream.clients._consumer import Consumer, Record, TopicPartition
+from zstream.clients._credentials import Credentials, CredentialsError
 from zstream.clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
@@ -85,6 +86,8 @@ __all__ = [
     "Consumer",
     "CorruptBatchError",
     "CreateTopicRequest",
+    "Credentials",
+    "CredentialsError",
     "CreditRequest",
     "DeleteTopicRequest",
     "DescribeGroupRequest",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from zstream.clients._acl import AclEntry, QuotaLimits, ResourceType
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import ZStreamError
 from zstream.clients._protocol import (
     AclAddRequest,
@@ -35,8 +37,17 @@ _REPORT_TIMEOUT_S = 2.0
 class Admin:
     """``async with Admin("127.0.0.1:7101") as admin: await admin.create_topic(...)``"""
 
-    def __init__(self, bootstrap: str | Sequence[str], *, timeout_s: float = 10.0) -> None:
-        self._cluster = ClusterClient(bootstrap, timeout_s=timeout_s)
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        timeout_s: float = 10.0,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._cluster = ClusterClient(
+            bootstrap, timeout_s=timeout_s, credentials=credentials, server_key=server_key
+        )
 
     async def create_topic(
         self,

@@ -52,11 +52,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 from zstream import storage
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import (
     CorruptBatchError,
     InvalidRequestError,
@@ -187,6 +189,8 @@ class Consumer:
         fetch_max_wait_ms: int = 500,
         stream_silence_ms: int = 5000,
         request_timeout_ms: int = 5000,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         # credit 4 MiB: enough to keep a stream busy through one round trip at several
         # hundred MB/s, small enough to bound the memory a slow application holds.
@@ -215,7 +219,13 @@ class Consumer:
         self._fetch_wait_ms = fetch_max_wait_ms
         self._silence_s = stream_silence_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
-        self.cluster = ClusterClient(bootstrap, timeout_s=self._timeout_s, retry_for_s=30)
+        self.cluster = ClusterClient(
+            bootstrap,
+            timeout_s=self._timeout_s,
+            retry_for_s=30,
+            credentials=credentials,
+            server_key=server_key,
+        )
         self._states: dict[TopicPartition, _PartitionState] = {}
         self._queue: asyncio.Queue[_Chunk] = asyncio.Queue(maxsize=64)
         self._chunk: _Chunk | None = None

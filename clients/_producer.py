@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Generator, Iterable, Mapping, Sequence
@@ -55,6 +56,7 @@ import crc32c
 
 from zstream import storage
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import (
     InvalidRequestError,
     NotLeaderError,
@@ -405,6 +407,8 @@ class Producer:
         delivery_timeout_ms: int = 120_000,
         retry_backoff_ms: int = 100,
         metadata_wait_ms: int = 10_000,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         # linger 5 ms: one batch per partition per 5 ms keeps batches large at high
         # rates while a lone record waits only 5 ms. batch_bytes 256 KiB: large enough
@@ -428,7 +432,12 @@ class Producer:
             retry_backoff_ms,
             metadata_wait_ms,
         )
-        self.cluster = ClusterClient(bootstrap, timeout_s=request_timeout_ms / 1000 + 2)
+        self.cluster = ClusterClient(
+            bootstrap,
+            timeout_s=request_timeout_ms / 1000 + 2,
+            credentials=credentials,
+            server_key=server_key,
+        )
         self._partitions: dict[str, int] = {}
         self._leaders: dict[tuple[str, int], int | None] = {}
         self._open: dict[tuple[str, int], _Batch] = {}

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.support import BrokerProcess, EtcdServer, bootstrap_of, running_brokers, wait_until_async
 from tests.support.malformed import malformed_messages
+from tests.support.security import ClusterKeys, curve_dealer
 from zstream import storage
 from zstream.clients import (
     Acks,
@@ -262,13 +263,41 @@ def lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProc
 
 
 @pytest.fixture(scope="module")
-def raw_client(lone_broker: BrokerProcess) -> Iterator[zmq.Socket[bytes]]:
-    asyncio.run(_create(lone_broker.bootstrap, "fuzz", 1, 1))
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+def secure_lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """The same, with CURVE on its sockets."""
+    keys = ClusterKeys.make(tmp_path_factory.mktemp("fuzz-keys"), (1,))
+    node = BrokerProcess(
+        tmp_path_factory.mktemp("fuzz-secure"),
+        1,
+        extra=["--log-level=WARNING", "--no-fsync"],
+        keys=keys,
+    )
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module", params=["plain", "curve"])
+def raw_client(request: pytest.FixtureRequest) -> Iterator[zmq.Socket[bytes]]:
+    """A raw DEALER on a lone broker, plain or (as a known client key) over CURVE."""
+    secure = request.param == "curve"
+    broker: BrokerProcess = request.getfixturevalue(
+        "secure_lone_broker" if secure else "lone_broker"
+    )
+    creds = broker.credentials
+
+    async def create() -> None:
+        async with Admin(broker.bootstrap, credentials=creds) as admin:
+            await admin.create_topic("fuzz", partitions=1, replication_factor=1)
+
+    asyncio.run(create())
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pair = (creds.public_key, creds.secret_key) if creds is not None else None
+    server_key = creds.server_key if creds is not None else None
+    sock = curve_dealer(ctx, broker.addr, server_key=server_key, pair=pair)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.connect(lone_broker.addr)
     try:
         yield sock
     finally:

@@ -10,15 +10,23 @@ from pathlib import Path
 import zmq
 
 from tests.support.proc import ManagedProcess, free_port, wait_until
-from zstream.clients import MetadataRequest, ZStreamError
+from tests.support.security import ClusterKeys
+from zstream.clients import Credentials, MetadataRequest, ZStreamError
 from zstream.clients._protocol import decode_reply, encode_request
 
 
-def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
-    """One metadata request on a fresh DEALER: does the broker answer it?"""
+def answers_metadata(
+    addr: str, timeout_ms: int = 300, credentials: Credentials | None = None
+) -> bool:
+    """One metadata request on a fresh DEALER (a CURVE client with ``credentials``):
+    does the broker answer it?"""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if credentials is not None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, credentials.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, credentials.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, credentials.secret_key)
     sock.connect(addr)
     try:
         sock.send_multipart(encode_request(1, MetadataRequest()))
@@ -33,7 +41,9 @@ def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
 
 class BrokerProcess:
     """``zstream broker`` in a child process. `stop`/`kill` then `start` again
-    keeps its id, ports and data dir (a restart with the same id)."""
+    keeps its id, ports and data dir (a restart with the same id). With ``keys`` it
+    runs with CURVE (its own peer key pair, the cluster's key sets) and readiness is
+    checked as ``admin``."""
 
     def __init__(
         self,
@@ -42,8 +52,11 @@ class BrokerProcess:
         *,
         etcd: str | None = None,
         extra: list[str] | None = None,
+        keys: ClusterKeys | None = None,
     ) -> None:
         self.broker_id = broker_id
+        self.keys = keys
+        self.credentials = keys.credentials("admin") if keys is not None else None
         self.client_port = free_port()
         self.peer_port = free_port()
         self.metrics_port = free_port()
@@ -62,6 +75,8 @@ class BrokerProcess:
         ]
         if etcd is not None:
             argv.append(f"--etcd={etcd}")
+        if keys is not None:
+            argv.extend(keys.broker_flags(broker_id))
         argv.extend(extra or [])
         self.process = ManagedProcess(f"broker-{broker_id}", argv, workdir)
 
@@ -84,7 +99,10 @@ class BrokerProcess:
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         try:
             wait_until(
-                lambda: not self.process.running() or answers_metadata(self.addr),
+                lambda: (
+                    not self.process.running()
+                    or answers_metadata(self.addr, credentials=self.credentials)
+                ),
                 timeout_s,
                 f"broker {self.broker_id} to serve on {self.addr}",
             )
@@ -114,12 +132,17 @@ def running_brokers(
     etcd: str | None = None,
     extra: Sequence[str] = (),
     ready_timeout_s: float = 30.0,
+    keys: ClusterKeys | None = None,
 ) -> Iterator[list[BrokerProcess]]:
     """``count`` brokers forming one cluster, launched together (they wait for each
     other) and stopped by PID on the way out. With ``etcd`` they discover each other
     there (``--bootstrap-expect``); without, through a static ``--peers`` list (a lone
-    broker runs embedded)."""
-    brokers = [BrokerProcess(workdir, i, etcd=etcd, extra=list(extra)) for i in range(1, count + 1)]
+    broker runs embedded). With ``keys`` (`ClusterKeys` for ids 1..count) every
+    socket runs CURVE."""
+    brokers = [
+        BrokerProcess(workdir, i, etcd=etcd, extra=list(extra), keys=keys)
+        for i in range(1, count + 1)
+    ]
     if etcd is not None:
         for b in brokers:
             b.process.argv.append(f"--bootstrap-expect={count}")

@@ -18,6 +18,8 @@ from zstream.clients import (
 SUBCOMMANDS = [
     ["broker"],
     ["dev"],
+    ["keys"],
+    ["keys", "generate"],
     ["topic"],
     ["topic", "create"],
     ["topic", "list"],
