@@ -470,8 +470,9 @@ class Frontend:
 
     def _authorize(self, principal: str, args: RequestArgs) -> None:
         """Raise NotAuthorizedError unless ``principal`` may make this request. Listings
-        are not refused but filtered (`_dispatch`); credit and unsubscribe act on the
-        client's own streams, whose subscribe was checked."""
+        (metadata of every topic, topics, groups) are not refused but filtered
+        (`_dispatch`); credit and unsubscribe act on the client's own streams, whose
+        subscribe was checked."""
         authz = self._authz
         match args:
             case ProduceRequest():
@@ -480,6 +481,11 @@ class Frontend:
                 authz.check(principal, _CONSUME, _TOPIC, args.topic)
             case DescribeTopicRequest():
                 authz.check(principal, _DESCRIBE, _TOPIC, args.name)
+            case MetadataRequest(topics=list() as topics):
+                # Named topics, as Kafka's per-topic TOPIC_AUTHORIZATION_FAILED: a
+                # producer learns at once why a topic is not in its metadata.
+                for topic in topics:
+                    authz.check(principal, _DESCRIBE, _TOPIC, topic)
             case CreateTopicRequest():
                 if not authz.allowed(principal, AclOperation.CREATE, _CLUSTER, CLUSTER_RESOURCE):
                     authz.check(principal, AclOperation.CREATE, _TOPIC, args.name)

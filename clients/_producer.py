@@ -482,10 +482,15 @@ class Producer:
         config = self.config
         deadline = time.monotonic() + config.metadata_wait_ms / 1000
         backoff = config.retry_backoff_ms / 1000
+        refused: ZStreamError | None = None
         try:
             while True:
-                with contextlib.suppress(ZStreamError):  # unreachable for now: try again
+                try:
                     await self._refresh([topic])
+                except ZStreamError as exc:  # unreachable for now: try again
+                    if not exc.retriable:  # NOT_AUTHORIZED: waiting will not help
+                        refused = exc
+                        break
                 if topic in self._partitions or time.monotonic() + backoff > deadline:
                     break
                 await asyncio.sleep(backoff)
@@ -494,7 +499,7 @@ class Producer:
             del self._lookups[topic]
         waiting = self._waiting.pop(topic, [])
         if topic not in self._partitions:
-            error = UnknownTopicError(
+            error = refused or UnknownTopicError(
                 f"unknown topic {topic!r}: not in the cluster's metadata "
                 f"after {config.metadata_wait_ms} ms"
             )

@@ -138,11 +138,14 @@ async def test_default_deny_names_the_operation_and_resource(secured: Secured) -
             await secured.as_("alice", args, frames)
     # Listings are filtered, not refused: alice sees nothing.
     assert (await secured.as_("alice", MetadataRequest())).result["topics"] == []
+    for name in ("orders", "absent"):  # a named topic is refused, known or not
+        with pytest.raises(NotAuthorizedError, match=f"describe topic '{name}'"):
+            await secured.as_("alice", MetadataRequest([name]))
     assert (await secured.as_("alice", ListTopicsRequest())).result["topics"] == []
     # The super user does all of it; nothing above changed the state.
     await secured.as_("root", ProduceRequest("orders", 0), [_batch()])
     await secured.as_("root", DeleteTopicRequest("orders"))
-    assert secured.frontend.stats.errors["NOT_AUTHORIZED"] == len(refused)
+    assert secured.frontend.stats.errors["NOT_AUTHORIZED"] == len(refused) + 2
 
 
 async def test_with_the_acl_each_operation_works(secured: Secured) -> None:
@@ -344,3 +347,14 @@ async def test_connections_per_principal_are_limited() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await frontend.close()
+
+
+async def test_a_producer_without_the_acl_fails_fast_with_not_authorized(
+    secured: Secured,
+) -> None:
+    await secured.as_("root", CreateTopicRequest("orders", 1, 1))
+    secured.who = "alice"
+    async with Producer(secured.frontend.addr, metadata_wait_ms=30_000) as producer:
+        with pytest.raises(NotAuthorizedError, match="describe topic 'orders'"):
+            # Well before metadata_wait_ms: the refusal is not retried.
+            await asyncio.wait_for(producer.send("orders", b"x"), 10)
