@@ -63,7 +63,7 @@ Consumer groups (see broker/_groups.py for the model and the assignor):
   last commit or departure (``now_ms`` of those commands) is older than
   ``retention_ms``.
 
-Snapshot: msgpack of {"v": 4, "applied_index", "brokers", "topics",
+Snapshot: msgpack of {"v": 5, "applied_index", "brokers", "topics",
 "next_group_id", "next_producer_id", "groups", "acls", "quotas"}, where ``groups`` is
 ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
@@ -72,7 +72,7 @@ sorted ``[[topic, partition, next_offset], ...]``. A version 1 snapshot (no
 ``groups``) restores with no groups, a version 2 one (no ``active_ms``) with 0.
 ``acls`` is ``[[principal, resource_type, pattern, name, operation, permission], ...]``
 sorted, ``quotas`` ``[[principal, produce_bytes_per_s, fetch_bytes_per_s], ...]`` sorted
-by principal; versions 1-3 restore with neither.
+by principal; versions 1-4 restore with neither.
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ MAX_GROUPS = 10_000
 MAX_ACLS = 10_000
 MAX_ACLS_PER_COMMAND = 1_000
 MAX_QUOTAS = 10_000
-_SNAPSHOT_VERSION = 4
-_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
+# 5, not 4: main's version 4 (partition reassignment) came first; neither 4 holds ACLs.
+_SNAPSHOT_VERSION = 5
+_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

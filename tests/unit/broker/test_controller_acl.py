@@ -1,4 +1,4 @@
-"""ACLs and quotas in the controller state machine: commands, snapshot version 4
+"""ACLs and quotas in the controller state machine: commands, snapshot version 5
 (older versions restore with none), and a fuzz of the new commands."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def test_quota_set_replaces_and_removes() -> None:
     assert isinstance(log.apply(bad), InvalidRequestError)
 
 
-def test_snapshot_v4_round_trip_and_v3_restores_with_none() -> None:
+def test_snapshot_v5_round_trip_and_v4_restores_with_none() -> None:
     log = Log()
     log.apply(acl_add_command([ORDERS, TEAM]))
     log.apply(quota_set_command(QuotaLimits("*", 100, 200)))
@@ -104,9 +104,9 @@ def test_snapshot_v4_round_trip_and_v3_restores_with_none() -> None:
     assert restored.quotas == log.state.quotas
     assert restored.snapshot() == log.state.snapshot()
     doc = msgpack.unpackb(log.state.snapshot())
-    assert doc["v"] == 4
+    assert doc["v"] == 5
     old = {k: v for k, v in doc.items() if k not in ("acls", "quotas")}
-    old["v"] = 3
+    old["v"] = 4
     older = ControllerState.restore(msgpack.packb(old))
     assert len(older.acls) == 0
     assert older.quotas == {}
