@@ -370,7 +370,7 @@ class Frontend:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sock.close(linger=0)
         if self._auth is not None:
-            self._auth.stop()
+            await self._auth.aclose()
         if self._own_ctx:
             self._ctx.term()
 

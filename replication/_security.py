@@ -6,20 +6,22 @@ key files named by who holds them: broker public keys named by node id
 (``1.key``, ``2.key``) for the peer sockets, client public keys named by
 principal (``alice.key``) for the client sockets.
 
-`KeyAuthenticator` is pyzmq's asyncio ZAP authenticator with one change: the
+`KeyAuthenticator` is pyzmq's ZAP authenticator with one change: the
 ZeroMQ User-Id of an accepted connection is the key's *name* in the key set, not
 the key itself, so every message received from it carries its name
 (``frame.get("User-Id")``). Unknown keys are refused during the CURVE handshake;
 a refused peer never gets a message through. The handler runs only at handshake
 time (once per connection), never per message.
 
-The key set is read from disk at start and again, at most once per
-``reload_interval_s``, when a key it does not know knocks, so that adding a
-broker or a client needs no restart of the brokers already running.
+The key set is read from disk at start and again at a handshake when the last
+read is more than ``reload_interval_s`` old, so that adding, replacing or
+removing a key takes effect for new connections without a restart (connections
+already authenticated stay up until they close).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -29,9 +31,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import zmq
+import zmq.asyncio
 import zmq.auth
 import zmq.utils.z85
-from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.auth.base import Authenticator
 
 __all__ = [
     "KeyAuthenticator",
@@ -49,6 +52,8 @@ _Z85_KEY_LEN: Final = 40  # a 32-byte CURVE key in Z85
 # takes effect within a second, and a flood of unknown keys costs one directory
 # listing a second.
 _RELOAD_INTERVAL_S: Final = 1.0
+# The ZAP task also looks at its socket this often without a wake-up.
+_ZAP_POLL_MS: Final = 200
 
 
 class KeyFileError(ValueError):
@@ -131,12 +136,15 @@ class KeySet:
         self._next_reload = self._clock() + self._interval_s
 
     def name_of(self, z85_key: bytes) -> str | None:
-        """The name holding this public key, or None (after a re-read, rate-limited)."""
-        name = self._by_key.get(z85_key)
-        if name is None and self._clock() >= self._next_reload:
+        """The name holding this public key, or None.
+
+        The directory is re-read first when the last read is older than the
+        reload interval, so a key added or removed there counts for the next
+        handshake a second later at most (handshakes are rare: this is no hot path).
+        """
+        if self._clock() >= self._next_reload:
             self.reload()
-            name = self._by_key.get(z85_key)
-        return name
+        return self._by_key.get(z85_key)
 
     def key_of(self, name: str) -> bytes | None:
         """The public key named ``name``, read from its file now (None when absent)."""
@@ -149,21 +157,59 @@ class KeySet:
         return dict(self._by_key)
 
 
-class KeyAuthenticator(AsyncioAuthenticator):
-    """pyzmq's asyncio ZAP handler, accepting CURVE keys of one `KeySet` and
-    setting each connection's User-Id to the key's name.
+class KeyAuthenticator(Authenticator):
+    """pyzmq's ZAP authenticator (``zmq.auth``) on this event loop, accepting CURVE
+    keys of one `KeySet` and setting each connection's User-Id to the key's name.
 
     One per ZeroMQ context (ZAP is bound per context at inproc://zeromq.zap.01),
     serving the CURVE server sockets whose ZMQ_ZAP_DOMAIN is ``domain``. Start it
-    before binding them: a CURVE server with no ZAP handler accepts every key."""
+    before binding them: a CURVE server with no ZAP handler accepts every key.
+
+    Like pyzmq's ``AsyncioAuthenticator``, but its task is owned and ended by
+    `aclose`, which waits for the task before closing the ZAP socket: closing a
+    socket whose descriptor the loop still watches leaves the loop blind to the
+    next socket given the same descriptor number."""
 
     def __init__(self, context: zmq.Context[Any], keys: KeySet, domain: str) -> None:
         super().__init__(context, log=logging.getLogger(f"zstream.zap.{domain}"))
         self._keys = keys
         self._what = domain
+        self._task: asyncio.Task[None] | None = None
         self.refused = 0
         # Only the socket with this ZMQ_ZAP_DOMAIN is served; any other is refused.
         self.configure_curve_callback(domain, credentials_provider=self)
+
+    def start(self) -> None:
+        """Bind the ZAP socket and serve it from a task (call inside the loop)."""
+        super().start()
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"zap-{self._what}")
+
+    async def _serve(self) -> None:
+        # An asyncio view of the same libzmq socket, for waiting. Replies go out on
+        # the plain socket, and any operation on a ZeroMQ socket may consume the
+        # edge its descriptor signals: so drain until EAGAIN after each wake-up,
+        # and look again every _ZAP_POLL_MS in any case.
+        sock = zmq.asyncio.Socket.shadow(self.zap_socket.underlying)
+        while True:
+            await sock.poll(_ZAP_POLL_MS)
+            while True:
+                try:
+                    msg = self.zap_socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    await self.handle_zap_message(msg)
+                except zmq.ZMQError:
+                    _log.exception("%s: ZAP reply failed", self._what)
+
+    async def aclose(self) -> None:
+        """End the task, then close the ZAP socket. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.zap_socket is not None:
+            self.stop()
 
     def callback(self, domain: str, z85_key: bytes) -> bool:
         """zmq.auth's credentials-provider hook: is this key in the key set?"""

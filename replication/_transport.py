@@ -119,9 +119,13 @@ _ENVELOPE_OVERHEAD_BYTES: Final = 32
 # Plain ints: pyzmq's flag enums cost an Enum.__or__ per frame.
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
-# What a secure DEALER's monitor reports: a handshake the peer refused.
-_HANDSHAKE_FAILED_EVENTS: Final = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH) | int(
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+# What a secure DEALER's monitor reports: a handshake that failed. AUTH: the peer
+# refused our key; PROTOCOL / NO_DETAIL: among others, the peer has another key
+# than the one we hold for it (it cannot read our HELLO and hangs up).
+_HANDSHAKE_FAILED_EVENTS: Final = (
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    | int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    | int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 )
 
 _log = logging.getLogger(__name__)
@@ -538,7 +542,7 @@ class PeerTransport:
             endpoint = router.getsockopt(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as e:
             router.close(linger=0)
-            self._stop_auth()
+            await self._stop_auth()
             if self._own_context:
                 self._context.term()
                 self._context = None
@@ -564,7 +568,7 @@ class PeerTransport:
             self._router.close(linger=0)
         self._router = None
         self._router_sync = None
-        self._stop_auth()
+        await self._stop_auth()
         if self._own_context and self._context is not None:
             self._context.term()
         self._context = None
@@ -588,10 +592,10 @@ class PeerTransport:
             raise TransportError(f"cannot start the ZAP handler: {e}") from e
         self._keys, self._auth = keys, auth
 
-    def _stop_auth(self) -> None:
-        if self._auth is not None:
-            self._auth.stop()
-        self._auth = None
+    async def _stop_auth(self) -> None:
+        auth, self._auth = self._auth, None
+        if auth is not None:
+            await auth.aclose()
 
     async def __aenter__(self) -> PeerTransport:
         await self.start()
@@ -702,9 +706,19 @@ class PeerTransport:
         self._garbage_log.warning(
             "peer %d at %s refused the CURVE handshake; connecting again", peer.node_id, peer.addr
         )
-        _close_dealer(peer.socket, peer.monitor)
         peer.refused = False
-        self._connect(peer)
+        # The peer may have a new key (rotated): take the key set's current one.
+        if self._keys is not None:
+            with contextlib.suppress(KeyFileError):
+                peer.server_key = self._keys.key_of(str(peer.node_id)) or peer.server_key
+        old_socket, old_monitor = peer.socket, peer.monitor
+        try:
+            self._connect(peer)  # replaces peer.socket only once the new one is up
+        except TransportError as e:
+            self._garbage_log.warning("peer %d: %s", peer.node_id, e)
+            peer.retry_at = time.monotonic() + self._config.reconnect_ivl_max_ms / 1000
+            return
+        _close_dealer(old_socket, old_monitor)
 
     def remove_peer(self, node_id: NodeId) -> None:
         """Disconnect from a peer; what is queued for it is dropped. Unknown ids are ignored."""

@@ -86,13 +86,14 @@ class ClusterKeys:
 
 def curve_dealer(
     ctx: zmq.Context[zmq.Socket[bytes]],
-    addr: str,
+    addr: str | None,
     *,
     server_key: bytes | None = None,
     pair: tuple[bytes, bytes] | None = None,
     routing_id: bytes | None = None,
 ) -> zmq.Socket[bytes]:
-    """A raw DEALER connected to ``addr``: a CURVE client when ``pair`` is given."""
+    """A raw DEALER connected to ``addr`` (None: not yet): a CURVE client when
+    ``pair`` is given."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if routing_id is not None:
@@ -102,5 +103,6 @@ def curve_dealer(
         sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, pair[0])
         sock.setsockopt(zmq.CURVE_SECRETKEY, pair[1])
-    sock.connect(addr)
+    if addr is not None:
+        sock.connect(addr)
     return sock

@@ -181,3 +181,32 @@ async def test_nothing_leaks_when_closing_a_secure_transport(keys: Path) -> None
     await t.start()
     await t.close()
     await asyncio.sleep(0)
+
+
+def _rotate_key_of_2(keys: Path) -> PeerSecurity:
+    """A new key pair for node 2, its public key put in the key set in place."""
+    (keys / "new").mkdir()
+    public_file, secret_file = zmq.auth.create_certificates(keys / "new", "2")
+    Path(public_file).replace(keys / "peers" / "2.key")
+    return PeerSecurity.from_files(secret_file, keys / "peers")
+
+
+async def test_a_rotated_peer_key_is_picked_up_without_restarting_the_others(
+    keys: Path,
+) -> None:
+    async with AsyncExitStack() as stack:
+        n1 = await stack.enter_async_context(
+            PeerTransport(1, LOOPBACK, security=security(keys, "1"))
+        )
+        n2 = PeerTransport(2, LOOPBACK, security=security(keys, "2"))
+        addr = await n2.start()
+        n1.add_peer(2, addr)
+        n2.add_peer(1, n1.address)
+        assert (await send_until_received(n1, n2, b"old key", [])).from_node == 1
+        await n2.close()
+        # Node 2 gets a new key pair; the key set is updated in place; node 1 runs on.
+        rotated = _rotate_key_of_2(keys)
+        n2 = await stack.enter_async_context(PeerTransport(2, addr, security=rotated))
+        n2.add_peer(1, n1.address)
+        assert (await send_until_received(n2, n1, b"new key in", [])).from_node == 2
+        assert (await send_until_received(n1, n2, b"new key out", [])).from_node == 1
