@@ -150,7 +150,7 @@ class BrokerConfig:
     client_credentials_dir: Path | None = None
     # Principals allowed everything (read by the ACL checks): the operators' own
     # credentials, so that a fresh secured cluster, which denies everything else
-    # (docs/acl.md), can be given its first ACLs.
+    # (docs/security.md, "ACL model"), can be given its first ACLs.
     super_users: tuple[str, ...] = ()
     # Bind outside loopback without security anyway (a warning is logged at start).
     insecure: bool = False
