@@ -132,6 +132,12 @@ class BrokerConfig:
     # replicas re-placed on live brokers. 15 minutes, Redpanda's default: long enough
     # that a reboot or a rolling upgrade never triggers a full copy of its data.
     replica_replace_after_ms: int = 15 * 60 * 1000
+    # With security on: client connections per principal on one broker. Real clients
+    # hold a few; 1,000 stops a runaway one before it takes the broker's memory. A
+    # connection silent for connection_idle_ms no longer counts (Kafka's
+    # connections.max.idle.ms: 10 min).
+    max_connections_per_principal: int = 1000
+    connection_idle_ms: int = 600_000
     log_level: str = "INFO"
     # -- security (docs/security.md) ------------------------------------------------------
     # Security is on when curve_secret_key_file is set; the other three key settings
@@ -146,7 +152,9 @@ class BrokerConfig:
     client_secret_key_file: Path | None = None
     # Client public keys named by principal (alice.key): the only clients accepted.
     client_credentials_dir: Path | None = None
-    # Principals allowed everything (read by the ACL checks).
+    # Principals allowed everything (read by the ACL checks): the operators' own
+    # credentials, so that a fresh secured cluster, which denies everything else
+    # (docs/security.md, "ACL model"), can be given its first ACLs.
     super_users: tuple[str, ...] = ()
     # Bind outside loopback without security anyway (a warning is logged at start).
     insecure: bool = False
@@ -179,6 +187,8 @@ class BrokerConfig:
         _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
         _at_least("controller_compact_after", self.controller_compact_after, 64)
         _at_least("replica_replace_after_ms", self.replica_replace_after_ms, 100)
+        _at_least("max_connections_per_principal", self.max_connections_per_principal, 1)
+        _at_least("connection_idle_ms", self.connection_idle_ms, 1000)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
         self._check_security()
@@ -276,7 +286,7 @@ def _split_list(value: object) -> list[str]:
 def _coerce(name: str, value: object) -> object:
     """Turn a TOML value or an environment string into the field's type."""
     if name in ("broker_id", "bootstrap_expect", "controller_compact_after") or name.endswith(
-        ("_bytes", "_ms", "_client")
+        ("_bytes", "_ms", "_client", "_principal")
     ):
         if isinstance(value, str):
             try:

@@ -30,6 +30,9 @@ from zstream.broker._cli_format import (
 from zstream.broker._config import BrokerConfig, ConfigError, load_config
 from zstream.clients import (
     Acks,
+    AclEntry,
+    AclOperation,
+    AclPermission,
     Admin,
     ClusterClient,
     ConnectionLostError,
@@ -42,12 +45,15 @@ from zstream.clients import (
     FetchRequest,
     ListTopicsRequest,
     MetadataRequest,
+    PatternType,
     Producer,
     ProduceRequest,
+    ResourceType,
     TopicPartition,
     UnknownGroupError,
     ZStreamError,
 )
+from zstream.clients._acl import CLUSTER_RESOURCE
 from zstream.clients._admin import partition_bounds
 from zstream.clients._protocol import ListReassignmentsRequest
 
@@ -357,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap(gdel)
     _add_group_output(gsub)
     _add_partition_parser(sub)
+    _add_acl_parsers(sub)
+    _add_quota_parsers(sub)
     return parser
 
 
@@ -481,6 +489,64 @@ def _add_partition_parser(sub: Any) -> None:
     pl = psub.add_parser("reassignments", help="list reassignments in progress")
     _add_bootstrap(pl)
     _add_output(pl)
+
+
+def _add_acl_parsers(sub: Any) -> None:
+    a = sub.add_parser(
+        "acl",
+        help="list, add or remove ACL entries",
+        description="ACL entries: who may do what to which topics, groups or the cluster. "
+        "With security on, what no entry allows is denied, and a deny wins over an allow.",
+    )
+    asub = a.add_subparsers(dest="acl_command", metavar="ACTION", required=True)
+    al = asub.add_parser("list", help="list ACL entries")
+    al.add_argument("--principal", help="only this principal's entries")
+    al.add_argument("--resource-type", choices=[r.value for r in ResourceType])
+    _add_bootstrap(al)
+    for action, what in (("add", "add ACL entries"), ("remove", "remove ACL entries")):
+        p = asub.add_parser(
+            action,
+            help=what,
+            description=f"{what.capitalize()}: one per --operation, for one principal and "
+            "one resource (exact matches are removed).",
+        )
+        p.add_argument("--principal", required=True, help="a principal name, or '*' for all")
+        p.add_argument(
+            "--operation",
+            action="append",
+            required=True,
+            choices=[o.value for o in AclOperation],
+            help="repeatable; admin is every operation",
+        )
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--topic", metavar="NAME", help="a topic, or '*' for every topic")
+        where.add_argument("--topic-prefix", metavar="PREFIX", help="topics named PREFIX...")
+        where.add_argument("--group", metavar="NAME", help="a consumer group, or '*'")
+        where.add_argument("--group-prefix", metavar="PREFIX", help="groups named PREFIX...")
+        where.add_argument("--cluster", action="store_true", help="the cluster itself")
+        p.add_argument("--deny", action="store_true", help="a deny entry (default: allow)")
+        _add_bootstrap(p)
+
+
+def _add_quota_parsers(sub: Any) -> None:
+    q = sub.add_parser(
+        "quota",
+        help="set or list per-principal byte-rate quotas",
+        description="Per-principal produce and fetch byte rates, held by each broker; a "
+        "client over its quota is told to wait (THROTTLED with a throttle time).",
+    )
+    qsub = q.add_subparsers(dest="quota_command", metavar="ACTION", required=True)
+    qs = qsub.add_parser(
+        "set",
+        help="replace a principal's quota",
+        description="Replace PRINCIPAL's quota ('*': the default for principals without "
+        "one). A rate left out is unlimited; with neither, the quota is removed.",
+    )
+    qs.add_argument("principal")
+    qs.add_argument("--produce-bytes-per-s", type=_positive_int, metavar="N")
+    qs.add_argument("--fetch-bytes-per-s", type=_positive_int, metavar="N")
+    _add_bootstrap(qs)
+    _add_bootstrap(qsub.add_parser("list", help="list quotas"))
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -1219,6 +1285,65 @@ def _partition(args: argparse.Namespace) -> int:
     return _run_admin(go, args)
 
 
+def _acl_entries(args: argparse.Namespace) -> list[AclEntry]:
+    if args.cluster:
+        rtype, pattern, name = ResourceType.CLUSTER, PatternType.LITERAL, CLUSTER_RESOURCE
+    else:
+        rtype = ResourceType.TOPIC if args.topic or args.topic_prefix else ResourceType.GROUP
+        prefix = args.topic_prefix or args.group_prefix
+        pattern = PatternType.LITERAL if prefix is None else PatternType.PREFIXED
+        name = prefix if prefix is not None else args.topic or args.group
+    permission = AclPermission.DENY if args.deny else AclPermission.ALLOW
+    return [
+        AclEntry(args.principal, rtype, pattern, name, AclOperation(op), permission)
+        for op in dict.fromkeys(args.operation)
+    ]
+
+
+def _acl(args: argparse.Namespace) -> int:
+    entries = [] if args.acl_command == "list" else _acl_entries(args)
+
+    async def go(admin: Admin) -> int:
+        if args.acl_command == "list":
+            for entry in await admin.list_acls(args.principal, args.resource_type):
+                print(entry.describe())
+        elif args.acl_command == "add":
+            added = await admin.add_acls(entries)
+            print(f"added {added} of {len(entries)} entries ({len(entries) - added} were there)")
+        else:
+            removed = await admin.remove_acls(entries)
+            print(f"removed {removed} of {len(entries)} entries")
+        return 0
+
+    return _run_admin(go, args)
+
+
+def _quota(args: argparse.Namespace) -> int:
+    def rate(value: int | None) -> str:
+        return "unlimited" if value is None else f"{value} B/s"
+
+    async def go(admin: Admin) -> int:
+        if args.quota_command == "set":
+            await admin.set_quota(
+                args.principal,
+                produce_bytes_per_s=args.produce_bytes_per_s,
+                fetch_bytes_per_s=args.fetch_bytes_per_s,
+            )
+            print(
+                f"{args.principal} produce={rate(args.produce_bytes_per_s)} "
+                f"fetch={rate(args.fetch_bytes_per_s)}"
+            )
+        else:
+            for q in await admin.list_quotas():
+                print(
+                    f"{q.principal} produce={rate(q.produce_bytes_per_s)} "
+                    f"fetch={rate(q.fetch_bytes_per_s)}"
+                )
+        return 0
+
+    return _run_admin(go, args)
+
+
 def _dev(args: argparse.Namespace) -> int:
     from zstream.broker._dev import run_dev
 
@@ -1250,6 +1375,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _status,
     "group": _group,
     "partition": _partition,
+    "acl": _acl,
+    "quota": _quota,
 }
 
 

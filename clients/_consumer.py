@@ -82,6 +82,7 @@ from zstream.clients._errors import (
     UnknownPartitionError,
     ZStreamError,
     error_for_code,
+    throttle_time_s,
 )
 from zstream.clients._group import TP, Coordinator, Membership, committed_offsets
 from zstream.clients._protocol import (
@@ -986,7 +987,12 @@ class Consumer(Generic[K, V]):
         self._arrived.set()
 
     async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
-        """After a failed read: back off, refresh metadata, fix an out-of-range offset."""
+        """After a failed read: back off, refresh metadata, fix an out-of-range offset.
+        Over a fetch quota: wait as long as the broker said, and no more."""
+        throttle_s = throttle_time_s(exc)
+        if throttle_s:
+            await asyncio.sleep(throttle_s)
+            return delay
         past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
             start, end = exc.details.get("start"), exc.details.get("end")

@@ -72,6 +72,7 @@ from zstream.clients._errors import (
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
+    throttle_time_s,
 )
 from zstream.clients._protocol import Acks, InitProducerRequest, ProduceRequest
 from zstream.clients._serde import K, V
@@ -210,6 +211,7 @@ class _PartitionSender:
         self._pid = -1
         self._epoch = -1
         self._next_seq = 0
+        self._throttle_s = 0.0  # the longest wait a THROTTLED reply of the window asked
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     def push(self, batch: _Batch) -> None:
@@ -307,6 +309,7 @@ class _PartitionSender:
             # A gap behind a failed batch is that failure's echo, not its own.
             echo = behind_failure and isinstance(exc, OutOfOrderSequenceError)
             behind_failure = True
+            self._throttle_s = max(self._throttle_s, throttle_time_s(exc))
             if (exc.retriable or echo) and now - batch.created <= delivery_s:
                 retry.append(batch)
             else:
@@ -333,6 +336,10 @@ class _PartitionSender:
             if self._failed():
                 if all(task.done() for _, task in self.window):
                     if self._requeue_failed():
+                        if self._throttle_s:  # over a quota: wait as the broker said
+                            await asyncio.sleep(self._throttle_s)
+                            self._throttle_s = 0.0
+                            continue
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 1.0)
                         with contextlib.suppress(ZStreamError):
@@ -507,10 +514,15 @@ class Producer(Generic[K, V]):
         config = self.config
         deadline = time.monotonic() + config.metadata_wait_ms / 1000
         backoff = config.retry_backoff_ms / 1000
+        refused: ZStreamError | None = None
         try:
             while True:
-                with contextlib.suppress(ZStreamError):  # unreachable for now: try again
+                try:
                     await self._refresh([topic])
+                except ZStreamError as exc:  # unreachable for now: try again
+                    if not exc.retriable:  # NOT_AUTHORIZED: waiting will not help
+                        refused = exc
+                        break
                 if topic in self._partitions or time.monotonic() + backoff > deadline:
                     break
                 await asyncio.sleep(backoff)
@@ -519,7 +531,7 @@ class Producer(Generic[K, V]):
             del self._lookups[topic]
         waiting = self._waiting.pop(topic, [])
         if topic not in self._partitions:
-            error = UnknownTopicError(
+            error = refused or UnknownTopicError(
                 f"unknown topic {topic!r}: not in the cluster's metadata "
                 f"after {config.metadata_wait_ms} ms"
             )

@@ -1,6 +1,7 @@
 """The front end with CURVE: each request reaches the authorization point with the
-principal its client key is named by (None with security off). This is the
-contract the ACL checks build on."""
+principal its client key is named by; with security off there is no principal and
+the authorization point is never reached (nothing to check, nothing paid). This is
+the contract the ACL checks (test_frontend_authz.py) build on."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.unit.broker.fakes import FakeBackend
 from zstream.broker._config import ClientSecurity
 from zstream.broker._frontend import Frontend
 from zstream.clients import ClusterClient, ListTopicsRequest
-from zstream.clients._protocol import Request
+from zstream.clients._protocol import RequestArgs
 
 
 class RecordingFrontend(Frontend):
@@ -26,8 +27,8 @@ class RecordingFrontend(Frontend):
         super().__init__(FakeBackend(), "tcp://127.0.0.1:*", security=security)
         self.seen: list[tuple[str | None, str]] = []
 
-    def _authorize(self, principal: str | None, request: Request) -> None:
-        self.seen.append((principal, request.op))
+    def _authorize(self, principal: str | None, args: RequestArgs) -> None:
+        self.seen.append((principal, args.op))
 
 
 @asynccontextmanager
@@ -61,7 +62,7 @@ async def test_each_request_carries_its_key_s_principal(keys: ClusterKeys, princ
     assert frontend.seen == [(principal, "list_topics")] * 2
 
 
-async def test_without_security_the_principal_is_none() -> None:
+async def test_without_security_nothing_is_checked() -> None:
     async with serving(None) as frontend, ClusterClient(frontend.addr, timeout_s=5) as client:
-        await client.call_any(ListTopicsRequest())
-    assert frontend.seen == [(None, "list_topics")]
+        assert (await client.call_any(ListTopicsRequest())).result == {"topics": []}
+    assert frontend.seen == []
