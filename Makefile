@@ -48,7 +48,7 @@ test: lint typecheck pytest
 
 # Each benchmark prints its figure beside the limit it chases; BENCH_ARGS=--quick
 # gives the short runs. Results go to bench/results/ (git-ignored).
-BENCHES := storage_bench raft_core_bench zmq_baseline replication_bench failover_bench idle_bench dlog_bench produce_consume peers
+BENCHES := storage_bench raft_core_bench zmq_baseline replication_bench failover_bench idle_bench dlog_bench produce_consume peers security_bench
 
 bench: $(BENCH_STAMP) bench-deps
 	@for b in $(BENCHES); do echo "== bench/$$b.py $(BENCH_ARGS)"; $(PY) bench/$$b.py $(BENCH_ARGS) || exit 1; done

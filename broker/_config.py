@@ -9,6 +9,7 @@ is an error, so a misspelled option is never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -16,7 +17,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BrokerConfig", "ConfigError", "PeerSpec", "load_config", "normalize_addr"]
+from zstream import replication
+
+__all__ = [
+    "BrokerConfig",
+    "ClientSecurity",
+    "ConfigError",
+    "PeerSpec",
+    "is_loopback",
+    "load_config",
+    "normalize_addr",
+]
 
 _ENV_PREFIX = "ZSTREAM_"
 _ADDR = re.compile(r"(?:tcp://)?(?P<host>[A-Za-z0-9.\-]+|\*):(?P<port>\d{1,5})")
@@ -32,6 +43,28 @@ def normalize_addr(value: str, what: str) -> str:
     if m is None or not 0 < int(m["port"]) < 65536:
         raise ConfigError(f"{what}: expected host:port, got {value!r}")
     return f"tcp://{m['host']}:{int(m['port'])}"
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether a normalized ``tcp://host:port`` binds only inside 127.0.0.0/8."""
+    host = addr.removeprefix("tcp://").rpartition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network("127.0.0.0/8")
+    except ValueError:  # "*", a host name: it may be reachable from elsewhere
+        return False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientSecurity:
+    """CURVE on the client socket: the client-facing server key pair (one pair
+    shared by every broker of the cluster, so a client needs one server key) and
+    the client key set (public keys named by principal, ``alice.key``)."""
+
+    public_key: bytes
+    secret_key: bytes
+    credentials_dir: Path
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,7 +132,32 @@ class BrokerConfig:
     # replicas re-placed on live brokers. 15 minutes, Redpanda's default: long enough
     # that a reboot or a rolling upgrade never triggers a full copy of its data.
     replica_replace_after_ms: int = 15 * 60 * 1000
+    # With security on: client connections per principal on one broker. Real clients
+    # hold a few; 1,000 stops a runaway one before it takes the broker's memory. A
+    # connection silent for connection_idle_ms no longer counts (Kafka's
+    # connections.max.idle.ms: 10 min).
+    max_connections_per_principal: int = 1000
+    connection_idle_ms: int = 600_000
     log_level: str = "INFO"
+    # -- security (docs/security.md) ------------------------------------------------------
+    # Security is on when curve_secret_key_file is set; the other three key settings
+    # are then required. Off (all unset), the broker refuses to bind outside 127.0.0.0/8
+    # unless insecure is set.
+    # This broker's peer key pair (a zmq.auth .key_secret file); its public half is
+    # its identity, and must be peer_keys_dir/<broker_id>.key.
+    curve_secret_key_file: Path | None = None
+    # Broker public keys named by node id (1.key, 2.key ...): the only peers accepted.
+    peer_keys_dir: Path | None = None
+    # The client-facing server key pair, the same file on every broker of a cluster.
+    client_secret_key_file: Path | None = None
+    # Client public keys named by principal (alice.key): the only clients accepted.
+    client_credentials_dir: Path | None = None
+    # Principals allowed everything (read by the ACL checks): the operators' own
+    # credentials, so that a fresh secured cluster, which denies everything else
+    # (docs/security.md, "ACL model"), can be given its first ACLs.
+    super_users: tuple[str, ...] = ()
+    # Bind outside loopback without security anyway (a warning is logged at start).
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if type(self.broker_id) is not int or self.broker_id <= 0:
@@ -129,8 +187,70 @@ class BrokerConfig:
         _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
         _at_least("controller_compact_after", self.controller_compact_after, 64)
         _at_least("replica_replace_after_ms", self.replica_replace_after_ms, 100)
+        _at_least("max_connections_per_principal", self.max_connections_per_principal, 1)
+        _at_least("connection_idle_ms", self.connection_idle_ms, 1000)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        keys = {name: getattr(self, name) for name in _KEY_SETTINGS}
+        missing = [name for name, value in keys.items() if value is None]
+        if len(missing) not in (0, len(keys)):
+            raise ConfigError(
+                f"security needs all of {', '.join(_KEY_SETTINGS)}: missing {missing}"
+            )
+        for name in self.super_users:
+            if not _PRINCIPAL.fullmatch(name):
+                raise ConfigError(f"super_users: {name!r} is not a principal name")
+        if self.secure:
+            self.peer_security()  # the key files must load now, not at first use
+            self.client_security()
+            return
+        if self.insecure:
+            return
+        for name in ("client_addr", "peer_addr"):
+            addr = getattr(self, name)
+            if not is_loopback(addr):
+                raise ConfigError(
+                    f"{name} {addr} is outside 127.0.0.0/8 and security is off: set the "
+                    f"CURVE keys (docs/security.md) or pass --insecure"
+                )
+
+    @property
+    def secure(self) -> bool:
+        """CURVE on the peer and client sockets (every key setting is given)."""
+        return self.curve_secret_key_file is not None
+
+    def peer_security(self) -> replication.PeerSecurity | None:
+        if self.curve_secret_key_file is None or self.peer_keys_dir is None:
+            return None
+        try:
+            security = replication.PeerSecurity.from_files(
+                self.curve_secret_key_file, self.peer_keys_dir
+            )
+            own = security.key_set().key_of(str(self.broker_id))
+        except replication.KeyFileError as exc:
+            raise ConfigError(str(exc)) from exc
+        if own != security.public_key:
+            raise ConfigError(
+                f"curve_secret_key_file: its public key is not "
+                f"{self.peer_keys_dir}/{self.broker_id}.key (the key set must name this broker)"
+            )
+        return security
+
+    def client_security(self) -> ClientSecurity | None:
+        if self.client_secret_key_file is None or self.client_credentials_dir is None:
+            return None
+        try:
+            public, secret = replication.load_key_pair(self.client_secret_key_file)
+        except replication.KeyFileError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not self.client_credentials_dir.is_dir():
+            raise ConfigError(
+                f"client_credentials_dir {self.client_credentials_dir} is no directory"
+            )
+        return ClientSecurity(public, secret, self.client_credentials_dir)
 
     @property
     def discovery(self) -> str:
@@ -143,7 +263,16 @@ def _at_least(name: str, value: object, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+_KEY_SETTINGS = (
+    "curve_secret_key_file",
+    "peer_keys_dir",
+    "client_secret_key_file",
+    "client_credentials_dir",
+)
+_PRINCIPAL = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _FIELDS = {f.name: f for f in dataclasses.fields(BrokerConfig)}
+_PATH_SETTINGS = frozenset(("data_dir", *_KEY_SETTINGS))
+_BOOL_SETTINGS = frozenset(("fsync", "insecure"))
 
 
 def _split_list(value: object) -> list[str]:
@@ -157,7 +286,7 @@ def _split_list(value: object) -> list[str]:
 def _coerce(name: str, value: object) -> object:
     """Turn a TOML value or an environment string into the field's type."""
     if name in ("broker_id", "bootstrap_expect", "controller_compact_after") or name.endswith(
-        ("_bytes", "_ms", "_client")
+        ("_bytes", "_ms", "_client", "_principal")
     ):
         if isinstance(value, str):
             try:
@@ -167,7 +296,7 @@ def _coerce(name: str, value: object) -> object:
         if type(value) is not int:
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
-    if name == "fsync":
+    if name in _BOOL_SETTINGS:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in (
@@ -181,12 +310,12 @@ def _coerce(name: str, value: object) -> object:
             "off",
         ):
             return value.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(f"fsync must be a boolean, got {value!r}")
-    if name == "data_dir":
+        raise ConfigError(f"{name} must be a boolean, got {value!r}")
+    if name in _PATH_SETTINGS:
         if not isinstance(value, str | Path) or not str(value):
-            raise ConfigError(f"data_dir must be a path, got {value!r}")
+            raise ConfigError(f"{name} must be a path, got {value!r}")
         return Path(value)
-    if name == "etcd_endpoints":
+    if name in ("etcd_endpoints", "super_users"):
         return tuple(_split_list(value))
     if name == "peers":
         return tuple(PeerSpec.parse(p) for p in _split_list(value))

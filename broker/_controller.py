@@ -29,6 +29,14 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "add_partitions", "name": str, "count": int, "live": [int, ...]}
     {"op": "decommission_broker", "id": int}
     {"op": "remove_broker", "id": int}
+    {"op": "acl_add", "entries": [{ACL entry}, ...]}
+    {"op": "acl_remove", "entries": [{ACL entry}, ...]}
+    {"op": "quota_set", "principal": str, "produce_bytes_per_s": int | None,
+     "fetch_bytes_per_s": int | None}
+
+ACL entries and quotas have the wire form of clients/_acl.py. ``acl_add`` and
+``acl_remove`` result in how many entries were added (new) or removed (present);
+``quota_set`` replaces the principal's quota (both rates None: it has none).
 
 ``now_ms`` is the proposer's wall clock (0 or absent: none), as ``live`` below is its
 view of the brokers: apply never reads a clock, so every replica agrees.
@@ -100,15 +108,20 @@ Decommission:
 - ``remove_broker`` (the controller leader, once the broker holds no replica) removes
   it for good: it leaves ``brokers``, and ``register_broker`` refuses its id after.
 
-Snapshot: msgpack of {"v": 4, "applied_index", "brokers", "topics",
-"next_group_id", "next_producer_id", "groups", "decommissioning", "removed"}, where
+Snapshot: msgpack of {"v": 5, "applied_index", "brokers", "topics",
+"next_group_id", "next_producer_id", "groups", "decommissioning", "removed", "acls",
+"quotas"}, where
 ``groups`` is ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
 sorted ``[[topic, partition, next_offset], ...]``. Each topic is ``[name, rf, partitions,
-configs]``, each partition ``[partition, group_id, replicas, target]``. A version 1
-snapshot (no ``groups``) restores with no groups, a version 2 one (no ``active_ms``)
-with 0, a version 3 one (partitions without ``target``) with no reassignments.
+configs]``, each partition ``[partition, group_id, replicas, target]``. ``acls`` is
+``[[principal, resource_type, pattern, name, operation, permission], ...]`` sorted,
+``quotas`` ``[[principal, produce_bytes_per_s, fetch_bytes_per_s], ...]`` sorted by
+principal. A version 1 snapshot (no ``groups``) restores with no groups, a version 2
+one (no ``active_ms``) with 0, a version 3 one (partitions without ``target``) with no
+reassignments; versions 1-4 (4: reassignment targets, ``decommissioning``,
+``removed``) restore with no ACLs and no quotas.
 """
 
 from __future__ import annotations
@@ -119,6 +132,7 @@ from typing import Any
 
 import msgpack
 
+from zstream.broker._acl import AclTable
 from zstream.broker._groups import Group, Member, TopicPartition, partition_map, rebalance
 from zstream.clients import (
     FencedMemberError,
@@ -132,6 +146,7 @@ from zstream.clients import (
     UnknownTopicError,
     ZStreamError,
 )
+from zstream.clients._acl import AclEntry, QuotaLimits
 from zstream.clients._protocol import (
     MAX_MEMBER_ID_CHARS,
     MAX_SESSION_TIMEOUT_MS,
@@ -147,6 +162,8 @@ __all__ = [
     "ControllerState",
     "PartitionAssignment",
     "TopicRecord",
+    "acl_add_command",
+    "acl_remove_command",
     "add_partitions_command",
     "allocate_producer_id_command",
     "alter_topic_configs_command",
@@ -160,6 +177,7 @@ __all__ = [
     "group_join_or_update_command",
     "group_leave_command",
     "heartbeat_interval_ms",
+    "quota_set_command",
     "reassign_partition_command",
     "register_broker_command",
     "remove_broker_command",
@@ -176,12 +194,19 @@ MAX_MEMBER_TOPICS = 1_000
 # group names, meets a clear error instead of growing the controller without end.
 MAX_GROUP_MEMBERS = 1_000
 MAX_GROUPS = 10_000
-_SNAPSHOT_VERSION = 4
-_SNAPSHOT_VERSIONS = (1, 2, 3, 4)
 # Reassignments a broker may be receiving at once (each one a new replica catching up
 # from its leader): a decommission moves replicas a few at a time instead of flooding
 # the disks and links of the brokers that take them.
 MAX_MOVES_PER_BROKER = 2
+# ACL entries and quotas: each replica keeps them in memory and checks every request
+# against them; thousands cover any real deployment, and the bound keeps one admin
+# client from growing every broker without end.
+MAX_ACLS = 10_000
+MAX_ACLS_PER_COMMAND = 1_000
+MAX_QUOTAS = 10_000
+# 5 adds ACLs and quotas to version 4 (reassignment targets, decommissioning, removed).
+_SNAPSHOT_VERSION = 5
+_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -351,6 +376,18 @@ def remove_broker_command(broker_id: int) -> bytes:
     return _pack({"op": "remove_broker", "id": broker_id})
 
 
+def acl_add_command(entries: Iterable[AclEntry]) -> bytes:
+    return _pack({"op": "acl_add", "entries": [e.to_wire() for e in entries]})
+
+
+def acl_remove_command(entries: Iterable[AclEntry]) -> bytes:
+    return _pack({"op": "acl_remove", "entries": [e.to_wire() for e in entries]})
+
+
+def quota_set_command(quota: QuotaLimits) -> bytes:
+    return _pack({"op": "quota_set", **quota.to_wire()})
+
+
 def heartbeat_interval_ms(session_timeout_ms: int) -> int:
     """How often a member should heartbeat: a third of its session, at most 1 s."""
     return min(1000, session_timeout_ms // 3)
@@ -448,6 +485,20 @@ def _offset_rows(value: object) -> list[tuple[str, int, int]]:
     return [(topic, ints[0], ints[1]) for topic, ints in _rows(value, 2, "offsets")]
 
 
+def _acl_entries(cmd: Mapping[str, Any]) -> list[AclEntry]:
+    value = cmd.get("entries")
+    if type(value) is not list or len(value) > MAX_ACLS_PER_COMMAND:
+        raise InvalidRequestError(
+            f"controller command: entries must be a list of at most {MAX_ACLS_PER_COMMAND}"
+        )
+    out = []
+    for doc in value:
+        if type(doc) is not dict:
+            raise InvalidRequestError("controller command: an ACL entry must be a map")
+        out.append(AclEntry.from_wire(doc))
+    return out
+
+
 def _describe_tps(tps: Iterable[TopicPartition]) -> str:
     shown = sorted(tps)
     text = ", ".join(f"{t}/{p}" for t, p in shown[:8])
@@ -469,6 +520,8 @@ class ControllerState:
         # good (refused registration; their ids are never reused).
         self.decommissioning: set[int] = set()
         self.removed: set[int] = set()
+        self.acls = AclTable()
+        self.quotas: dict[str, QuotaLimits] = {}
 
     # -- applying commands -------------------------------------------------------------
 
@@ -519,6 +572,13 @@ class ControllerState:
                 return self._decommission_broker(cmd)
             if op == "remove_broker":
                 return self._remove_broker(cmd)
+            if op == "acl_add":
+                return self._acl_add(cmd)
+            if op == "acl_remove":
+                return self.acls.remove(_acl_entries(cmd))
+            if op == "quota_set":
+                self._quota_set(cmd)
+                return None
             raise InvalidRequestError(f"unknown controller command {op!r}")
         except ZStreamError as exc:
             return exc
@@ -727,6 +787,28 @@ class ControllerState:
             not g.members and (not g.active_ms or now_ms - g.active_ms > retention_ms)
             for g in self.groups.values()
         )
+
+    # -- ACLs and quotas ---------------------------------------------------------------
+
+    def _acl_add(self, cmd: Mapping[str, Any]) -> int:
+        entries = _acl_entries(cmd)
+        new = {e for e in entries if e not in self.acls}
+        if len(self.acls) + len(new) > MAX_ACLS:
+            raise InvalidRequestError(f"at most {MAX_ACLS} ACL entries per cluster")
+        return self.acls.add(entries)
+
+    def _quota_set(self, cmd: Mapping[str, Any]) -> None:
+        quota = QuotaLimits(
+            cmd.get("principal"),  # type: ignore[arg-type]  # checked by QuotaLimits
+            cmd.get("produce_bytes_per_s"),
+            cmd.get("fetch_bytes_per_s"),
+        )
+        if quota.unlimited:
+            self.quotas.pop(quota.principal, None)
+            return
+        if quota.principal not in self.quotas and len(self.quotas) >= MAX_QUOTAS:
+            raise InvalidRequestError(f"at most {MAX_QUOTAS} quotas per cluster")
+        self.quotas[quota.principal] = quota
 
     def _load(self) -> tuple[dict[int, int], dict[int, int]]:
         leaders: dict[int, int] = {}
@@ -1147,6 +1229,21 @@ class ControllerState:
                     ]
                     for g in sorted(self.groups.values(), key=lambda g: g.name)
                 ],
+                "acls": [
+                    [
+                        e.principal,
+                        e.resource_type.value,
+                        e.pattern.value,
+                        e.name,
+                        e.operation.value,
+                        e.permission.value,
+                    ]
+                    for e in self.acls.entries()
+                ],
+                "quotas": [
+                    [q.principal, q.produce_bytes_per_s, q.fetch_bytes_per_s]
+                    for _, q in sorted(self.quotas.items())
+                ],
             }
         )
 
@@ -1191,6 +1288,12 @@ class ControllerState:
                     )
                 group.offsets = {(str(t), int(p)): int(o) for t, p, o in offsets}
                 state.groups[group.name] = group
+            state.acls = AclTable(AclEntry(*row) for row in doc.get("acls", []))
+            for principal, produce, fetch in doc.get("quotas", []):
+                quota = QuotaLimits(principal, produce, fetch)
+                state.quotas[quota.principal] = quota
+        except ZStreamError as exc:  # an entry that does not validate
+            raise ValueError(f"bad controller snapshot: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"bad controller snapshot: {exc!r}") from exc
         return state

@@ -3,6 +3,17 @@
 Children run in their own sessions, so Ctrl-C reaches only this process, which
 then stops the brokers (SIGTERM, by PID, waiting for each to exit) and etcd.
 Logs go to ``<data dir>/logs/``.
+
+With ``--secure`` the same cluster runs with CURVE on every socket. The keys live
+in ``<data dir>/keys/`` (made on the first secure run, kept after)::
+
+    brokers/ID.key_secret   each broker's peer key pair
+    peers/ID.key            the peer key set (public keys named by broker id)
+    server.key[_secret]     the client-facing key pair every broker serves under
+    clients/admin.key       the client key set: one principal, admin (a super user)
+    admin.key_secret        admin's credentials
+
+and ``<data dir>/client.env`` holds the ``export`` lines a client shell needs.
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ from typing import IO
 
 import zmq
 
-from zstream.clients import MetadataRequest, ZStreamError
+from zstream.broker._keys import generate_key_pair
+from zstream.clients import Credentials, MetadataRequest, ZStreamError
 from zstream.clients._protocol import decode_reply, encode_request
 
 __all__ = ["run_dev"]
@@ -98,9 +110,15 @@ class _Child:
         return "\n".join(text[-lines:])
 
 
-def _answers_metadata(ctx: zmq.Context[zmq.Socket[bytes]], addr: str) -> bool:
+def _answers_metadata(
+    ctx: zmq.Context[zmq.Socket[bytes]], addr: str, credentials: Credentials | None = None
+) -> bool:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if credentials is not None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, credentials.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, credentials.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, credentials.secret_key)
     sock.connect(addr)
     try:
         sock.send_multipart(encode_request(1, MetadataRequest()))
@@ -114,7 +132,33 @@ def _answers_metadata(ctx: zmq.Context[zmq.Socket[bytes]], addr: str) -> bool:
     return reply.error == 0
 
 
-def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
+# The principal `zstream dev --secure` makes, a super user.
+DEV_ADMIN = "admin"
+
+
+def _dev_keys(keys: Path, brokers: int) -> list[str]:
+    """Make (or keep) the keys of a secure dev cluster; return the broker flags they
+    need, the same for every broker but its own key pair (``{id}`` in the first)."""
+    for i in range(1, brokers + 1):
+        if not (keys / "brokers" / f"{i}.key_secret").exists():
+            generate_key_pair(str(i), keys / "brokers", force=True)
+        (keys / "peers").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(keys / "brokers" / f"{i}.key", keys / "peers" / f"{i}.key")
+    for name in ("server", DEV_ADMIN):
+        if not (keys / f"{name}.key_secret").exists():
+            generate_key_pair(name, keys, force=True)
+    (keys / "clients").mkdir(exist_ok=True)
+    shutil.copyfile(keys / f"{DEV_ADMIN}.key", keys / "clients" / f"{DEV_ADMIN}.key")
+    return [
+        f"--curve-secret-key-file={keys / 'brokers' / '{id}.key_secret'}",
+        f"--peer-keys-dir={keys / 'peers'}",
+        f"--client-secret-key-file={keys / 'server.key_secret'}",
+        f"--client-credentials-dir={keys / 'clients'}",
+        f"--super-users={DEV_ADMIN}",
+    ]
+
+
+def run_dev(data_dir: Path, brokers: int, port_base: int, *, secure: bool = False) -> int:
     from zstream.broker.cli import DEV_CLIENT_PORT, UserError
 
     etcd = shutil.which("etcd")
@@ -134,6 +178,11 @@ def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
     peer_port = _ETCD_PEER_PORT if fixed and _port_free(_ETCD_PEER_PORT) else _free_port()
     data_dir = data_dir.resolve()
     logs = data_dir / "logs"
+    keys = data_dir / "keys"
+    security_flags = _dev_keys(keys, brokers) if secure else []
+    credentials = (
+        Credentials.load(keys / f"{DEV_ADMIN}.key_secret", keys / "server.key") if secure else None
+    )
     children: list[_Child] = []
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -177,19 +226,34 @@ def run_dev(data_dir: Path, brokers: int, port_base: int) -> int:
                 f"--etcd=127.0.0.1:{client_port}",
                 f"--metrics-addr=127.0.0.1:{mport}",
                 f"--bootstrap-expect={brokers}",
+                *(flag.replace("{id}", str(i)) for flag in security_flags),
             ]
             children.append(_Child(f"broker-{i}", argv, logs / f"broker-{i}.log"))
         for i, (cport, _, mport) in enumerate(ports, start=1):
             addr = f"tcp://127.0.0.1:{cport}"
-            _wait(functools.partial(_answers_metadata, ctx, addr), children, 60, f"broker {i}")
+            ready = functools.partial(_answers_metadata, ctx, addr, credentials)
+            _wait(ready, children, 60, f"broker {i}")
             print(
                 f"zstream dev: broker {i}  at 127.0.0.1:{cport} "
                 f"(metrics http://127.0.0.1:{mport}/metrics)",
                 flush=True,
             )
         print(f"zstream dev: data and logs in {data_dir}", flush=True)
-        if port_base != DEV_CLIENT_PORT:
-            bootstrap = ",".join(f"127.0.0.1:{c}" for c, _, _ in ports)
+        bootstrap = ",".join(f"127.0.0.1:{c}" for c, _, _ in ports)
+        if secure:
+            exports = [
+                f"export ZSTREAM_BOOTSTRAP={bootstrap}",
+                f"export ZSTREAM_CREDENTIALS={keys / f'{DEV_ADMIN}.key_secret'}",
+                f"export ZSTREAM_SERVER_KEY={keys / 'server.key'}",
+            ]
+            (data_dir / "client.env").write_text("".join(f"{line}\n" for line in exports))
+            print(
+                f"zstream dev: CURVE on; clients need (also in {data_dir / 'client.env'}):",
+                flush=True,
+            )
+            for line in exports:
+                print(f"  {line}", flush=True)
+        elif port_base != DEV_CLIENT_PORT:
             print(f"zstream dev: clients need: export ZSTREAM_BOOTSTRAP={bootstrap}", flush=True)
         print("zstream dev: ready; press Ctrl-C to stop", flush=True)
         reported: set[str] = set()

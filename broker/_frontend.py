@@ -15,7 +15,15 @@ For each message, in order:
    UNSUPPORTED_VERSION, under the correlation id when one can be read; a message
    with no readable id is answered with id 0.
 3. in-flight limit per client identity -> THROTTLED.
-4. dispatch: quick operations are answered inline; produce, long-poll fetch,
+4. with security on (the request has a principal, from the connection's CURVE key):
+   the request's ACLs (`_authorize`) -> NOT_AUTHORIZED naming the operation and the
+   resource, then the principal's produce/fetch byte quota -> THROTTLED with
+   ``throttle_ms``; before both, a connection (routing identity) beyond the
+   principal's ``max_connections_per_principal`` -> THROTTLED. Listings (metadata,
+   topics, groups, offsets) are filtered to what the principal may describe, as Kafka
+   does. With security off (no principal) none of this runs: the cost on the hot
+   path is one ``is None`` test.
+5. dispatch: quick operations are answered inline; produce, long-poll fetch,
    topic operations and consumer-group operations (they wait on the controller's
    Raft group) run as tasks owned by the front end (cancelled on close).
    Every handler's ZStreamError becomes its numbered error; anything else is a bug,
@@ -28,6 +36,15 @@ a heartbeat push (with the high watermark) when it has been idle for
 deleted) sends a ``closed`` push carrying the error code and ends; the client
 resubscribes on the new leader from its last offset.
 
+Security: given a `ClientSecurity`, the socket is a CURVE server behind a ZAP
+handler that accepts only the client keys of ``client_credentials_dir`` and sets
+each connection's ZeroMQ User-Id to the key's principal name (``alice.key`` ->
+``alice``). A client without CURVE or with an unknown key is refused during the
+handshake and never reaches the steps above. Each request's principal is read
+from its received envelope frame (``frame.get("User-Id")``; ``principal_of``
+replaces that reader in tests) and checked in step 4; with security off the
+principal is None and everything is allowed.
+
 The partitions and metadata sit behind :class:`Backend`, a narrow interface with
 a fake for tests and the real partition manager in the server.
 """
@@ -39,15 +56,23 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
 
-from zstream import storage
+from zstream import replication, storage
+from zstream.broker._acl import AclTable, Authorizer, not_authorized
+from zstream.broker._config import ClientSecurity
+from zstream.broker._quota import ConnectionLimit, Direction, Quotas
 from zstream.clients import (
     Acks,
+    AclAddRequest,
+    AclEntry,
+    AclListRequest,
+    AclOperation,
+    AclRemoveRequest,
     CommitOffsetsRequest,
     CorruptBatchError,
     CreateTopicRequest,
@@ -68,13 +93,18 @@ from zstream.clients import (
     OffsetOutOfRangeError,
     OffsetsForTimeRequest,
     ProduceRequest,
+    QuotaLimits,
+    QuotaListRequest,
+    QuotaSetRequest,
     RequestTimedOutError,
+    ResourceType,
     SubscribeRequest,
     ThrottledError,
     UnknownServerError,
     UnsubscribeRequest,
     ZStreamError,
 )
+from zstream.clients._acl import CLUSTER_RESOURCE
 from zstream.clients._protocol import (
     AddPartitionsRequest,
     AlterTopicRequest,
@@ -83,6 +113,7 @@ from zstream.clients._protocol import (
     ListReassignmentsRequest,
     ReassignPartitionRequest,
     Request,
+    RequestArgs,
     decode_request,
     encode_error_reply,
     encode_push,
@@ -90,9 +121,19 @@ from zstream.clients._protocol import (
     peek_correlation_id,
 )
 
-__all__ = ["Backend", "Frontend", "FrontendStats", "PartitionBackend", "offset_for_time"]
+__all__ = [
+    "CLIENT_ZAP_DOMAIN",
+    "Backend",
+    "Frontend",
+    "FrontendStats",
+    "PartitionBackend",
+    "offset_for_time",
+]
 
 log = logging.getLogger("zstream.frontend")
+
+# ZMQ_ZAP_DOMAIN of the client ROUTER (the peer ROUTER has its own).
+CLIENT_ZAP_DOMAIN = "zstream-client"
 
 # Answered from a task of their own: they wait on Raft or on new data.
 _SLOW_OPS = (
@@ -112,7 +153,31 @@ _SLOW_OPS = (
     DecommissionBrokerRequest,
     AlterTopicRequest,
     AddPartitionsRequest,
+    AclListRequest,
+    AclAddRequest,
+    AclRemoveRequest,
+    QuotaSetRequest,
+    QuotaListRequest,
 )
+
+# The principal of a received message (the ZAP User-Id of its connection), or None
+# with security off.
+PrincipalOf = Callable[[Sequence[zmq.Frame]], str | None]
+
+_PRODUCE = AclOperation.PRODUCE
+_CONSUME = AclOperation.CONSUME
+_DESCRIBE = AclOperation.DESCRIBE
+_TOPIC = ResourceType.TOPIC
+_GROUP = ResourceType.GROUP
+_CLUSTER = ResourceType.CLUSTER
+
+
+def _zap_principal(msg: Sequence[zmq.Frame]) -> str:
+    """The principal the ZAP handler set at the handshake (the client key's name);
+    read from the envelope frame, which ZeroMQ received (not the identity frame the
+    ROUTER made up)."""
+    return str(msg[1].get("User-Id"))
+
 
 # ZeroMQ's hard ceiling sits above the application's limit, so that a message a
 # little too large still gets a MESSAGE_TOO_LARGE reply instead of a dropped link.
@@ -198,6 +263,25 @@ class Backend(Protocol):
 
     async def add_partitions(self, request: AddPartitionsRequest) -> dict[str, Any]: ...
 
+    # ACLs and quotas: the state every broker holds (for its checks), and the
+    # controller leader's operations on it (others raise NotControllerError).
+
+    @property
+    def acls(self) -> AclTable: ...
+
+    @property
+    def quotas(self) -> Mapping[str, QuotaLimits]: ...
+
+    async def list_acls(self) -> list[AclEntry]: ...
+
+    async def add_acls(self, entries: Sequence[AclEntry]) -> int: ...
+
+    async def remove_acls(self, entries: Sequence[AclEntry]) -> int: ...
+
+    async def set_quota(self, quota: QuotaLimits) -> None: ...
+
+    async def list_quotas(self) -> list[QuotaLimits]: ...
+
 
 @dataclasses.dataclass
 class FrontendStats:
@@ -226,6 +310,7 @@ class _Stream:
     offset: int
     credit_bytes: int
     credit: asyncio.Event
+    principal: str | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -242,8 +327,20 @@ class Frontend:
         heartbeat_ms: int = 1000,
         context: zmq.asyncio.Context | None = None,
         on_request: Callable[[str, float, ZStreamError | None], None] | None = None,
+        security: ClientSecurity | None = None,
+        principal_of: PrincipalOf | None = None,
+        super_users: Iterable[str] = (),
+        max_connections_per_principal: int = 1000,
+        connection_idle_ms: int = 600_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
+        self._authz = Authorizer(lambda: backend.acls, super_users)
+        self._quotas = Quotas(lambda: backend.quotas)
+        self._connections = ConnectionLimit(
+            max_connections_per_principal, connection_idle_ms / 1000
+        )
+        self._clock = clock
         self._max_bytes = max_message_bytes
         self._max_in_flight = max_in_flight_per_client
         self._heartbeat_s = heartbeat_ms / 1000
@@ -254,6 +351,20 @@ class Frontend:
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes * _ZMQ_CEILING_FACTOR)
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._auth: replication.KeyAuthenticator | None = None
+        if security is not None:
+            # The ZAP handler first: a CURVE server without one accepts every key.
+            keys = replication.KeySet(security.credentials_dir)
+            self._auth = replication.KeyAuthenticator(self._ctx, keys, CLIENT_ZAP_DOMAIN)
+            self._auth.start()
+            self._sock.setsockopt(zmq.ZAP_DOMAIN, CLIENT_ZAP_DOMAIN.encode())
+            self._sock.setsockopt(zmq.CURVE_SERVER, 1)
+            self._sock.setsockopt(zmq.CURVE_PUBLICKEY, security.public_key)
+            self._sock.setsockopt(zmq.CURVE_SECRETKEY, security.secret_key)
+        if security is not None and principal_of is None:
+            principal_of = _zap_principal
+        # Security: None (off) means no request has a principal and nothing is checked.
+        self._principal_of = principal_of
         self._sock.bind(bind_addr)
         self.addr: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._in_flight: dict[bytes, int] = {}
@@ -292,6 +403,8 @@ class Frontend:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sock.close(linger=0)
+        if self._auth is not None:
+            await self._auth.aclose()
         if self._own_ctx:
             self._ctx.term()
 
@@ -300,6 +413,12 @@ class Frontend:
         if len(msg) < 2:
             return  # no envelope: nothing can be answered (ROUTER always adds identity)
         identity = msg[0].bytes
+        principal: str | None = None
+        if self._principal_of is not None:
+            try:
+                principal = self._principal_of(msg)
+            except zmq.ZMQError:
+                return  # cannot happen on a CURVE socket; nothing to trust, no answer
         frames: list[Buffer] = [f.buffer for f in msg[1:]]
         size = sum(len(f) for f in frames)
         self.stats.bytes_in += size
@@ -319,17 +438,30 @@ class Frontend:
             error = ThrottledError(f"more than {self._max_in_flight} requests in flight")
             await self._send_error(identity, request.corr_id, error, request.op, started)
             return
+        if principal is not None and not self._connections.admit(
+            principal, identity, self._clock()
+        ):
+            error = ThrottledError(
+                f"principal {principal!r} has {self._connections.max_per_principal} "
+                "connections to this broker already (max_connections_per_principal)"
+            )
+            await self._send_error(identity, request.corr_id, error, request.op, started)
+            return
         self._in_flight[identity] = self._in_flight.get(identity, 0) + 1
         if isinstance(request.args, _SLOW_OPS):
-            task = asyncio.create_task(self._serve(identity, request, started))
+            task = asyncio.create_task(self._serve(identity, request, started, principal))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            await self._serve(identity, request, started)
+            await self._serve(identity, request, started, principal)
 
-    async def _serve(self, identity: bytes, request: Request, started: float) -> None:
+    async def _serve(
+        self, identity: bytes, request: Request, started: float, principal: str | None = None
+    ) -> None:
         try:
-            result, frames = await self._dispatch(identity, request)
+            if principal is not None:
+                self._authorize(principal, request.args)
+            result, frames = await self._dispatch(identity, request, principal)
         except ZStreamError as exc:
             await self._send_error(identity, request.corr_id, exc, request.op, started)
         except asyncio.CancelledError:
@@ -370,20 +502,96 @@ class Frontend:
 
     # -- handlers --------------------------------------------------------------------------
 
+    def _authorize(self, principal: str, args: RequestArgs) -> None:
+        """Raise NotAuthorizedError unless ``principal`` may make this request. Listings
+        (metadata of every topic, topics, groups) are not refused but filtered
+        (`_dispatch`); credit and unsubscribe act on the client's own streams, whose
+        subscribe was checked."""
+        authz = self._authz
+        match args:
+            case ProduceRequest():
+                authz.check(principal, _PRODUCE, _TOPIC, args.topic)
+            case FetchRequest() | SubscribeRequest():
+                authz.check(principal, _CONSUME, _TOPIC, args.topic)
+            case DescribeTopicRequest():
+                authz.check(principal, _DESCRIBE, _TOPIC, args.name)
+            case MetadataRequest(topics=list() as topics):
+                # Named topics, as Kafka's per-topic TOPIC_AUTHORIZATION_FAILED: a
+                # producer learns at once why a topic is not in its metadata.
+                for topic in topics:
+                    authz.check(principal, _DESCRIBE, _TOPIC, topic)
+            case CreateTopicRequest():
+                if not authz.allowed(principal, AclOperation.CREATE, _CLUSTER, CLUSTER_RESOURCE):
+                    authz.check(principal, AclOperation.CREATE, _TOPIC, args.name)
+            case DeleteTopicRequest():
+                authz.check(principal, AclOperation.DELETE, _TOPIC, args.name)
+            case InitProducerRequest():
+                # A producer id is for writing: it takes produce on some topic.
+                if not authz.allows_any(principal, _PRODUCE, _TOPIC):
+                    raise not_authorized(principal, _PRODUCE, _TOPIC, "*")
+            case GroupHeartbeatRequest():
+                authz.check(principal, _CONSUME, _GROUP, args.group)
+                for topic in args.topics or ():
+                    authz.check(principal, _CONSUME, _TOPIC, topic)
+            case CommitOffsetsRequest():
+                authz.check(principal, _CONSUME, _GROUP, args.group)
+                for topic in args.offsets:
+                    authz.check(principal, _CONSUME, _TOPIC, topic)
+            case FetchOffsetsRequest() | DescribeGroupRequest():
+                authz.check(principal, _DESCRIBE, _GROUP, args.group)
+            case DeleteGroupRequest():
+                authz.check(principal, AclOperation.DELETE, _GROUP, args.group)
+            case OffsetsForTimeRequest():
+                # Kafka's ListOffsets: describe on the topic.
+                authz.check(principal, _DESCRIBE, _TOPIC, args.topic)
+            case AlterTopicRequest() | AddPartitionsRequest():
+                authz.check(principal, AclOperation.ALTER, _TOPIC, args.name)
+            case ReassignPartitionRequest() | DecommissionBrokerRequest():
+                authz.check(principal, AclOperation.ALTER, _CLUSTER, CLUSTER_RESOURCE)
+            case ListReassignmentsRequest():
+                authz.check(principal, _DESCRIBE, _CLUSTER, CLUSTER_RESOURCE)
+            case AclListRequest() | QuotaListRequest():
+                authz.check(principal, _DESCRIBE, _CLUSTER, CLUSTER_RESOURCE)
+            case AclAddRequest() | AclRemoveRequest() | QuotaSetRequest():
+                authz.check(principal, AclOperation.ALTER, _CLUSTER, CLUSTER_RESOURCE)
+
+    def _describable(self, principal: str | None, rtype: ResourceType, name: str) -> bool:
+        return principal is None or self._authz.allowed(principal, _DESCRIBE, rtype, name)
+
+    def _admit(self, principal: str, direction: Direction) -> None:
+        """Raise ThrottledError (with ``throttle_ms``) while the principal's bucket is
+        in debt."""
+        wait_s = self._quotas.throttle_s(principal, direction, self._clock())
+        if wait_s > 0:
+            throttle_ms = max(1, int(wait_s * 1000 + 0.999))
+            raise ThrottledError(
+                f"principal {principal!r} is over its {direction} quota of "
+                f"{self._quotas.rate(principal, direction)} bytes/s: retry in {throttle_ms} ms",
+                throttle_ms=throttle_ms,
+            )
+
     async def _dispatch(
-        self, identity: bytes, request: Request
+        self, identity: bytes, request: Request, principal: str | None = None
     ) -> tuple[dict[str, Any], Sequence[Buffer]]:
         args = request.args
         backend = self._backend
         match args:
             case ProduceRequest():
-                return await self._produce(args, request.frames[0]), ()
+                return await self._produce(args, request.frames[0], principal), ()
             case FetchRequest():
-                return await self._fetch(args)
+                return await self._fetch(args, principal)
             case MetadataRequest():
-                return backend.metadata(args.topics), ()
+                doc = backend.metadata(args.topics)
+                if principal is not None:
+                    doc["topics"] = [
+                        t for t in doc["topics"] if self._describable(principal, _TOPIC, t["name"])
+                    ]
+                return doc, ()
             case ListTopicsRequest():
-                return {"topics": backend.list_topics()}, ()
+                names = backend.list_topics()
+                if principal is not None:
+                    names = [t for t in names if self._describable(principal, _TOPIC, t)]
+                return {"topics": names}, ()
             case DescribeTopicRequest():
                 return backend.describe_topic(args.name), ()
             case CreateTopicRequest():
@@ -399,9 +607,19 @@ class Frontend:
                 await backend.commit_offsets(args)
                 return {}, ()
             case FetchOffsetsRequest():
-                return await backend.fetch_offsets(args), ()
+                offsets = await backend.fetch_offsets(args)
+                if principal is not None:
+                    offsets["offsets"] = {
+                        t: rows
+                        for t, rows in offsets["offsets"].items()
+                        if self._describable(principal, _TOPIC, t)
+                    }
+                return offsets, ()
             case ListGroupsRequest():
-                return {"groups": await backend.list_groups()}, ()
+                groups = await backend.list_groups()
+                if principal is not None:
+                    groups = [g for g in groups if self._describable(principal, _GROUP, g)]
+                return {"groups": groups}, ()
             case DescribeGroupRequest():
                 return await backend.describe_group(args.group), ()
             case DeleteGroupRequest():
@@ -422,7 +640,24 @@ class Frontend:
             case AddPartitionsRequest():
                 return await backend.add_partitions(args), ()
             case SubscribeRequest():
-                return self._subscribe(identity, args), ()
+                return self._subscribe(identity, args, principal), ()
+            case AclListRequest():
+                acls = [
+                    e.to_wire()
+                    for e in await backend.list_acls()
+                    if args.principal in (None, e.principal)
+                    and args.resource_type in (None, e.resource_type)
+                ]
+                return {"acls": acls}, ()
+            case AclAddRequest():
+                return {"added": await backend.add_acls(args.acl_entries())}, ()
+            case AclRemoveRequest():
+                return {"removed": await backend.remove_acls(args.acl_entries())}, ()
+            case QuotaSetRequest():
+                await backend.set_quota(args.limits())
+                return {}, ()
+            case QuotaListRequest():
+                return {"quotas": [q.to_wire() for q in await backend.list_quotas()]}, ()
             case CreditRequest():
                 stream = self._own_stream(identity, args.stream)
                 stream.credit_bytes += args.credit_bytes
@@ -434,13 +669,19 @@ class Frontend:
                 return {}, ()
         raise InvalidRequestError(f"unsupported operation {request.op}")  # pragma: no cover
 
-    async def _produce(self, args: ProduceRequest, batch: Buffer) -> dict[str, Any]:
+    async def _produce(
+        self, args: ProduceRequest, batch: Buffer, principal: str | None = None
+    ) -> dict[str, Any]:
         partition = self._backend.partition(args.topic, args.partition)
         partition.check_leader()
+        if principal is not None:
+            self._admit(principal, Direction.PRODUCE)
         try:
             storage.verify_batch(batch)
         except storage.CorruptBatchError as exc:
             raise CorruptBatchError(str(exc)) from exc
+        if principal is not None:
+            self._quotas.charge(principal, Direction.PRODUCE, len(batch), self._clock())
         try:
             base = await asyncio.wait_for(
                 partition.produce(batch, args.acks, args.timeout_ms / 1000), args.timeout_ms / 1000
@@ -451,9 +692,13 @@ class Frontend:
             ) from exc
         return {"base_offset": base}
 
-    async def _fetch(self, args: FetchRequest) -> tuple[dict[str, Any], Sequence[Buffer]]:
+    async def _fetch(
+        self, args: FetchRequest, principal: str | None = None
+    ) -> tuple[dict[str, Any], Sequence[Buffer]]:
         partition = self._backend.partition(args.topic, args.partition)
         partition.check_leader()
+        if principal is not None:
+            self._admit(principal, Direction.FETCH)
         hwm = partition.high_watermark
         if args.offset < partition.log_start_offset or args.offset > max(
             hwm, partition.log_end_offset
@@ -468,12 +713,17 @@ class Frontend:
             partition.check_leader()
         hwm = partition.high_watermark
         batches = partition.read(args.offset, args.max_bytes) if args.offset < hwm else []
+        if principal is not None and batches:
+            size = sum(len(b) for b in batches)
+            self._quotas.charge(principal, Direction.FETCH, size, self._clock())
         result = {"hwm": hwm, "log_start": partition.log_start_offset}
         return result, batches
 
     # -- push streams ----------------------------------------------------------------------
 
-    def _subscribe(self, identity: bytes, args: SubscribeRequest) -> dict[str, Any]:
+    def _subscribe(
+        self, identity: bytes, args: SubscribeRequest, principal: str | None = None
+    ) -> dict[str, Any]:
         partition = self._backend.partition(args.topic, args.partition)
         partition.check_leader()
         if not partition.log_start_offset <= args.offset <= partition.high_watermark:
@@ -496,6 +746,7 @@ class Frontend:
             args.offset,
             args.credit_bytes,
             asyncio.Event(),
+            principal,
         )
         stream.credit.set()
         self._streams[sid] = stream
@@ -526,6 +777,8 @@ class Frontend:
             while self._streams.get(stream.id) is stream:
                 partition = self._backend.partition(stream.topic, stream.partition)
                 partition.check_leader()
+                if stream.principal is not None:  # an ACL removed meanwhile ends it
+                    self._authz.check(stream.principal, _CONSUME, _TOPIC, stream.topic)
                 if stream.credit_bytes <= 0:
                     stream.credit.clear()
                     with contextlib.suppress(TimeoutError):
@@ -537,10 +790,22 @@ class Frontend:
                     if not await partition.wait_beyond(stream.offset, self._heartbeat_s):
                         await self._heartbeat(stream, partition)
                     continue
+                if stream.principal is not None:
+                    # Over the fetch quota a stream just waits: the broker paces it.
+                    wait_s = self._quotas.throttle_s(
+                        stream.principal, Direction.FETCH, self._clock()
+                    )
+                    if wait_s > 0:
+                        await asyncio.sleep(min(wait_s, self._heartbeat_s))
+                        if wait_s >= self._heartbeat_s:  # a long wait: show we are alive
+                            await self._heartbeat(stream, partition)
+                        continue
                 batches = partition.read(stream.offset, stream.credit_bytes)
                 if not batches:
                     continue
                 size = sum(len(b) for b in batches)
+                if stream.principal is not None:
+                    self._quotas.charge(stream.principal, Direction.FETCH, size, self._clock())
                 first = storage.decode_batch_header(batches[0]).base_offset
                 last = storage.decode_batch_header(batches[-1]).next_offset
                 stream.credit_bytes -= size

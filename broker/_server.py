@@ -24,19 +24,22 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from zstream import replication, storage
+from zstream.broker._acl import AclTable
 from zstream.broker._config import BrokerConfig
 from zstream.broker._controller import (
     CONTROLLER_GROUP_ID,
     ControllerState,
     PartitionAssignment,
     TopicRecord,
+    acl_add_command,
+    acl_remove_command,
     add_partitions_command,
     allocate_producer_id_command,
     alter_topic_configs_command,
@@ -51,6 +54,7 @@ from zstream.broker._controller import (
     group_join_or_update_command,
     group_leave_command,
     heartbeat_interval_ms,
+    quota_set_command,
     reassign_partition_command,
     register_broker_command,
     remove_broker_command,
@@ -77,6 +81,7 @@ from zstream.broker._reassign import (
 )
 from zstream.clients import (
     Acks,
+    AclEntry,
     CommitOffsetsRequest,
     CreateTopicRequest,
     FetchOffsetsRequest,
@@ -84,6 +89,7 @@ from zstream.clients import (
     InvalidRequestError,
     NotControllerError,
     NotLeaderError,
+    QuotaLimits,
     UnavailableError,
     UnknownMemberError,
     UnknownPartitionError,
@@ -553,7 +559,16 @@ class Broker:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         tasks: list[asyncio.Task[Any]] = []
-        transport = replication.PeerTransport(cfg.broker_id, cfg.peer_addr)
+        if not cfg.secure and cfg.insecure:
+            log.warning(
+                "security is off (--insecure): anyone who reaches client=%s or peer=%s can "
+                "read, write and delete every topic, or pose as a broker",
+                cfg.client_addr,
+                cfg.peer_addr,
+            )
+        transport = replication.PeerTransport(
+            cfg.broker_id, cfg.peer_addr, security=cfg.peer_security()
+        )
         await transport.start()
         self.transport = transport
         host = replication.RaftHost(
@@ -601,6 +616,10 @@ class Broker:
                 max_in_flight_per_client=cfg.max_in_flight_per_client,
                 heartbeat_ms=cfg.stream_heartbeat_ms,
                 on_request=self.metrics.on_request,
+                security=cfg.client_security(),
+                super_users=cfg.super_users,
+                max_connections_per_principal=cfg.max_connections_per_principal,
+                connection_idle_ms=cfg.connection_idle_ms,
             )
             if cfg.metrics_addr is not None:
                 mhost, _, mport = cfg.metrics_addr.removeprefix("tcp://").rpartition(":")
@@ -612,12 +631,13 @@ class Broker:
             tasks.append(asyncio.create_task(self._expire_sessions(), name="sessions"))
             tasks.append(asyncio.create_task(self._reassign_loop(), name="reassign"))
             log.info(
-                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s",
+                "broker ready id=%d client=%s peer=%s discovery=%s metrics=%s security=%s",
                 cfg.broker_id,
                 self.frontend.addr,
                 transport.address,
                 cfg.discovery,
                 self.metrics_port,
+                "curve" if cfg.secure else "off",
             )
             stop = asyncio.create_task(self._stop.wait(), name="stop")
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -1198,6 +1218,46 @@ class Broker:
 
     async def delete_group(self, name: str) -> None:
         await self.groups.delete_group(name)
+
+    # ACLs and quotas: every broker checks against its own copy of the controller
+    # state; changes and consistent listings go through the controller leader.
+
+    @property
+    def acls(self) -> AclTable:
+        return self.controller.state.acls
+
+    @property
+    def quotas(self) -> Mapping[str, QuotaLimits]:
+        return self.controller.state.quotas
+
+    async def list_acls(self) -> list[AclEntry]:
+        await self.controller.caught_up()
+        return self.controller.state.acls.entries()
+
+    async def add_acls(self, entries: Sequence[AclEntry]) -> int:
+        added = await self.controller.propose(acl_add_command(entries))
+        assert isinstance(added, int)
+        log.info("acl added count=%d new=%d", len(entries), added)
+        return added
+
+    async def remove_acls(self, entries: Sequence[AclEntry]) -> int:
+        removed = await self.controller.propose(acl_remove_command(entries))
+        assert isinstance(removed, int)
+        log.info("acl removed count=%d removed=%d", len(entries), removed)
+        return removed
+
+    async def set_quota(self, quota: QuotaLimits) -> None:
+        await self.controller.propose(quota_set_command(quota))
+        log.info(
+            "quota set principal=%s produce_bytes_per_s=%s fetch_bytes_per_s=%s",
+            quota.principal,
+            quota.produce_bytes_per_s,
+            quota.fetch_bytes_per_s,
+        )
+
+    async def list_quotas(self) -> list[QuotaLimits]:
+        await self.controller.caught_up()
+        return [q for _, q in sorted(self.controller.state.quotas.items())]
 
 
 def install_signal_handlers(broker: Broker) -> None:

@@ -30,23 +30,30 @@ from zstream.broker._cli_format import (
 from zstream.broker._config import BrokerConfig, ConfigError, load_config
 from zstream.clients import (
     Acks,
+    AclEntry,
+    AclOperation,
+    AclPermission,
     Admin,
     ClusterClient,
     ConnectionLostError,
     Consumer,
     CreateTopicRequest,
+    CredentialsError,
     DeleteTopicRequest,
     DescribeTopicRequest,
     FencedMemberError,
     FetchRequest,
     ListTopicsRequest,
     MetadataRequest,
+    PatternType,
     Producer,
     ProduceRequest,
+    ResourceType,
     TopicPartition,
     UnknownGroupError,
     ZStreamError,
 )
+from zstream.clients._acl import CLUSTER_RESOURCE
 from zstream.clients._admin import partition_bounds
 from zstream.clients._protocol import ListReassignmentsRequest
 
@@ -98,6 +105,24 @@ def _add_bootstrap(parser: argparse.ArgumentParser) -> None:
         help="brokers to contact (default: $ZSTREAM_BOOTSTRAP, else where `zstream dev` "
         f"listens: {DEV_BOOTSTRAP})",
     )
+    _add_credentials(parser)
+
+
+def _add_credentials(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--credentials",
+        metavar="PATH",
+        default=os.environ.get("ZSTREAM_CREDENTIALS") or None,
+        help="CURVE: this client's secret key file, NAME.key_secret "
+        "(default: $ZSTREAM_CREDENTIALS; none: no security)",
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="PATH",
+        default=os.environ.get("ZSTREAM_SERVER_KEY") or None,
+        help="CURVE: the cluster's client-facing public key file, or a directory holding "
+        "server.key (default: $ZSTREAM_SERVER_KEY)",
+    )
 
 
 def default_dev_data_dir() -> Path:
@@ -135,6 +160,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster-name", dest="cluster_name", help="etcd key namespace")
     b.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
     b.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    sec = b.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--curve-secret-key-file",
+        dest="curve_secret_key_file",
+        metavar="PATH",
+        help="this broker's peer key pair (ID.key_secret); turns CURVE on",
+    )
+    sec.add_argument(
+        "--peer-keys-dir", dest="peer_keys_dir", metavar="DIR", help="broker public keys, ID.key"
+    )
+    sec.add_argument(
+        "--client-secret-key-file",
+        dest="client_secret_key_file",
+        metavar="PATH",
+        help="the client-facing key pair, the same on every broker",
+    )
+    sec.add_argument(
+        "--client-credentials-dir",
+        dest="client_credentials_dir",
+        metavar="DIR",
+        help="client public keys, PRINCIPAL.key",
+    )
+    sec.add_argument(
+        "--super-users", dest="super_users", metavar="NAME[,...]", help="principals allowed all"
+    )
+    sec.add_argument(
+        "--insecure",
+        dest="insecure",
+        action="store_true",
+        default=None,
+        help="allow binding outside 127.0.0.0/8 without security",
+    )
     _add_broker_actions(b)
 
     d = sub.add_parser(
@@ -151,12 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--brokers", type=_positive_int, default=DEV_DEFAULT_BROKERS)
     d.add_argument(
+        "--secure",
+        action="store_true",
+        help="generate keys (brokers, the client-facing key, an `admin` super user) and "
+        "run the cluster with CURVE; prints the exports a client needs",
+    )
+    d.add_argument(
         "--port-base",
         type=int,
         default=DEV_CLIENT_PORT,
         help=f"broker i listens for clients on BASE+i-1, peers on BASE+100+i-1, metrics on "
         f"BASE+200+i-1 (default {DEV_CLIENT_PORT}); 0 picks free ports",
     )
+
+    k = sub.add_parser("keys", help="generate CURVE key pairs")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kg = ksub.add_parser(
+        "generate",
+        help="write NAME.key (public) and NAME.key_secret (mode 0600) into --out",
+        description="Write a CURVE key pair in pyzmq's zmq.auth format.",
+    )
+    kg.add_argument("name", help="a broker id (peer keys) or a principal name (client keys)")
+    kg.add_argument("--out", type=Path, default=Path("."), help="directory (default: .)")
+    kg.add_argument("--force", action="store_true", help="replace existing files")
 
     t = sub.add_parser("topic", help="create, list, describe or delete topics")
     tsub = t.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
@@ -289,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap(gdel)
     _add_group_output(gsub)
     _add_partition_parser(sub)
+    _add_acl_parsers(sub)
+    _add_quota_parsers(sub)
     return parser
 
 
@@ -352,7 +428,7 @@ def _topic_alter(args: argparse.Namespace) -> int:
         _print_topic(doc)
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _add_broker_actions(b: argparse.ArgumentParser) -> None:
@@ -371,6 +447,7 @@ def _add_broker_actions(b: argparse.ArgumentParser) -> None:
         help="with an action: brokers to contact (default: $ZSTREAM_BOOTSTRAP, else "
         f"{DEV_BOOTSTRAP})",
     )
+    _add_credentials(b)
 
 
 def _decommission(args: argparse.Namespace) -> int:
@@ -385,7 +462,7 @@ def _decommission(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _add_partition_parser(sub: Any) -> None:
@@ -414,6 +491,64 @@ def _add_partition_parser(sub: Any) -> None:
     _add_output(pl)
 
 
+def _add_acl_parsers(sub: Any) -> None:
+    a = sub.add_parser(
+        "acl",
+        help="list, add or remove ACL entries",
+        description="ACL entries: who may do what to which topics, groups or the cluster. "
+        "With security on, what no entry allows is denied, and a deny wins over an allow.",
+    )
+    asub = a.add_subparsers(dest="acl_command", metavar="ACTION", required=True)
+    al = asub.add_parser("list", help="list ACL entries")
+    al.add_argument("--principal", help="only this principal's entries")
+    al.add_argument("--resource-type", choices=[r.value for r in ResourceType])
+    _add_bootstrap(al)
+    for action, what in (("add", "add ACL entries"), ("remove", "remove ACL entries")):
+        p = asub.add_parser(
+            action,
+            help=what,
+            description=f"{what.capitalize()}: one per --operation, for one principal and "
+            "one resource (exact matches are removed).",
+        )
+        p.add_argument("--principal", required=True, help="a principal name, or '*' for all")
+        p.add_argument(
+            "--operation",
+            action="append",
+            required=True,
+            choices=[o.value for o in AclOperation],
+            help="repeatable; admin is every operation",
+        )
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--topic", metavar="NAME", help="a topic, or '*' for every topic")
+        where.add_argument("--topic-prefix", metavar="PREFIX", help="topics named PREFIX...")
+        where.add_argument("--group", metavar="NAME", help="a consumer group, or '*'")
+        where.add_argument("--group-prefix", metavar="PREFIX", help="groups named PREFIX...")
+        where.add_argument("--cluster", action="store_true", help="the cluster itself")
+        p.add_argument("--deny", action="store_true", help="a deny entry (default: allow)")
+        _add_bootstrap(p)
+
+
+def _add_quota_parsers(sub: Any) -> None:
+    q = sub.add_parser(
+        "quota",
+        help="set or list per-principal byte-rate quotas",
+        description="Per-principal produce and fetch byte rates, held by each broker; a "
+        "client over its quota is told to wait (THROTTLED with a throttle time).",
+    )
+    qsub = q.add_subparsers(dest="quota_command", metavar="ACTION", required=True)
+    qs = qsub.add_parser(
+        "set",
+        help="replace a principal's quota",
+        description="Replace PRINCIPAL's quota ('*': the default for principals without "
+        "one). A rate left out is unlimited; with neither, the quota is removed.",
+    )
+    qs.add_argument("principal")
+    qs.add_argument("--produce-bytes-per-s", type=_positive_int, metavar="N")
+    qs.add_argument("--fetch-bytes-per-s", type=_positive_int, metavar="N")
+    _add_bootstrap(qs)
+    _add_bootstrap(qsub.add_parser("list", help="list quotas"))
+
+
 # -- the commands -------------------------------------------------------------------------
 
 
@@ -437,6 +572,12 @@ def _broker(args: argparse.Namespace) -> int:
             "cluster_name",
             "fsync",
             "log_level",
+            "curve_secret_key_file",
+            "peer_keys_dir",
+            "client_secret_key_file",
+            "client_credentials_dir",
+            "super_users",
+            "insecure",
         )
     }
     config: BrokerConfig = load_config(config_file=args.config, flags=flags)
@@ -476,6 +617,8 @@ def _run_client(
     async def go() -> int:
         try:
             client = make()
+        except CredentialsError as exc:
+            raise UserError(str(exc)) from exc
         except ValueError as exc:
             raise UserError(f"bad --bootstrap {bootstrap!r}: {exc}") from exc
         try:
@@ -490,9 +633,19 @@ def _run_client(
     return asyncio.run(go())
 
 
-def _run(coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], bootstrap: str) -> int:
+def _run(
+    coro_fn: Callable[[ClusterClient], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
     return _run_client(
-        lambda: ClusterClient(bootstrap, timeout_s=5, retry_for_s=10), coro_fn, bootstrap
+        lambda: ClusterClient(
+            args.bootstrap,
+            timeout_s=5,
+            retry_for_s=10,
+            credentials=args.credentials,
+            server_key=args.server_key,
+        ),
+        coro_fn,
+        args.bootstrap,
     )
 
 
@@ -556,7 +709,7 @@ def _topic(args: argparse.Namespace) -> int:
             print(f"deleted topic {args.name}")
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 def _partitions_of(cluster: ClusterClient, topic: str, only: int | None) -> list[int]:
@@ -634,7 +787,7 @@ def _produce(args: argparse.Namespace) -> int:
         print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 def _produce_records(args: argparse.Namespace) -> int:
@@ -661,7 +814,12 @@ def _produce_records(args: argparse.Namespace) -> int:
         _partitions_of(cluster, args.topic, args.partition)  # checks --partition
         interactive = sys.stdin.isatty()
         sent = 0
-        async with Producer(args.bootstrap, acks=args.acks) as producer:
+        async with Producer(
+            args.bootstrap,
+            acks=args.acks,
+            credentials=args.credentials,
+            server_key=args.server_key,
+        ) as producer:
             pending = []
             number = 0
             while line := await asyncio.to_thread(sys.stdin.buffer.readline):
@@ -698,7 +856,7 @@ def _produce_records(args: argparse.Namespace) -> int:
         print(f"produced {sent} record(s) to {args.topic}", file=sys.stderr)
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 _Printer = Callable[[str, int, int, int, bytes | None, bytes, Sequence[tuple[str, bytes]]], bytes]
@@ -765,7 +923,7 @@ def _consume(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.2)
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 # Without --follow, a group member stops once what it owns is read to the end it saw
@@ -788,6 +946,8 @@ async def _consume_in_group(
         group=args.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if args.from_beginning else "latest",
+        credentials=args.credentials,
+        server_key=args.server_key,
     )
     try:
         await consumer.subscribe([args.topic])
@@ -856,7 +1016,7 @@ def _merge_leader_view(topic: dict[str, Any], reports: list[dict[str, Any]]) -> 
 
 def _status(args: argparse.Namespace) -> int:
     if args.output == "json":
-        return _run(_status_json, args.bootstrap)
+        return _run(_status_json, args)
 
     async def go(cluster: ClusterClient) -> int:
         meta = await cluster.refresh()
@@ -888,7 +1048,7 @@ def _status(args: argparse.Namespace) -> int:
         await _print_reassignments(cluster)
         return 0
 
-    return _run(go, args.bootstrap)
+    return _run(go, args)
 
 
 async def _status_json(cluster: ClusterClient) -> int:
@@ -933,8 +1093,19 @@ async def _print_reassignments(cluster: ClusterClient) -> None:
         print(f"  {line}")
 
 
-def _run_admin(coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], bootstrap: str) -> int:
-    return _run_client(lambda: Admin(bootstrap, timeout_s=5), coro_fn, bootstrap)
+def _run_admin(
+    coro_fn: Callable[[Admin], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    return _run_client(
+        lambda: Admin(
+            args.bootstrap,
+            timeout_s=5,
+            credentials=args.credentials,
+            server_key=args.server_key,
+        ),
+        coro_fn,
+        args.bootstrap,
+    )
 
 
 def _tps(assignment: dict[str, list[int]]) -> str:
@@ -1052,7 +1223,7 @@ def _group_json(args: argparse.Namespace) -> int:
             _print_json(await admin.describe_group(args.name))
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _group(args: argparse.Namespace) -> int:
@@ -1073,7 +1244,7 @@ def _group(args: argparse.Namespace) -> int:
             print(f"deleted group {args.name}")
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
 
 
 def _format_reassignments(rows: list[dict[str, Any]]) -> list[str]:
@@ -1111,25 +1282,101 @@ def _partition(args: argparse.Namespace) -> int:
                 print(line)
         return 0
 
-    return _run_admin(go, args.bootstrap)
+    return _run_admin(go, args)
+
+
+def _acl_entries(args: argparse.Namespace) -> list[AclEntry]:
+    if args.cluster:
+        rtype, pattern, name = ResourceType.CLUSTER, PatternType.LITERAL, CLUSTER_RESOURCE
+    else:
+        rtype = ResourceType.TOPIC if args.topic or args.topic_prefix else ResourceType.GROUP
+        prefix = args.topic_prefix or args.group_prefix
+        pattern = PatternType.LITERAL if prefix is None else PatternType.PREFIXED
+        name = prefix if prefix is not None else args.topic or args.group
+    permission = AclPermission.DENY if args.deny else AclPermission.ALLOW
+    return [
+        AclEntry(args.principal, rtype, pattern, name, AclOperation(op), permission)
+        for op in dict.fromkeys(args.operation)
+    ]
+
+
+def _acl(args: argparse.Namespace) -> int:
+    entries = [] if args.acl_command == "list" else _acl_entries(args)
+
+    async def go(admin: Admin) -> int:
+        if args.acl_command == "list":
+            for entry in await admin.list_acls(args.principal, args.resource_type):
+                print(entry.describe())
+        elif args.acl_command == "add":
+            added = await admin.add_acls(entries)
+            print(f"added {added} of {len(entries)} entries ({len(entries) - added} were there)")
+        else:
+            removed = await admin.remove_acls(entries)
+            print(f"removed {removed} of {len(entries)} entries")
+        return 0
+
+    return _run_admin(go, args)
+
+
+def _quota(args: argparse.Namespace) -> int:
+    def rate(value: int | None) -> str:
+        return "unlimited" if value is None else f"{value} B/s"
+
+    async def go(admin: Admin) -> int:
+        if args.quota_command == "set":
+            await admin.set_quota(
+                args.principal,
+                produce_bytes_per_s=args.produce_bytes_per_s,
+                fetch_bytes_per_s=args.fetch_bytes_per_s,
+            )
+            print(
+                f"{args.principal} produce={rate(args.produce_bytes_per_s)} "
+                f"fetch={rate(args.fetch_bytes_per_s)}"
+            )
+        else:
+            for q in await admin.list_quotas():
+                print(
+                    f"{q.principal} produce={rate(q.produce_bytes_per_s)} "
+                    f"fetch={rate(q.fetch_bytes_per_s)}"
+                )
+        return 0
+
+    return _run_admin(go, args)
 
 
 def _dev(args: argparse.Namespace) -> int:
     from zstream.broker._dev import run_dev
 
-    code: int = run_dev(args.data_dir or default_dev_data_dir(), args.brokers, args.port_base)
+    code: int = run_dev(
+        args.data_dir or default_dev_data_dir(), args.brokers, args.port_base, secure=args.secure
+    )
     return code
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from zstream.broker._keys import KeyGenerationError, generate_key_pair
+
+    try:
+        public, secret = generate_key_pair(args.name, args.out, force=args.force)
+    except KeyGenerationError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"public key {public}")
+    print(f"secret key {secret} (mode 0600: keep it on the machine that uses it)")
+    return 0
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "broker": _broker,
     "dev": _dev,
+    "keys": _keys,
     "topic": _topic,
     "produce": _produce,
     "consume": _consume,
     "status": _status,
     "group": _group,
     "partition": _partition,
+    "acl": _acl,
+    "quota": _quota,
 }
 
 

@@ -4,10 +4,19 @@ protocol shared with the broker.
 Depends on ``storage`` only (for the record-batch format).
 """
 
+from zstream.clients._acl import (
+    AclEntry,
+    AclOperation,
+    AclPermission,
+    PatternType,
+    QuotaLimits,
+    ResourceType,
+)
 from zstream.clients._admin import Admin
 from zstream.clients._cluster import ClusterClient
 from zstream.clients._connection import Connection
 from zstream.clients._consumer import Consumer, Record, TopicPartition
+from zstream.clients._credentials import Credentials, CredentialsError
 from zstream.clients._errors import (
     ConnectionLostError,
     CorruptBatchError,
@@ -40,6 +49,9 @@ from zstream.clients._errors import (
 from zstream.clients._producer import BlockingProducer, Producer, RecordFuture, RecordMetadata
 from zstream.clients._protocol import (
     Acks,
+    AclAddRequest,
+    AclListRequest,
+    AclRemoveRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
     CreditRequest,
@@ -56,6 +68,8 @@ from zstream.clients._protocol import (
     MetadataRequest,
     OffsetsForTimeRequest,
     ProduceRequest,
+    QuotaListRequest,
+    QuotaSetRequest,
     SubscribeRequest,
     UnsubscribeRequest,
 )
@@ -63,6 +77,12 @@ from zstream.clients._serde import json_deserializer, json_serializer
 
 __all__ = [
     "Acks",
+    "AclAddRequest",
+    "AclEntry",
+    "AclListRequest",
+    "AclOperation",
+    "AclPermission",
+    "AclRemoveRequest",
     "Admin",
     "BlockingProducer",
     "ClusterClient",
@@ -72,6 +92,8 @@ __all__ = [
     "Consumer",
     "CorruptBatchError",
     "CreateTopicRequest",
+    "Credentials",
+    "CredentialsError",
     "CreditRequest",
     "DeleteGroupRequest",
     "DeleteTopicRequest",
@@ -97,12 +119,17 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OffsetsForTimeRequest",
     "OutOfOrderSequenceError",
+    "PatternType",
     "ProduceRequest",
     "Producer",
+    "QuotaLimits",
+    "QuotaListRequest",
+    "QuotaSetRequest",
     "Record",
     "RecordFuture",
     "RecordMetadata",
     "RequestTimedOutError",
+    "ResourceType",
     "SerializationError",
     "SubscribeRequest",
     "ThrottledError",

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from zstream.clients._acl import AclEntry, QuotaLimits, ResourceType
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import OffsetOutOfRangeError, ZStreamError
 from zstream.clients._protocol import (
+    AclAddRequest,
+    AclListRequest,
+    AclRemoveRequest,
     AddPartitionsRequest,
     AlterTopicRequest,
     CommitOffsetsRequest,
@@ -25,6 +31,8 @@ from zstream.clients._protocol import (
     ListTopicsRequest,
     MetadataRequest,
     OffsetsForTimeRequest,
+    QuotaListRequest,
+    QuotaSetRequest,
     ReassignPartitionRequest,
 )
 
@@ -52,8 +60,17 @@ async def partition_bounds(cluster: ClusterClient, topic: str, partition: int) -
 class Admin:
     """``async with Admin("127.0.0.1:7101") as admin: await admin.create_topic(...)``"""
 
-    def __init__(self, bootstrap: str | Sequence[str], *, timeout_s: float = 10.0) -> None:
-        self._cluster = ClusterClient(bootstrap, timeout_s=timeout_s)
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str],
+        *,
+        timeout_s: float = 10.0,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._cluster = ClusterClient(
+            bootstrap, timeout_s=timeout_s, credentials=credentials, server_key=server_key
+        )
 
     async def create_topic(
         self,
@@ -247,6 +264,47 @@ class Admin:
         reply = await self._cluster.call_controller(DecommissionBrokerRequest(broker_id))
         leaving: list[int] = reply.result["decommissioning"]
         return leaving
+
+    # -- ACLs and quotas (the controller answers; see clients/_acl.py) ---------------------
+
+    async def list_acls(
+        self, principal: str | None = None, resource_type: ResourceType | str | None = None
+    ) -> list[AclEntry]:
+        """Every ACL entry, sorted; only ``principal``'s / ``resource_type``'s if given."""
+        rtype = None if resource_type is None else ResourceType(resource_type).value
+        reply = await self._cluster.call_controller(AclListRequest(principal, rtype))
+        return [AclEntry.from_wire(doc) for doc in reply.result["acls"]]
+
+    async def add_acls(self, entries: Iterable[AclEntry]) -> int:
+        """Add entries (replicated before the reply); returns how many were new."""
+        request = AclAddRequest([e.to_wire() for e in entries])
+        added: int = (await self._cluster.call_controller(request)).result["added"]
+        return added
+
+    async def remove_acls(self, entries: Iterable[AclEntry]) -> int:
+        """Remove exactly these entries; returns how many there were."""
+        request = AclRemoveRequest([e.to_wire() for e in entries])
+        removed: int = (await self._cluster.call_controller(request)).result["removed"]
+        return removed
+
+    async def set_quota(
+        self,
+        principal: str,
+        *,
+        produce_bytes_per_s: int | None = None,
+        fetch_bytes_per_s: int | None = None,
+    ) -> None:
+        """Replace ``principal``'s byte rates (``*``: the default for principals with
+        no quota of their own); None is no limit, both None removes the quota."""
+        request = QuotaSetRequest(principal, produce_bytes_per_s, fetch_bytes_per_s)
+        await self._cluster.call_controller(request)
+
+    async def list_quotas(self) -> list[QuotaLimits]:
+        result = (await self._cluster.call_controller(QuotaListRequest())).result
+        return [
+            QuotaLimits(q["principal"], q["produce_bytes_per_s"], q["fetch_bytes_per_s"])
+            for q in result["quotas"]
+        ]
 
     async def describe_cluster(self) -> dict[str, Any]:
         """Brokers, controller and every topic's partitions (see ClusterClient)."""

@@ -11,6 +11,7 @@ Metadata (the ``metadata`` reply's result, see docs/protocol.md)::
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import zmq.asyncio
 
 from zstream.clients._connection import Connection, normalize_address
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import (
     ConnectionLostError,
     NotControllerError,
@@ -41,7 +43,11 @@ def parse_bootstrap(spec: str | Sequence[str]) -> list[str]:
 
 
 class ClusterClient:
-    """Owns one :class:`Connection` per broker address; `close` ends them all."""
+    """Owns one :class:`Connection` per broker address; `close` ends them all.
+
+    ``credentials`` (the client's secret key file) and ``server_key`` (the cluster's
+    client-facing public key file, or a directory holding it) turn on CURVE; see
+    `Credentials`."""
 
     def __init__(
         self,
@@ -49,8 +55,12 @@ class ClusterClient:
         *,
         timeout_s: float = 10.0,
         retry_for_s: float = 15.0,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self._bootstrap = parse_bootstrap(bootstrap)
+        # Read before any socket exists: a bad key file fails here, not at first use.
+        self.credentials = Credentials.resolve(credentials, server_key)
         self._timeout_s = timeout_s
         self._retry_for_s = retry_for_s
         self._ctx = zmq.asyncio.Context()
@@ -61,7 +71,9 @@ class ClusterClient:
         addr = normalize_address(addr)
         conn = self._conns.get(addr)
         if conn is None:
-            conn = Connection(addr, timeout_s=self._timeout_s, context=self._ctx)
+            conn = Connection(
+                addr, timeout_s=self._timeout_s, context=self._ctx, credentials=self.credentials
+            )
             self._conns[addr] = conn
         return conn
 

@@ -7,6 +7,10 @@ queue. A request that gets no reply in time fails with ``RequestTimedOutError``,
 or with ``ConnectionLostError`` when nothing was ever heard from the broker. After
 a timeout the socket is replaced (fresh identity), so that stale replies and a
 dead peer's queue are dropped; ZeroMQ reconnects underneath on its own.
+
+With `Credentials` the socket is a CURVE client. A broker that refuses the key
+closes the connection at the handshake without an answer (and libzmq does not
+retry it): the request fails with ``ConnectionLostError`` after its timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 import zmq
 import zmq.asyncio
 
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import ConnectionLostError, RequestTimedOutError, ZStreamError
 from zstream.clients._protocol import (
     Buffer,
@@ -45,8 +50,10 @@ class Connection:
         *,
         timeout_s: float = 10.0,
         context: zmq.asyncio.Context | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.addr = normalize_address(addr)
+        self._credentials = credentials
         self.timeout_s = timeout_s
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
@@ -66,6 +73,10 @@ class Connection:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            if self._credentials is not None:
+                sock.setsockopt(zmq.CURVE_SERVERKEY, self._credentials.server_key)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, self._credentials.public_key)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self._credentials.secret_key)
             sock.connect(self.addr)
             self._sock = sock
             self._reader = asyncio.create_task(self._read(sock))
@@ -125,7 +136,13 @@ class Connection:
             heard = self._heard
             await self._reset()
             if not heard:
-                raise ConnectionLostError(f"no answer from broker at {self.addr}") from None
+                hint = (
+                    " (CURVE: is this client's key in the broker's client_credentials_dir, "
+                    "and the server key the cluster's?)"
+                    if self._credentials is not None
+                    else ""
+                )
+                raise ConnectionLostError(f"no answer from broker at {self.addr}{hint}") from None
             raise RequestTimedOutError(f"{args.op} to {self.addr} got no reply in time") from None
         except zmq.ZMQError as exc:
             await self._reset()

@@ -63,6 +63,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import repeat
@@ -71,6 +72,7 @@ from typing import Any, Generic, Literal, NamedTuple, Self, TypeVar
 
 from zstream import storage
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import (
     CorruptBatchError,
     DeserializationError,
@@ -80,6 +82,7 @@ from zstream.clients._errors import (
     UnknownPartitionError,
     ZStreamError,
     error_for_code,
+    throttle_time_s,
 )
 from zstream.clients._group import TP, Coordinator, Membership, committed_offsets
 from zstream.clients._protocol import (
@@ -259,6 +262,8 @@ class Consumer(Generic[K, V]):
         request_timeout_ms: int = 5000,
         key_deserializer: Callable[[bytes], K] | None = None,
         value_deserializer: Callable[[bytes], V] | None = None,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         # credit 4 MiB: enough to keep a stream busy through one round trip at several
         # hundred MB/s, small enough to bound the memory a slow application holds.
@@ -287,7 +292,13 @@ class Consumer(Generic[K, V]):
         self._fetch_wait_ms = fetch_max_wait_ms
         self._silence_s = stream_silence_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
-        self.cluster = ClusterClient(bootstrap, timeout_s=self._timeout_s, retry_for_s=30)
+        self.cluster = ClusterClient(
+            bootstrap,
+            timeout_s=self._timeout_s,
+            retry_for_s=30,
+            credentials=credentials,
+            server_key=server_key,
+        )
         self._key_deserializer = key_deserializer
         self._value_deserializer = value_deserializer
         self._states: dict[TopicPartition, _PartitionState] = {}
@@ -976,7 +987,12 @@ class Consumer(Generic[K, V]):
         self._arrived.set()
 
     async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
-        """After a failed read: back off, refresh metadata, fix an out-of-range offset."""
+        """After a failed read: back off, refresh metadata, fix an out-of-range offset.
+        Over a fetch quota: wait as long as the broker said, and no more."""
+        throttle_s = throttle_time_s(exc)
+        if throttle_s:
+            await asyncio.sleep(throttle_s)
+            return delay
         past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
             start, end = exc.details.get("start"), exc.details.get("end")

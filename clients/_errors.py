@@ -279,6 +279,17 @@ for _cls in (
     _BY_CODE[int(_cls.code)] = _cls
 
 
+def throttle_time_s(error: ZStreamError) -> float:
+    """How long a THROTTLED reply asked the client to wait before it sends again (a
+    quota's ``throttle_ms``, as Kafka's ``throttle_time_ms``); 0 for any other error."""
+    if not isinstance(error, ThrottledError):
+        return 0.0
+    throttle_ms = error.details.get("throttle_ms")
+    if type(throttle_ms) is not int or throttle_ms <= 0:
+        return 0.0
+    return min(throttle_ms, 60_000) / 1000
+
+
 def error_for_code(code: int) -> type[ZStreamError]:
     """The error class for a wire number; unknown numbers map to UnknownServerError,
     so that a newer broker's error still surfaces as a ZStreamError."""

@@ -52,6 +52,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
@@ -61,6 +62,7 @@ import crc32c
 
 from zstream import storage
 from zstream.clients._cluster import ClusterClient
+from zstream.clients._credentials import Credentials
 from zstream.clients._errors import (
     InvalidRequestError,
     NotLeaderError,
@@ -70,6 +72,7 @@ from zstream.clients._errors import (
     UnknownServerError,
     UnknownTopicError,
     ZStreamError,
+    throttle_time_s,
 )
 from zstream.clients._protocol import Acks, InitProducerRequest, ProduceRequest
 from zstream.clients._serde import K, V
@@ -208,6 +211,7 @@ class _PartitionSender:
         self._pid = -1
         self._epoch = -1
         self._next_seq = 0
+        self._throttle_s = 0.0  # the longest wait a THROTTLED reply of the window asked
         self.task: asyncio.Task[None] = asyncio.create_task(self._run())
 
     def push(self, batch: _Batch) -> None:
@@ -305,6 +309,7 @@ class _PartitionSender:
             # A gap behind a failed batch is that failure's echo, not its own.
             echo = behind_failure and isinstance(exc, OutOfOrderSequenceError)
             behind_failure = True
+            self._throttle_s = max(self._throttle_s, throttle_time_s(exc))
             if (exc.retriable or echo) and now - batch.created <= delivery_s:
                 retry.append(batch)
             else:
@@ -331,6 +336,10 @@ class _PartitionSender:
             if self._failed():
                 if all(task.done() for _, task in self.window):
                     if self._requeue_failed():
+                        if self._throttle_s:  # over a quota: wait as the broker said
+                            await asyncio.sleep(self._throttle_s)
+                            self._throttle_s = 0.0
+                            continue
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 1.0)
                         with contextlib.suppress(ZStreamError):
@@ -428,6 +437,8 @@ class Producer(Generic[K, V]):
         metadata_wait_ms: int = 10_000,
         key_serializer: Callable[[K], bytes] | None = None,
         value_serializer: Callable[[V], bytes] | None = None,
+        credentials: str | os.PathLike[str] | Credentials | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         # linger 5 ms: one batch per partition per 5 ms keeps batches large at high
         # rates while a lone record waits only 5 ms. batch_bytes 256 KiB: large enough
@@ -453,7 +464,12 @@ class Producer(Generic[K, V]):
         )
         self._key_serializer = key_serializer
         self._value_serializer = value_serializer
-        self.cluster = ClusterClient(bootstrap, timeout_s=request_timeout_ms / 1000 + 2)
+        self.cluster = ClusterClient(
+            bootstrap,
+            timeout_s=request_timeout_ms / 1000 + 2,
+            credentials=credentials,
+            server_key=server_key,
+        )
         self._partitions: dict[str, int] = {}
         self._leaders: dict[tuple[str, int], int | None] = {}
         self._open: dict[tuple[str, int], _Batch] = {}
@@ -498,10 +514,15 @@ class Producer(Generic[K, V]):
         config = self.config
         deadline = time.monotonic() + config.metadata_wait_ms / 1000
         backoff = config.retry_backoff_ms / 1000
+        refused: ZStreamError | None = None
         try:
             while True:
-                with contextlib.suppress(ZStreamError):  # unreachable for now: try again
+                try:
                     await self._refresh([topic])
+                except ZStreamError as exc:  # unreachable for now: try again
+                    if not exc.retriable:  # NOT_AUTHORIZED: waiting will not help
+                        refused = exc
+                        break
                 if topic in self._partitions or time.monotonic() + backoff > deadline:
                     break
                 await asyncio.sleep(backoff)
@@ -510,7 +531,7 @@ class Producer(Generic[K, V]):
             del self._lookups[topic]
         waiting = self._waiting.pop(topic, [])
         if topic not in self._partitions:
-            error = UnknownTopicError(
+            error = refused or UnknownTopicError(
                 f"unknown topic {topic!r}: not in the cluster's metadata "
                 f"after {config.metadata_wait_ms} ms"
             )

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, TypeAlias, Union, get_args, get_origin, get_ty
 
 import msgpack
 
+from zstream.clients._acl import AclEntry, QuotaLimits, ResourceType, validate_principal
 from zstream.clients._errors import (
     ErrorCode,
     InvalidRequestError,
@@ -57,6 +58,9 @@ __all__ = [
     "MAX_CORRELATION_ID",
     "PROTOCOL_VERSION",
     "Acks",
+    "AclAddRequest",
+    "AclListRequest",
+    "AclRemoveRequest",
     "AddPartitionsRequest",
     "AlterTopicRequest",
     "Buffer",
@@ -79,6 +83,8 @@ __all__ = [
     "OffsetsForTimeRequest",
     "ProduceRequest",
     "Push",
+    "QuotaListRequest",
+    "QuotaSetRequest",
     "ReassignPartitionRequest",
     "Reply",
     "Request",
@@ -563,6 +569,92 @@ class ListReassignmentsRequest:
     op: ClassVar[str] = "list_reassignments"
 
 
+# -- ACLs and quotas (served by the controller leader; see clients/_acl.py) ----------
+
+MAX_ACLS_PER_REQUEST = 1_000
+
+
+def _acl_entries(entries: list[dict[str, str]]) -> list[AclEntry]:
+    if not 0 < len(entries) <= MAX_ACLS_PER_REQUEST:
+        raise InvalidRequestError(f"entries: give 1-{MAX_ACLS_PER_REQUEST} ACL entries")
+    return [AclEntry.from_wire(e) for e in entries]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclListRequest:
+    """Reply ``res``: ``{"acls": [entry, ...]}``, sorted; only those of ``principal``
+    and of ``resource_type`` when given. Needs ``describe`` on the cluster."""
+
+    op: ClassVar[str] = "acl_list"
+    principal: str | None = None
+    resource_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.principal is not None:
+            validate_principal(self.principal)
+        if self.resource_type is not None and self.resource_type not in set(ResourceType):
+            raise InvalidRequestError(
+                f"resource_type must be one of: {', '.join(r.value for r in ResourceType)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclAddRequest:
+    """Add ACL entries (wire form: clients/_acl.py), replicated by the controller.
+    Reply ``res``: ``{"added": n}`` (entries already present are not counted). Needs
+    ``alter`` on the cluster."""
+
+    op: ClassVar[str] = "acl_add"
+    entries: list[dict[str, str]]
+
+    def __post_init__(self) -> None:
+        _acl_entries(self.entries)
+
+    def acl_entries(self) -> list[AclEntry]:
+        return _acl_entries(self.entries)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclRemoveRequest:
+    """Remove ACL entries (exact matches). Reply ``res``: ``{"removed": n}``. Needs
+    ``alter`` on the cluster."""
+
+    op: ClassVar[str] = "acl_remove"
+    entries: list[dict[str, str]]
+
+    def __post_init__(self) -> None:
+        _acl_entries(self.entries)
+
+    def acl_entries(self) -> list[AclEntry]:
+        return _acl_entries(self.entries)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuotaSetRequest:
+    """Set ``principal``'s byte rates (``*``: the default quota); None is no limit, and
+    both None removes the quota. Needs ``alter`` on the cluster."""
+
+    op: ClassVar[str] = "quota_set"
+    principal: str
+    produce_bytes_per_s: int | None = None
+    fetch_bytes_per_s: int | None = None
+
+    def __post_init__(self) -> None:
+        self.limits()
+
+    def limits(self) -> QuotaLimits:
+        return QuotaLimits(self.principal, self.produce_bytes_per_s, self.fetch_bytes_per_s)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuotaListRequest:
+    """Reply ``res``: ``{"quotas": [{"principal", "produce_bytes_per_s",
+    "fetch_bytes_per_s"}, ...]}`` sorted by principal. Needs ``describe`` on the
+    cluster."""
+
+    op: ClassVar[str] = "quota_list"
+
+
 RequestArgs: TypeAlias = (
     MetadataRequest
     | CreateTopicRequest
@@ -587,6 +679,11 @@ RequestArgs: TypeAlias = (
     | DecommissionBrokerRequest
     | AlterTopicRequest
     | AddPartitionsRequest
+    | AclListRequest
+    | AclAddRequest
+    | AclRemoveRequest
+    | QuotaSetRequest
+    | QuotaListRequest
 )
 
 _REQUEST_TYPES: dict[str, type[Any]] = {
@@ -615,6 +712,11 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         DecommissionBrokerRequest,
         AlterTopicRequest,
         AddPartitionsRequest,
+        AclListRequest,
+        AclAddRequest,
+        AclRemoveRequest,
+        QuotaSetRequest,
+        QuotaListRequest,
     )
 }
 

@@ -44,9 +44,18 @@ from ._host import (
 )
 from ._raft import ProgressState, RaftConfig, RaftNode
 from ._raftlog_disk import RaftLog, RaftLogError
+from ._security import (
+    KeyAuthenticator,
+    KeyFileError,
+    KeySet,
+    PeerSecurity,
+    load_key_pair,
+    load_public_key,
+)
 from ._storage import MemoryStorage, Storage
 from ._trace import Trace, trace
 from ._transport import (
+    PEER_ZAP_DOMAIN,
     PeerMessage,
     PeerTransport,
     TransportClosedError,
@@ -79,6 +88,7 @@ from ._types import (
 
 __all__ = [
     "LOST_ENTRIES",
+    "PEER_ZAP_DOMAIN",
     "BlockingDistributedLog",
     "CodecError",
     "CompactedError",
@@ -97,12 +107,16 @@ __all__ = [
     "HostError",
     "HostStats",
     "HostStoppedError",
+    "KeyAuthenticator",
+    "KeyFileError",
+    "KeySet",
     "MemoryStorage",
     "Message",
     "MessageType",
     "NodeId",
     "NotLeaderError",
     "PeerMessage",
+    "PeerSecurity",
     "PeerTransport",
     "ProgressState",
     "ProposalDroppedError",
@@ -139,6 +153,8 @@ __all__ = [
     "encode_hard_state",
     "encode_message",
     "encode_peer_frames",
+    "load_key_pair",
+    "load_public_key",
     "message_from_wire",
     "message_to_wire",
     "node_routing_id",

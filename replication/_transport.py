@@ -48,6 +48,21 @@ what it needs. Limits: ``ZMQ_MAXMSGSIZE`` (``max_frame_bytes``) applies to
 each frame separately in libzmq, so it bounds every payload and the envelope;
 a peer that sends a bigger frame is disconnected by libzmq and reconnects.
 
+Security (CURVE)
+================
+
+Given a ``PeerSecurity``, every ROUTER is a CURVE server and every DEALER a CURVE
+client presenting this node's key pair, with the target's public key (from the
+peer key set, ``<peer_keys_dir>/<id>.key``) as the server key. A ZAP handler
+(`KeyAuthenticator`, started on the transport's own context before the bind)
+accepts only keys in the peer key set and sets each connection's User-Id to the
+node id the key is named by. The node id is then bound to the key, not chosen by
+the peer: DEALERs set no routing id (ZeroMQ generates one per connection), the
+ROUTER keeps ROUTER_HANDOVER off, so no connection can take over another's, and
+the sender of every message is its User-Id, which the envelope's sender must
+equal. A valid key of node 2 claiming to be node 3 is refused (logged,
+rate-limited, counted in ``decode_errors``); the real node 3 is not disturbed.
+
 Anything that does not match this layout exactly raises ``TransportDecodeError``
 in the decoder; the transport logs it (rate-limited), counts it and ignores the
 whole multipart message. A misbehaving peer never crashes the node.
@@ -56,6 +71,8 @@ whole multipart message. A misbehaving peer never crashes the node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -66,7 +83,10 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from zstream.replication._security import KeyAuthenticator, KeyFileError, KeySet, PeerSecurity
+
 __all__ = [
+    "PEER_ZAP_DOMAIN",
     "NodeId",
     "PeerMessage",
     "PeerTransport",
@@ -99,8 +119,20 @@ _ENVELOPE_OVERHEAD_BYTES: Final = 32
 # Plain ints: pyzmq's flag enums cost an Enum.__or__ per frame.
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+# What a secure DEALER's monitor reports: a handshake that failed. AUTH: the peer
+# refused our key; PROTOCOL / NO_DETAIL: among others, the peer has another key
+# than the one we hold for it (it cannot read our HELLO and hangs up).
+_HANDSHAKE_FAILED_EVENTS: Final = (
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    | int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    | int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+)
 
 _log = logging.getLogger(__name__)
+_monitor_ids = itertools.count(1)
+
+# ZMQ_ZAP_DOMAIN of the peer ROUTER (the client ROUTER uses its own domain).
+PEER_ZAP_DOMAIN: Final = "zstream-peer"
 
 
 # --------------------------------------------------------------------------- errors
@@ -354,15 +386,24 @@ class _Peer:
         "envelope_bytes",
         "frames",
         "items",
+        "monitor",
         "nbytes",
         "node_id",
+        "refused",
+        "retry_at",
+        "server_key",
         "socket",
     )
 
-    def __init__(self, node_id: NodeId, addr: str, socket: zmq.Socket[bytes]) -> None:
+    socket: zmq.Socket[bytes]
+
+    def __init__(self, node_id: NodeId, addr: str, server_key: bytes | None) -> None:
         self.node_id = node_id
         self.addr = addr
-        self.socket = socket
+        self.server_key = server_key  # the peer's CURVE public key; None without security
+        self.monitor: zmq.Socket[bytes] | None = None
+        self.refused = False  # a CURVE handshake failed since the socket was made
+        self.retry_at = 0.0  # monotonic time before which the socket is not remade
         # The open batch: envelope items and its frames; frames[0] is a
         # placeholder for the envelope, filled in at flush().
         self.items: list[tuple[bytes, int]] = []
@@ -420,8 +461,12 @@ class PeerTransport:
         config: TransportConfig | None = None,
         *,
         context: zmq.asyncio.Context | None = None,
+        security: PeerSecurity | None = None,
     ) -> None:
         self._local_id = _check_node_id(local_id, "local_id")
+        self._security = security
+        self._keys: KeySet | None = None
+        self._auth: KeyAuthenticator | None = None
         self._routing_id = node_routing_id(local_id)
         self._bind_addr = bind_addr
         self._config = config if config is not None else TransportConfig()
@@ -447,6 +492,11 @@ class PeerTransport:
         return self._config
 
     @property
+    def secure(self) -> bool:
+        """Whether the peer sockets run CURVE (see the module docstring)."""
+        return self._security is not None
+
+    @property
     def address(self) -> str:
         """The bound endpoint, with the real port when bound to port 0."""
         if self._address is None:
@@ -465,10 +515,26 @@ class PeerTransport:
         if self._context is None:
             self._context = zmq.asyncio.Context()
         cfg = self._config
+        if self._security is not None:
+            try:
+                self._start_auth(self._security)
+            except TransportError:
+                if self._own_context:
+                    self._context.term()
+                    self._context = None
+                raise
         router = self._context.socket(zmq.ROUTER)
         try:
             router.setsockopt(zmq.LINGER, 0)
-            router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if self._security is None:
+                router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            else:
+                # Node ids come from keys: no connection may take over another's.
+                router.setsockopt(zmq.ROUTER_HANDOVER, 0)
+                router.setsockopt(zmq.ZAP_DOMAIN, PEER_ZAP_DOMAIN.encode())
+                router.setsockopt(zmq.CURVE_SERVER, 1)
+                router.setsockopt(zmq.CURVE_PUBLICKEY, self._security.public_key)
+                router.setsockopt(zmq.CURVE_SECRETKEY, self._security.secret_key)
             router.setsockopt(zmq.RCVHWM, cfg.recv_hwm_msgs)
             router.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame_bytes)
             self._set_heartbeats(router)
@@ -476,6 +542,7 @@ class PeerTransport:
             endpoint = router.getsockopt(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as e:
             router.close(linger=0)
+            await self._stop_auth()
             if self._own_context:
                 self._context.term()
                 self._context = None
@@ -501,9 +568,34 @@ class PeerTransport:
             self._router.close(linger=0)
         self._router = None
         self._router_sync = None
+        await self._stop_auth()
         if self._own_context and self._context is not None:
             self._context.term()
         self._context = None
+
+    def _start_auth(self, security: PeerSecurity) -> None:
+        assert self._context is not None
+        try:
+            keys = security.key_set()
+            own = keys.key_of(str(self._local_id))
+        except KeyFileError as e:
+            raise TransportError(f"peer security: {e}") from e
+        if own != security.public_key:
+            raise TransportError(
+                f"peer security: {security.peer_keys_dir}/{self._local_id}.key is not "
+                f"this node's public key"
+            )
+        auth = KeyAuthenticator(self._context, keys, PEER_ZAP_DOMAIN)
+        try:
+            auth.start()
+        except zmq.ZMQError as e:
+            raise TransportError(f"cannot start the ZAP handler: {e}") from e
+        self._keys, self._auth = keys, auth
+
+    async def _stop_auth(self) -> None:
+        auth, self._auth = self._auth, None
+        if auth is not None:
+            await auth.aclose()
 
     async def __aenter__(self) -> PeerTransport:
         await self.start()
@@ -529,11 +621,40 @@ class PeerTransport:
             if old.addr == addr:
                 return
             self.remove_peer(node_id)
+        server_key = None
+        if self._security is not None:
+            assert self._keys is not None
+            try:
+                server_key = self._keys.key_of(str(node_id))
+            except KeyFileError as e:
+                raise TransportError(f"peer {node_id}: {e}") from e
+            if server_key is None:
+                raise TransportError(
+                    f"no public key for peer {node_id} in {self._keys.directory} "
+                    f"(expected {node_id}.key)"
+                )
+        peer = _Peer(node_id, addr, server_key)
+        self._connect(peer)
+        self._peers[node_id] = peer
+
+    def _connect(self, peer: _Peer) -> None:
+        """Give ``peer`` a fresh DEALER connecting to its address."""
+        assert self._context is not None
         cfg = self._config
         sock: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.DEALER)
+        monitor: zmq.Socket[bytes] | None = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
+            if self._security is None:
+                sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
+            else:
+                assert peer.server_key is not None
+                sock.setsockopt(zmq.CURVE_SERVERKEY, peer.server_key)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, self._security.public_key)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self._security.secret_key)
+                # libzmq never reconnects after a refused handshake; the monitor
+                # tells flush() when to make a new socket (see _retry_refused).
+                monitor = self._monitor(sock)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDHWM, cfg.send_hwm_msgs)
             # The ROUTER side never sends, so nothing is ever received here.
@@ -544,11 +665,60 @@ class PeerTransport:
             sock.setsockopt(zmq.CONNECT_TIMEOUT, cfg.connect_timeout_ms)
             self._set_heartbeats(sock)
             sock.copy_threshold = cfg.copy_threshold_bytes
-            sock.connect(addr)
+            sock.connect(peer.addr)
         except zmq.ZMQError as e:
-            sock.close(linger=0)
-            raise TransportError(f"cannot connect to peer {node_id} at {addr!r}: {e}") from e
-        self._peers[node_id] = _Peer(node_id, addr, sock)
+            _close_dealer(sock, monitor)
+            raise TransportError(
+                f"cannot connect to peer {peer.node_id} at {peer.addr!r}: {e}"
+            ) from e
+        peer.socket, peer.monitor = sock, monitor
+        peer.retry_at = time.monotonic() + cfg.reconnect_ivl_max_ms / 1000
+
+    def _monitor(self, sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
+        """A plain PAIR socket receiving ``sock``'s handshake failures (pyzmq's
+        get_monitor_socket would make an asyncio socket on this context)."""
+        addr = f"inproc://zstream-peer-monitor-{next(_monitor_ids)}"
+        sock.monitor(addr, _HANDSHAKE_FAILED_EVENTS)
+        assert self._context is not None
+        monitor: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.PAIR)
+        monitor.connect(addr)
+        return monitor
+
+    def _retry_refused(self, peer: _Peer) -> None:
+        """After a dropped batch on a secure link: if the peer refused the CURVE
+        handshake (it did not know our key yet, or we had its old key), make a new
+        DEALER, at most once per ``reconnect_ivl_max_ms``."""
+        monitor = peer.monitor
+        if monitor is None:
+            return
+        while True:
+            try:
+                monitor.recv(_NOBLOCK)  # event frame; the endpoint frame follows
+                if monitor.getsockopt(zmq.RCVMORE):
+                    monitor.recv(_NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                return
+            peer.refused = True
+        if not peer.refused or time.monotonic() < peer.retry_at:
+            return
+        self._garbage_log.warning(
+            "peer %d at %s refused the CURVE handshake; connecting again", peer.node_id, peer.addr
+        )
+        peer.refused = False
+        # The peer may have a new key (rotated): take the key set's current one.
+        if self._keys is not None:
+            with contextlib.suppress(KeyFileError):
+                peer.server_key = self._keys.key_of(str(peer.node_id)) or peer.server_key
+        old_socket, old_monitor = peer.socket, peer.monitor
+        try:
+            self._connect(peer)  # replaces peer.socket only once the new one is up
+        except TransportError as e:
+            self._garbage_log.warning("peer %d: %s", peer.node_id, e)
+            peer.retry_at = time.monotonic() + self._config.reconnect_ivl_max_ms / 1000
+            return
+        _close_dealer(old_socket, old_monitor)
 
     def remove_peer(self, node_id: NodeId) -> None:
         """Disconnect from a peer; what is queued for it is dropped. Unknown ids are ignored."""
@@ -618,6 +788,8 @@ class PeerTransport:
                 else:
                     stats.dropped_msgs += len(items)
                     stats.dropped_bytes += nbytes
+                    if peer.monitor is not None:
+                        self._retry_refused(peer)
 
     # ---------------------------------------------------------------- receiving
 
@@ -691,7 +863,15 @@ class PeerTransport:
 
     def _accept(self, frames: list[zmq.Frame], out: list[PeerMessage]) -> None:
         stats = self._stats
-        routing_id = frames[0].bytes
+        if self._security is None:
+            routing_id = frames[0].bytes
+        else:
+            # The sender is who its key says (the ZAP handler's User-Id), never
+            # what the connection claims.
+            try:
+                routing_id = str(frames[-1].get("User-Id")).encode()
+            except zmq.ZMQError:
+                routing_id = b""
         # memoryview(frame), not frame.buffer: the property also builds a weakref.
         # (pyzmq's stubs do not declare that Frame exports the buffer protocol.)
         bufs = [memoryview(f) for f in cast("list[Any]", frames[1:])]
@@ -699,7 +879,12 @@ class PeerTransport:
             items = decode_peer_frames(routing_id, bufs)
         except TransportDecodeError as e:
             stats.decode_errors += 1
-            self._garbage_log.warning("ignoring bad message from %r: %s", routing_id[:32], e)
+            if self._security is None:
+                self._garbage_log.warning("ignoring bad message from %r: %s", routing_id[:32], e)
+            else:
+                self._garbage_log.warning(
+                    "refusing a message from the peer key of node %s: %s", routing_id.decode(), e
+                )
             return
         if items[0].from_node == self._local_id:
             stats.decode_errors += 1
@@ -729,7 +914,15 @@ class PeerTransport:
         for batch in peer.take():
             self._stats.dropped_msgs += len(batch.items)
             self._stats.dropped_bytes += batch.nbytes
-        peer.socket.close(linger=0)
+        _close_dealer(peer.socket, peer.monitor)
+
+
+def _close_dealer(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes] | None) -> None:
+    if monitor is not None:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        monitor.close(linger=0)
+    sock.close(linger=0)
 
 
 def _send_frames(sock: zmq.Socket[bytes], frames: list[Buffer]) -> bool:

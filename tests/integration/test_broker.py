@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.support import EtcdServer, wait_until_async
 from tests.support.malformed import malformed_messages
+from tests.support.security import ClusterKeys, SecureBroker, curve_dealer
 from zstream import storage
 from zstream.clients import (
     Acks,
@@ -251,13 +252,39 @@ def lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture(scope="module")
-def raw_client(lone_broker: Broker) -> Iterator[zmq.Socket[bytes]]:
-    asyncio.run(_create(lone_broker.bootstrap, "fuzz", 1, 1))
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+def secure_lone_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """The same, with CURVE on its sockets."""
+    keys = ClusterKeys.make(tmp_path_factory.mktemp("fuzz-keys"), (1,))
+    node = SecureBroker(
+        tmp_path_factory.mktemp("fuzz-secure"), 1, keys, ["--log-level=WARNING", "--no-fsync"]
+    )
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module", params=["plain", "curve"])
+def raw_client(request: pytest.FixtureRequest) -> Iterator[zmq.Socket[bytes]]:
+    """A raw DEALER on a lone broker, plain or (as a known client key) over CURVE."""
+    secure = request.param == "curve"
+    broker: Broker | SecureBroker = request.getfixturevalue(
+        "secure_lone_broker" if secure else "lone_broker"
+    )
+    creds = broker.credentials if isinstance(broker, SecureBroker) else None
+
+    async def create() -> None:
+        async with Admin(broker.bootstrap, credentials=creds) as admin:
+            await admin.create_topic("fuzz", partitions=1, replication_factor=1)
+
+    asyncio.run(create())
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pair = (creds.public_key, creds.secret_key) if creds is not None else None
+    server_key = creds.server_key if creds is not None else None
+    addr = broker.addr if isinstance(broker, SecureBroker) else broker.client_addr
+    sock = curve_dealer(ctx, addr, server_key=server_key, pair=pair)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.connect(lone_broker.client_addr)
     try:
         yield sock
     finally:

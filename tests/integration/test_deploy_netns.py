@@ -96,10 +96,10 @@ class Hosts:
         text = re.sub(
             r'^data_dir = ".*"$', f'data_dir = "{self.workdir / f"broker-{n}"}"', text, flags=re.M
         )
-        if "insecure" in BrokerConfig.__dataclass_fields__ and "insecure" not in text:
-            # Plain TCP on a non-loopback address needs an explicit opt-in once that
-            # rule exists; the deploy files must then say so themselves (see the doc).
-            text += "\ninsecure = true\n"
+        if "insecure" in BrokerConfig.__dataclass_fields__:
+            # Plain TCP on a non-loopback address needs an explicit opt-in: the deploy
+            # files say so themselves (docs/deploy.md, "Security").
+            assert re.search(r"^insecure = true$", text, re.M), f"broker-{n}.toml"
         config = self.workdir / f"broker-{n}.toml"
         config.write_text(text)
         load_config(config_file=config, environ={})  # the operator's file is valid as is

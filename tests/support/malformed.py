@@ -33,6 +33,10 @@ _ops = st.sampled_from(
         "decommission_broker",
         "alter_topic",
         "add_partitions",
+        "acl_add",
+        "acl_remove",
+        "acl_list",
+        "quota_set",
         "nope",
         "",
     ]

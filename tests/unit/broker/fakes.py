@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from zstream import storage
+from zstream.broker._acl import AclTable
 from zstream.broker._controller import (
     ControllerState,
     PartitionAssignment,
     TopicRecord,
+    acl_add_command,
+    acl_remove_command,
     add_partitions_command,
     alter_topic_configs_command,
     commit_offsets_command,
@@ -23,12 +26,14 @@ from zstream.broker._controller import (
     group_delete_command,
     group_join_or_update_command,
     group_leave_command,
+    quota_set_command,
     reassign_partition_command,
     register_broker_command,
 )
 from zstream.broker._frontend import Frontend
 from zstream.clients import (
     Acks,
+    AclEntry,
     CommitOffsetsRequest,
     CreateTopicRequest,
     FetchOffsetsRequest,
@@ -36,6 +41,7 @@ from zstream.clients import (
     NotControllerError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    QuotaLimits,
     TopicExistsError,
     UnknownMemberError,
     UnknownPartitionError,
@@ -288,22 +294,60 @@ class FakeBackend:
         self._check_controller()
         return self.controller.reassignments()
 
+    @property
+    def acls(self) -> AclTable:
+        return self.controller.acls
+
+    @property
+    def quotas(self) -> Mapping[str, QuotaLimits]:
+        return self.controller.quotas
+
+    async def list_acls(self) -> list[AclEntry]:
+        self._check_controller()
+        return self.controller.acls.entries()
+
+    async def add_acls(self, entries: Sequence[AclEntry]) -> int:
+        added = self._propose(acl_add_command(entries))
+        assert isinstance(added, int)
+        return added
+
+    async def remove_acls(self, entries: Sequence[AclEntry]) -> int:
+        removed = self._propose(acl_remove_command(entries))
+        assert isinstance(removed, int)
+        return removed
+
+    async def set_quota(self, quota: QuotaLimits) -> None:
+        self._propose(quota_set_command(quota))
+
+    async def list_quotas(self) -> list[QuotaLimits]:
+        self._check_controller()
+        return [q for _, q in sorted(self.controller.quotas.items())]
+
 
 class LiveFrontend:
     """A front end over a FakeBackend, serving from its own thread and event loop
     (for synchronous clients: raw sockets, the CLI)."""
 
-    def __init__(self, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_message_bytes: int = 8 * 1024 * 1024, principal: str | None = None
+    ) -> None:
         self.addr = ""
         self.backend = FakeBackend()
         self._max_bytes = max_message_bytes
+        self._principal = principal  # every request's, as if CURVE said so (None: off)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()))
 
     async def _main(self) -> None:
-        frontend = Frontend(self.backend, "tcp://127.0.0.1:*", max_message_bytes=self._max_bytes)
+        principal = self._principal
+        frontend = Frontend(
+            self.backend,
+            "tcp://127.0.0.1:*",
+            max_message_bytes=self._max_bytes,
+            principal_of=None if principal is None else (lambda msg: principal),
+        )
         self.addr = self.backend.addr = frontend.addr
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()

@@ -21,6 +21,8 @@ from zstream.clients import (
 SUBCOMMANDS = [
     ["broker"],
     ["dev"],
+    ["keys"],
+    ["keys", "generate"],
     ["topic"],
     ["topic", "create"],
     ["topic", "list"],

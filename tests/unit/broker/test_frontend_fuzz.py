@@ -18,9 +18,10 @@ from zstream.clients._protocol import decode_reply, encode_request
 MAX_BYTES = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[zmq.Socket[bytes]]:
-    with LiveFrontend(MAX_BYTES) as live:
+@pytest.fixture(scope="module", params=[None, "alice"], ids=["open", "secured"])
+def client(request: pytest.FixtureRequest) -> Iterator[zmq.Socket[bytes]]:
+    """Security off, and on with a principal that holds no ACL (default deny)."""
+    with LiveFrontend(MAX_BYTES, principal=request.param) as live:
         live.backend.topics["t"] = [FakePartition()]
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 
 from zstream.clients import (
     Acks,
+    AclAddRequest,
+    AclListRequest,
+    AclRemoveRequest,
     CommitOffsetsRequest,
     CreateTopicRequest,
     DeleteGroupRequest,
@@ -27,6 +30,8 @@ from zstream.clients import (
     OffsetOutOfRangeError,
     OffsetsForTimeRequest,
     ProduceRequest,
+    QuotaListRequest,
+    QuotaSetRequest,
     UnknownMemberError,
     UnknownServerError,
     UnsupportedVersionError,
@@ -219,6 +224,11 @@ _envelopes = st.fixed_dictionaries(
                 "offsets_for_time",
                 "reassign_partition",
                 "list_reassignments",
+                "acl_list",
+                "acl_add",
+                "acl_remove",
+                "quota_set",
+                "quota_list",
                 "x",
             ]
         )
@@ -245,6 +255,11 @@ _envelopes = st.fixed_dictionaries(
                     "session_timeout_ms",
                     "leave",
                     "timestamp_ms",
+                    "entries",
+                    "principal",
+                    "resource_type",
+                    "produce_bytes_per_s",
+                    "fetch_bytes_per_s",
                 ]
             ),
             _msgpack_values,
@@ -398,5 +413,54 @@ def test_bad_reassign_requests_name_their_fault(args: dict[str, Any], fragment: 
 def test_bad_cluster_requests_name_their_fault(
     op: str, args: dict[str, Any], fragment: str
 ) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        decode_request(_group_request(op, **args))
+
+
+# -- ACLs and quotas ------------------------------------------------------------
+
+
+_ENTRY = {
+    "principal": "alice",
+    "resource_type": "topic",
+    "pattern": "prefixed",
+    "name": "orders.",
+    "operation": "produce",
+    "permission": "deny",
+}
+
+
+def test_acl_and_quota_requests_round_trip() -> None:
+    requests = [
+        AclListRequest(),
+        AclListRequest("alice", "group"),
+        AclAddRequest([_ENTRY]),
+        AclRemoveRequest([_ENTRY, {**_ENTRY, "permission": "allow"}]),
+        QuotaSetRequest("*", 100, None),
+        QuotaSetRequest("bob"),
+        QuotaListRequest(),
+    ]
+    for args in requests:
+        assert decode_request(encode_request(7, args)).args == args
+    (entry,) = AclAddRequest([_ENTRY]).acl_entries()
+    assert entry.to_wire() == _ENTRY
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "fragment"),
+    [
+        ("acl_add", {}, "missing argument 'entries'"),
+        ("acl_add", {"entries": []}, "give 1-1000 ACL entries"),
+        ("acl_add", {"entries": [{"principal": "a"}]}, "lacks"),
+        ("acl_add", {"entries": [{**_ENTRY, "operation": "write"}]}, "operation"),
+        ("acl_add", {"entries": [{**_ENTRY, "principal": 3}]}, "must be a string"),
+        ("acl_remove", {"entries": [{**_ENTRY, "name": "a b"}]}, "resource name"),
+        ("acl_list", {"resource_type": "table"}, "resource_type must be one of"),
+        ("acl_list", {"principal": "a/b"}, "invalid principal"),
+        ("quota_set", {"principal": "a", "fetch_bytes_per_s": 0}, "must be an integer > 0"),
+        ("quota_set", {}, "missing argument 'principal'"),
+    ],
+)
+def test_bad_acl_requests_name_their_fault(op: str, args: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidRequestError, match=fragment):
         decode_request(_group_request(op, **args))
