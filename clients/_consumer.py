@@ -77,6 +77,7 @@ from zstream.clients._errors import (
     CorruptBatchError,
     DeserializationError,
     InvalidRequestError,
+    NotAuthorizedError,
     OffsetOutOfRangeError,
     UnavailableError,
     UnknownPartitionError,
@@ -305,6 +306,10 @@ class Consumer(Generic[K, V]):
         # Chunks read and not yet fully delivered, in arrival order (several partitions).
         self._ready: deque[_Chunk] = deque()
         self._arrived = asyncio.Event()  # set when a chunk is appended, or on close
+        # A reader's refusal that no retry of the consumer's can mend (NOT_AUTHORIZED):
+        # raised by the next delivery call, while the reader keeps trying (an ACL
+        # granted later takes effect without a restart).
+        self._refused: ZStreamError | None = None
         # A partition's reader waits while this many bytes of it are undelivered.
         self._queue_limit = max(credit_bytes, 2 * fetch_max_bytes)
         # What the last delivery call handed out, as (partition, generation): each such
@@ -637,6 +642,7 @@ class Consumer(Generic[K, V]):
 
     async def _next(self) -> Record[K, V]:
         """`__anext__` from a new chunk (or waiting for one)."""
+        self._raise_refused()
         if self._held:
             self._release_held()
         if self._spent:
@@ -669,8 +675,14 @@ class Consumer(Generic[K, V]):
                 continue
             if self._closed:
                 raise StopAsyncIteration
+            self._raise_refused()
             self._arrived.clear()
             await self._arrived.wait()
+
+    def _raise_refused(self) -> None:
+        refused, self._refused = self._refused, None
+        if refused is not None:
+            raise refused
 
     async def getone(self) -> Record[K, V]:
         """The next record (waits for one); as one step of ``async for``."""
@@ -725,6 +737,7 @@ class Consumer(Generic[K, V]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while not self._closed:
+            self._raise_refused()
             coordinator = self._coordinator
             if self._ready and coordinator is not None and coordinator.stale():
                 await self._wait_for_session(coordinator)
@@ -988,11 +1001,15 @@ class Consumer(Generic[K, V]):
 
     async def _recover(self, state: _PartitionState, exc: ZStreamError, delay: float) -> float:
         """After a failed read: back off, refresh metadata, fix an out-of-range offset.
-        Over a fetch quota: wait as long as the broker said, and no more."""
+        Over a fetch quota: wait as long as the broker said, and no more. Refused
+        (NOT_AUTHORIZED): the next delivery call raises it, and the reader goes on."""
         throttle_s = throttle_time_s(exc)
         if throttle_s:
             await asyncio.sleep(throttle_s)
             return delay
+        if isinstance(exc, NotAuthorizedError):
+            self._refused = exc
+            self._arrived.set()
         past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
             start, end = exc.details.get("start"), exc.details.get("end")

@@ -31,6 +31,7 @@ from zstream.clients import (
     ProduceRequest,
     QuotaLimits,
     ResourceType,
+    TopicPartition,
     ZStreamError,
 )
 from zstream.storage import encode_batch
@@ -197,6 +198,40 @@ async def test_each_operation_needs_its_acl_and_deny_wins(
     async with root.admin() as admin:
         await admin.remove_acls([acl("deny bob produce topic payments")])
     await eventually(lambda: send_as(bob))
+
+
+async def test_a_consumer_refused_its_topic_raises_not_authorized_and_recovers(
+    secure_three: list[SecureBroker], keys: ClusterKeys
+) -> None:
+    """The broker's NOT_AUTHORIZED reaches the application through getone and
+    getmany (not a silent retry forever); once the ACL is granted, the same consumer
+    reads on."""
+    root, alice = As(keys, secure_three, "admin"), As(keys, secure_three, "alice")
+    async with root.admin() as admin:
+        await admin.create_topic("audit", 1, 3)
+        await admin.add_acls([acl("allow alice describe topic audit")])
+    async with root.producer() as producer:
+        await producer.send("audit", b"a0")
+    tp = TopicPartition("audit", 0)
+    async with Consumer(
+        alice.bootstrap, credentials=alice.credentials, auto_offset_reset="earliest"
+    ) as consumer:
+        consumer.assign([tp])
+        with pytest.raises(NotAuthorizedError, match="to consume topic 'audit'"):
+            await asyncio.wait_for(consumer.getone(), 20)
+        with pytest.raises(NotAuthorizedError, match="to consume topic 'audit'"):
+            await _getmany_until_refused(consumer)
+        async with root.admin() as admin:
+            await admin.add_acls([acl("allow alice consume topic audit")])
+        record = await eventually(lambda: asyncio.wait_for(consumer.getone(), 20), 30)
+        assert (record.offset, record.value) == (0, b"a0")
+
+
+async def _getmany_until_refused(consumer: Consumer) -> None:
+    """getmany until it raises (the reader's next refusal), for at most 20 s."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        await consumer.getmany(timeout_ms=500)
 
 
 async def _state(who: As) -> tuple[list[AclEntry], list[QuotaLimits]] | None:
