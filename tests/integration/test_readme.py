@@ -14,23 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.support import ManagedProcess, wait_until
+from tests.support.readme import readme_commands
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "<!-- quickstart-client:"
-
-
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index(MARKER) :]
-    block = re.search(r"```sh\n(.*?)```", after, re.S)
-    assert block is not None, "no sh block after the quick-start marker"
-    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
 
 
 def test_readme_quick_start_works_as_written(tmp_path: Path) -> None:
-    commands = readme_commands()
+    commands = readme_commands("quickstart-client")
     assert any("produce" in c for c in commands)
     assert any("consume" in c for c in commands)
     dev = ManagedProcess(

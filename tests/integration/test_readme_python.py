@@ -12,20 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.readme import readme_blocks
 from zstream.testing import ClusterFactory
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "<!-- quickstart-python:"
 
 
 def readme_examples() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index(MARKER) :]
-    blocks = re.findall(r"```python\n(.*?)```", after, re.S)[:2]
-    assert len(blocks) == 2, "a producer and a consumer block after the marker"
-    return blocks
+    """The producer and the consumer example."""
+    return readme_blocks("quickstart-python", "python", 2)
 
 
 def test_examples_are_ten_lines_or_so() -> None:

@@ -5,7 +5,6 @@ exactly as written, from the same directory."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,23 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.support import ManagedProcess, wait_until
+from tests.support.readme import readme_commands
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "<!-- quickstart-secure:"
-
-
-def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index(MARKER) :]
-    block = re.search(r"```sh\n(.*?)```", after, re.S)
-    assert block is not None, "no sh block after the secure quick-start marker"
-    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
 
 
 def test_readme_secure_quick_start_works_as_written(tmp_path: Path) -> None:
-    commands = readme_commands()
+    commands = readme_commands("quickstart-secure")
     assert any("client.env" in c for c in commands)
     text = (ROOT / "README.md").read_text()
     assert "zstream dev --secure --data-dir zstream-dev-data" in text

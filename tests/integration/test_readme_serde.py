@@ -4,26 +4,23 @@ real broker (ZSTREAM_BOOTSTRAP set as the README tells the user)."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.readme import readme_blocks
 from zstream.testing import Cluster
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "<!-- serde-python:"
 
 
 def _example() -> str:
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"```python\n(.*?)```", text[text.index(MARKER) :], re.S)
-    assert block is not None, "a python block after the marker"
-    return block.group(1)
+    (block,) = readme_blocks("serde-python", "python")
+    return block
 
 
 def test_readme_serializer_example_runs_as_written(zstream_cluster: Cluster) -> None:

@@ -6,25 +6,22 @@ errors, the plugin coming from zstream's ``pytest11`` entry point."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.readme import readme_blocks
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MARKER = "<!-- testing-example:"
 
 
 def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index(MARKER) :]
-    match = re.search(r"```python\n(.*?)```", after, re.S)
-    assert match is not None, "a python block after the marker"
-    return match.group(1)
+    (block,) = readme_blocks("testing-example", "python")
+    return block
 
 
 def test_example_is_ten_lines_or_so() -> None:
