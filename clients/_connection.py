@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from zstream.clients._credentials import Credentials
 from zstream.clients._errors import ConnectionLostError, RequestTimedOutError, ZStreamError
@@ -35,6 +36,8 @@ from zstream.clients._protocol import (
 )
 
 __all__ = ["Connection", "normalize_address"]
+
+_WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
 def normalize_address(addr: str) -> str:
@@ -62,6 +65,10 @@ class Connection:
         self._streams: dict[int, asyncio.Queue[Push]] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        # The broker closed its end and ZeroMQ has not connected again since: a request
+        # now would wait for a process that is gone, so it fails at once instead.
+        self._down = False
         self._heard = False
         self._closed = False
 
@@ -77,10 +84,40 @@ class Connection:
                 sock.setsockopt(zmq.CURVE_SERVERKEY, self._credentials.server_key)
                 sock.setsockopt(zmq.CURVE_PUBLICKEY, self._credentials.public_key)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, self._credentials.secret_key)
+            monitor = sock.get_monitor_socket(_WATCHED)
             sock.connect(self.addr)
             self._sock = sock
             self._reader = asyncio.create_task(self._read(sock))
+            self._watcher = asyncio.create_task(self._watch(monitor))
         return self._sock
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        """The broker's end of the TCP connection closed (its process died or was
+        stopped): nothing sent before will be answered, so every request waiting
+        fails now with ConnectionLostError (retriable), and every push stream is told
+        it closed, instead of waiting out their timeouts; until ZeroMQ has connected
+        again (it retries by itself), new requests fail at once too, so a client moves
+        on to another broker. (A silent peer, such as a host that vanished, still shows
+        only as a timeout.)"""
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    self._down = True
+                    self._lost(f"broker at {self.addr} closed the connection")
+                else:  # connected (again)
+                    self._down = False
+        finally:
+            monitor.close(linger=0)
+
+    def _lost(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLostError(why))
+        closed = {"err": int(ConnectionLostError.code), "msg": why}
+        for stream, queue in self._streams.items():
+            queue.put_nowait(Push(stream, "closed", dict(closed)))
 
     async def _read(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -99,13 +136,17 @@ class Connection:
 
     async def _reset(self) -> None:
         """Drop the socket and fail everything waiting on it."""
-        sock, reader = self._sock, self._reader
-        self._sock, self._reader = None, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
-                await reader
+        sock, reader, watcher = self._sock, self._reader, self._watcher
+        self._sock, self._reader, self._watcher = None, None, None
+        self._down = False
+        for task in (reader, watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
+                    await task
         if sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
             sock.close(linger=0)
         pending, self._pending = self._pending, {}
         for future in pending.values():
@@ -124,6 +165,8 @@ class Connection:
         self, args: RequestArgs, frames: Sequence[Buffer] = (), *, timeout_s: float | None = None
     ) -> Reply:
         sock = self._ensure_open()
+        if self._down:
+            raise ConnectionLostError(f"broker at {self.addr} closed the connection")
         corr = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[corr] = future
