@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Sequence
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -37,7 +38,18 @@ from zstream.clients._protocol import (
 
 __all__ = ["Connection", "normalize_address"]
 
-_WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+_REFUSED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _REFUSED
+# Loop passes the reader may take to read the replies left in the socket (one a pass)
+# before the requests still waiting fail.
+_DRAIN_PASSES = 100
+# Past this without a reconnection reported (RECONNECT_IVL_MAX is 2 s), the socket is
+# replaced instead of failing requests at once.
+_DOWN_FOR_S = 5.0
 
 
 def normalize_address(addr: str) -> str:
@@ -66,9 +78,13 @@ class Connection:
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        # The broker closed its end and ZeroMQ has not connected again since: a request
-        # now would wait for a process that is gone, so it fails at once instead.
-        self._down = False
+        self._monitor: zmq.asyncio.Socket | None = None
+        # When the broker closed its end, if ZeroMQ has not connected again since: a
+        # request now would wait for a process that is gone, so it fails at once.
+        self._down_since: float | None = None
+        # A handshake was refused (CURVE key, not a ZeroMQ peer): libzmq does not retry
+        # those, so requests wait out their timeout, which replaces the socket.
+        self._refused = False
         self._heard = False
         self._closed = False
 
@@ -84,14 +100,14 @@ class Connection:
                 sock.setsockopt(zmq.CURVE_SERVERKEY, self._credentials.server_key)
                 sock.setsockopt(zmq.CURVE_PUBLICKEY, self._credentials.public_key)
                 sock.setsockopt(zmq.CURVE_SECRETKEY, self._credentials.secret_key)
-            monitor = sock.get_monitor_socket(_WATCHED)
+            monitor = self._monitor = sock.get_monitor_socket(_WATCHED)
             sock.connect(self.addr)
             self._sock = sock
             self._reader = asyncio.create_task(self._read(sock))
-            self._watcher = asyncio.create_task(self._watch(monitor))
+            self._watcher = asyncio.create_task(self._watch(sock, monitor))
         return self._sock
 
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+    async def _watch(self, sock: zmq.asyncio.Socket, monitor: zmq.asyncio.Socket) -> None:
         """The broker's end of the TCP connection closed (its process died or was
         stopped): nothing sent before will be answered, so every request waiting
         fails now with ConnectionLostError (retriable), and every push stream is told
@@ -99,18 +115,25 @@ class Connection:
         again (it retries by itself), new requests fail at once too, so a client moves
         on to another broker. (A silent peer, such as a host that vanished, still shows
         only as a timeout.)"""
-        try:
-            while True:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_DISCONNECTED:
-                    self._down = True
-                    self._lost(f"broker at {self.addr} closed the connection")
-                else:  # connected (again)
-                    self._down = False
-        finally:
-            monitor.close(linger=0)
+        loop = asyncio.get_running_loop()
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())["event"]
+            if event & _REFUSED:
+                self._refused = True
+            elif event == zmq.EVENT_DISCONNECTED and not self._refused:
+                self._down_since = loop.time()
+                await self._lost(sock, f"broker at {self.addr} closed the connection")
+            elif event & (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self._down_since = None
 
-    def _lost(self, why: str) -> None:
+    async def _lost(self, sock: zmq.asyncio.Socket, why: str) -> None:
+        # Replies the broker sent before it closed may still wait in the socket: let
+        # the reader take them first (briefly), so a request that was answered is not
+        # failed and sent again.
+        for _ in range(_DRAIN_PASSES):  # no event says "the reader took them"
+            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                break
+            await asyncio.sleep(0)
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -137,8 +160,9 @@ class Connection:
     async def _reset(self) -> None:
         """Drop the socket and fail everything waiting on it."""
         sock, reader, watcher = self._sock, self._reader, self._watcher
+        monitor, self._monitor = self._monitor, None
         self._sock, self._reader, self._watcher = None, None, None
-        self._down = False
+        self._down_since, self._refused = None, False
         for task in (reader, watcher):
             if task is not None:
                 task.cancel()
@@ -148,6 +172,8 @@ class Connection:
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
             sock.close(linger=0)
+        if monitor is not None:
+            monitor.close(linger=0)
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -165,8 +191,13 @@ class Connection:
         self, args: RequestArgs, frames: Sequence[Buffer] = (), *, timeout_s: float | None = None
     ) -> Reply:
         sock = self._ensure_open()
-        if self._down:
-            raise ConnectionLostError(f"broker at {self.addr} closed the connection")
+        down_since = self._down_since
+        if down_since is not None:
+            if asyncio.get_running_loop().time() - down_since < _DOWN_FOR_S:
+                raise ConnectionLostError(f"broker at {self.addr} closed the connection")
+            # No reconnection reported for a while: start afresh rather than trust it.
+            await self._reset()
+            sock = self._ensure_open()
         corr = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[corr] = future

@@ -642,7 +642,6 @@ class Consumer(Generic[K, V]):
 
     async def _next(self) -> Record[K, V]:
         """`__anext__` from a new chunk (or waiting for one)."""
-        self._raise_refused()
         if self._held:
             self._release_held()
         if self._spent:
@@ -683,6 +682,12 @@ class Consumer(Generic[K, V]):
         refused, self._refused = self._refused, None
         if refused is not None:
             raise refused
+
+    def group_refused(self, exc: NotAuthorizedError) -> None:
+        """A refusal (the group's coordinator's, or a reader's): the next delivery call
+        that finds nothing to hand out raises it."""
+        self._refused = exc
+        self._arrived.set()
 
     async def getone(self) -> Record[K, V]:
         """The next record (waits for one); as one step of ``async for``."""
@@ -737,7 +742,6 @@ class Consumer(Generic[K, V]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while not self._closed:
-            self._raise_refused()
             coordinator = self._coordinator
             if self._ready and coordinator is not None and coordinator.stale():
                 await self._wait_for_session(coordinator)
@@ -745,6 +749,7 @@ class Consumer(Generic[K, V]):
             out = self._collect(wanted, max_records, take)
             if out:
                 return out
+            self._raise_refused()  # only once nothing it could deliver is there
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -1008,8 +1013,7 @@ class Consumer(Generic[K, V]):
             await asyncio.sleep(throttle_s)
             return delay
         if isinstance(exc, NotAuthorizedError):
-            self._refused = exc
-            self._arrived.set()
+            self.group_refused(exc)
         past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
             start, end = exc.details.get("start"), exc.details.get("end")

@@ -70,6 +70,7 @@ from typing import Any, NamedTuple, Protocol
 from zstream.clients._errors import (
     ConnectionLostError,
     FencedMemberError,
+    NotAuthorizedError,
     NotControllerError,
     RequestTimedOutError,
     UnavailableError,
@@ -226,6 +227,10 @@ class GroupHost(Protocol):
     async def group_assigned(self, tps: frozenset[TP]) -> None:
         """The on_assign callback, once the partitions are being read."""
 
+    def group_refused(self, exc: NotAuthorizedError) -> None:
+        """The controller refused this member (an ACL): the application must hear of
+        it; the coordinator keeps trying."""
+
 
 Call = Callable[[RequestArgs], Awaitable[Reply]]
 
@@ -324,7 +329,9 @@ class Coordinator:
         except (ZStreamError, TimeoutError) as exc:
             # NOT_CONTROLLER, timeouts, lost connections, and whatever else the
             # controller answers (UNKNOWN_SERVER_ERROR...): back off and retry.
-            if not isinstance(exc, (*_RETRIABLE, TimeoutError)):
+            if isinstance(exc, NotAuthorizedError):
+                self._host.group_refused(exc)
+            elif not isinstance(exc, (*_RETRIABLE, TimeoutError)):
                 log.warning("group %s: heartbeat failed: %r", m.group, exc)
             if self.stale():
                 log.warning("group %s: no heartbeat answered for a session (%r)", m.group, exc)
@@ -341,6 +348,8 @@ class Coordinator:
             except (ZStreamError, TimeoutError) as exc:
                 # Still claimed: the next reply that assigns them takes them.
                 log.warning("group %s: committed offsets unavailable: %r", m.group, exc)
+                if isinstance(exc, NotAuthorizedError):
+                    self._host.group_refused(exc)
                 await self._notify(joined=True)  # the session is fresh again
                 return False
             self._host.group_take(offsets)

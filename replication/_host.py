@@ -1108,6 +1108,7 @@ class RaftHost:
                     fut.set_exception(err)
             g.pending.clear()
             g.pending_futs.clear()
+            g.pending_ts.clear()
         if node.role != _LEADER and g.proposals:
             err = NotLeaderError(leader)
             for _, fut in g.proposals.values():
@@ -1159,6 +1160,7 @@ def _fail_group(g: _Group, err: Exception) -> None:
             fut.set_exception(err)
     g.pending.clear()
     g.pending_futs.clear()
+    g.pending_ts.clear()
     for _, fut in g.proposals.values():
         if not fut.done():
             fut.set_exception(err)

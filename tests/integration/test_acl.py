@@ -225,6 +225,13 @@ async def test_a_consumer_refused_its_topic_raises_not_authorized_and_recovers(
             await admin.add_acls([acl("allow alice consume topic audit")])
         record = await eventually(lambda: asyncio.wait_for(consumer.getone(), 20), 30)
         assert (record.offset, record.value) == (0, b"a0")
+    # In a group alice may not join: the coordinator's refusal reaches getone too.
+    async with Consumer(
+        alice.bootstrap, "auditors", credentials=alice.credentials, session_timeout_ms=6000
+    ) as member:
+        await member.subscribe(["audit"])
+        with pytest.raises(NotAuthorizedError, match="to consume group 'auditors'"):
+            await asyncio.wait_for(member.getone(), 20)
 
 
 async def _getmany_until_refused(consumer: Consumer) -> None:

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from zstream.testing._cluster import Cluster, ClusterFactory
+if TYPE_CHECKING:  # loaded by the first test that asks for a broker, not at startup
+    from zstream.testing._cluster import Cluster, ClusterFactory
 
 __all__ = ["pytest_runtest_makereport", "zstream_cluster", "zstream_cluster_factory"]
 
 _LOG_LINES = 30
-_clusters_key = pytest.StashKey[list[Cluster]]()
+_clusters_key = pytest.StashKey["list[Cluster]"]()
 
 
 @pytest.fixture
@@ -31,6 +33,8 @@ def zstream_cluster_factory(
 ) -> Iterator[ClusterFactory]:
     """Start clusters of real brokers (``tmp_path/zstream-N``), all closed after
     the test."""
+    from zstream.testing._cluster import Cluster
+
     made: list[Cluster] = []
     request.node.stash[_clusters_key] = made
 
@@ -66,12 +70,15 @@ def zstream_cluster(zstream_cluster_factory: ClusterFactory) -> Cluster:
     return zstream_cluster_factory()
 
 
-@pytest.hookimpl(wrapper=True)
+# The old-style wrapper (``hookwrapper``): every pluggy a pytest in use may bring knows
+# it, so an older pytest in the environment still starts.
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+) -> Generator[None, Any, None]:
     """A failed test that ran brokers gets their log tails in its report."""
-    report = yield
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
     clusters = item.stash.get(_clusters_key, None)
     if report.failed and clusters:
         for c in clusters:
@@ -79,4 +86,3 @@ def pytest_runtest_makereport(
                 report.sections.append(
                     (f"zstream broker {b.broker_id} log ({b.log_path})", b.tail(_LOG_LINES))
                 )
-    return report
