@@ -117,6 +117,10 @@ class BrokerConfig:
     stream_heartbeat_ms: int = 1000
     # 50 ms ticks, election after 10: sub-second failover (host-contract.md).
     tick_ms: int = 50
+    # A short fsync with nothing else in flight runs on the loop instead of a worker
+    # thread while recent fsyncs took under this (replication.HostConfig): 0 = always
+    # in threads (the default: a stalled disk must not stall the loop).
+    inline_sync_us: int = 0
     # 30 s: longer than any election, short enough that a stuck shutdown ends.
     shutdown_timeout_ms: int = 30_000
     # How often topic retention (retention_bytes / retention_ms) is enforced; Kafka's
@@ -182,6 +186,7 @@ class BrokerConfig:
         _at_least("segment_bytes", self.segment_bytes, 64 * 1024)
         _at_least("stream_heartbeat_ms", self.stream_heartbeat_ms, 10)
         _at_least("tick_ms", self.tick_ms, 1)
+        _at_least("inline_sync_us", self.inline_sync_us, 0)
         _at_least("shutdown_timeout_ms", self.shutdown_timeout_ms, 0)
         _at_least("retention_check_ms", self.retention_check_ms, 10)
         _at_least("offsets_retention_ms", self.offsets_retention_ms, 0)
@@ -286,7 +291,7 @@ def _split_list(value: object) -> list[str]:
 def _coerce(name: str, value: object) -> object:
     """Turn a TOML value or an environment string into the field's type."""
     if name in ("broker_id", "bootstrap_expect", "controller_compact_after") or name.endswith(
-        ("_bytes", "_ms", "_client", "_principal")
+        ("_bytes", "_ms", "_us", "_client", "_principal")
     ):
         if isinstance(value, str):
             try:

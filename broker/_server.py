@@ -572,7 +572,11 @@ class Broker:
         await transport.start()
         self.transport = transport
         host = replication.RaftHost(
-            cfg.broker_id, transport, replication.HostConfig(tick_ms=cfg.tick_ms, fsync=cfg.fsync)
+            cfg.broker_id,
+            transport,
+            replication.HostConfig(
+                tick_ms=cfg.tick_ms, fsync=cfg.fsync, inline_sync_us=cfg.inline_sync_us
+            ),
         )
         self.host = host
         host.on_peer_address(self._learn_peer)

@@ -150,6 +150,16 @@ class HostConfig:
     # Worker threads for fsyncs and raft-state writes: fsync releases the GIL, so a few
     # dirty logs sync in parallel on one disk queue.
     sync_threads: int = 4
+    # A pass with no batch in flight that wrote at most _INLINE_SYNC_LOGS logs fsyncs on
+    # the loop itself while the host's recent fsyncs (a moving average) took under this
+    # many microseconds: at low load, handing a short fsync to a thread and its result
+    # back costs more than the fsync (two thread wake-ups and a GIL hand-off, ~1 ms on
+    # a busy 2-core machine against a 0.3 ms fdatasync). A slower disk or a loaded one
+    # goes back to the threads by itself. 0 (the default): always in threads, because
+    # an fsync that stalls without warning (a disk hiccup) would then stall the whole
+    # loop, heartbeats included; measured gain on this project's 2-core machine: about
+    # 0.4 ms of a 3 ms produce p50 (docs/benchmarks.md).
+    inline_sync_us: int = 0
     # Items stepped per pass at most, so one pass stays short under a flood.
     max_batch_entries: int = 8192
     # Proposal bytes handed to one group's core per pass (the rest waits a pass): keeps
@@ -196,6 +206,7 @@ class HostStats:
 
     passes: int = 0
     fsyncs: int = 0
+    inline_fsyncs: int = 0  # of which on the loop (inline_sync_us)
     sync_wait_s: float = 0.0  # time passes spent waiting for their fsyncs
     state_writes: int = 0
     messages_sent: int = 0
@@ -215,6 +226,10 @@ class _Batch:
 # Passes whose fsyncs may run at once before a pass waits for the oldest: enough to
 # ride out a slow fsync at a high proposal rate, small enough to bound memory.
 _MAX_INFLIGHT_BATCHES = 16
+# At most this many logs fsync on the loop in one pass (more sync in parallel in threads).
+_INLINE_SYNC_LOGS = 2
+# Weight of the newest fsync in the moving average that decides inline or threaded.
+_SYNC_EWMA_WEIGHT = 0.2
 
 
 class _Group:
@@ -457,6 +472,8 @@ class RaftHost:
         self._dirty: dict[int, _Group] = {}
         self._inbox: list[PeerMessage] = []
         self._wake_event = asyncio.Event()
+        self._inline_sync_s = config.inline_sync_us / 1e6
+        self._sync_avg_s = 0.0  # moving average of fsync times (see inline_sync_us)
         self._stopped = False
         self._pass_lock = asyncio.Lock()
         # The passes' Readys whose fsyncs run (or ran), oldest first; finished in order.
@@ -948,20 +965,26 @@ class RaftHost:
                 self._send_all(g, rd.messages)
         # 4. The leader's appends leave now, while its own fsync runs.
         self._transport.flush()
-        # 5. Group commit: one fsync per log written in this pass, in worker threads.
+        # 5. Group commit: one fsync per log written in this pass, in worker threads
+        # (or on the loop when short and nothing else is in flight: see inline_sync_us).
         syncs: asyncio.Future[list[int]] | None = None
         if synced and self._cfg.fsync:
             stats.fsyncs += len(synced)
-            pool = self._pool
-            syncs = asyncio.gather(
-                *(
-                    loop.run_in_executor(pool, g.log.sync)
-                    if tr is None
-                    else loop.run_in_executor(pool, _traced_sync, g)
-                    for g in synced
-                )
-            )
-            syncs.add_done_callback(self._wake_on_sync)
+            if (
+                not self._inflight
+                and len(synced) <= _INLINE_SYNC_LOGS
+                and self._sync_avg_s < self._inline_sync_s
+            ):
+                stats.inline_fsyncs += len(synced)
+                syncs = loop.create_future()
+                try:
+                    syncs.set_result([self._sync(g) for g in synced])
+                except Exception as exc:  # noqa: BLE001 - failed as a thread's sync fails
+                    syncs.set_exception(exc)
+            else:
+                pool = self._pool
+                syncs = asyncio.gather(*(loop.run_in_executor(pool, self._sync, g) for g in synced))
+                syncs.add_done_callback(self._wake_on_sync)
         # Committed entries durable here already need not wait for this pass's fsync.
         early = [self._apply_early(g, rd) for g, rd in work]
         # 6. Batches complete in order, each once its fsyncs are done: a slow fsync
@@ -997,6 +1020,18 @@ class RaftHost:
 
     def _wake_on_sync(self, fut: asyncio.Future[list[int]]) -> None:
         self._wake_event.set()
+
+    def _sync(self, g: _Group) -> int:
+        """fdatasync ``g``'s log (on the loop or in a worker thread); returns the index
+        now durable and keeps the moving average of fsync times."""
+        started = time.perf_counter()
+        durable = g.log.sync()
+        took = time.perf_counter() - started
+        # Racy across worker threads by design: an average, not an account.
+        self._sync_avg_s += (took - self._sync_avg_s) * _SYNC_EWMA_WEIGHT
+        if _trace.trace is not None:
+            _trace.trace.mark("synced", g.id, durable)
+        return durable
 
     async def _finish_inflight(self) -> None:
         """Complete every batch in flight, waiting for their fsyncs."""
@@ -1129,13 +1164,6 @@ class RaftHost:
                     cb(leader, node.term)
                 except Exception:  # noqa: BLE001 - the application's bug must not stop the host
                     _log.exception("group %s: leader callback failed", g.id)
-
-
-def _traced_sync(g: _Group) -> int:
-    durable = g.log.sync()
-    if _trace.trace is not None:
-        _trace.trace.mark("synced", g.id, durable)
-    return durable
 
 
 def _release_waiters(g: _Group) -> None:

@@ -411,10 +411,23 @@ async def test_follower_that_cut_a_corrupt_segment_catches_up_from_an_idle_leade
         assert victim.logs[1].recovering_until == 0
 
 
+async def test_short_fsyncs_run_on_the_loop_unless_disabled(tmp_path: Path) -> None:
+    for inline_us, expect_inline in ((1_000_000, True), (0, False)):
+        async with cluster(tmp_path / str(inline_us), inline_sync_us=inline_us) as nodes:
+            leader = await elect(nodes)
+            for i in range(5):
+                await asyncio.wait_for(leader.groups[1].propose(batch(b"x%d" % i)), 5)
+            stats = [n.host.stats for n in nodes.values() if n.host is not None]
+            assert all(s.fsyncs > 0 for s in stats)
+            inline = sum(s.inline_fsyncs for s in stats)
+            assert (inline > 0) is expect_inline, stats
+
+
 async def test_followers_acknowledge_only_after_their_fsync(tmp_path: Path) -> None:
     import threading
 
-    async with cluster(tmp_path) as nodes:
+    # The held fsync blocks its thread: it must be a worker's, not the shared loop's.
+    async with cluster(tmp_path, inline_sync_us=0) as nodes:
         leader = await elect(nodes)
         followers = [n for n in nodes.values() if n is not leader]
         for n in followers:
