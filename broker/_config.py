@@ -136,6 +136,13 @@ class BrokerConfig:
     # replicas re-placed on live brokers. 15 minutes, Redpanda's default: long enough
     # that a reboot or a rolling upgrade never triggers a full copy of its data.
     replica_replace_after_ms: int = 15 * 60 * 1000
+    # The controller leader rebalances (`zstream cluster rebalance`) on its own when a
+    # new broker registers and after a dead broker's re-placement or a decommission
+    # finishes. Off: every move copies a replica over the network and each leadership
+    # transfer makes producers retry once, so the operator picks the time (Kafka's
+    # automatic leader rebalance moves leaders only; Redpanda's continuous data
+    # balancing is opt-in too).
+    auto_rebalance: bool = False
     # With security on: client connections per principal on one broker. Real clients
     # hold a few; 1,000 stops a runaway one before it takes the broker's memory. A
     # connection silent for connection_idle_ms no longer counts (Kafka's
@@ -277,7 +284,7 @@ _KEY_SETTINGS = (
 _PRINCIPAL = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _FIELDS = {f.name: f for f in dataclasses.fields(BrokerConfig)}
 _PATH_SETTINGS = frozenset(("data_dir", *_KEY_SETTINGS))
-_BOOL_SETTINGS = frozenset(("fsync", "insecure"))
+_BOOL_SETTINGS = frozenset(("fsync", "insecure", "auto_rebalance"))
 
 
 def _split_list(value: object) -> list[str]:

@@ -29,6 +29,7 @@ Command encoding (one msgpack map per Raft entry)::
     {"op": "add_partitions", "name": str, "count": int, "live": [int, ...]}
     {"op": "decommission_broker", "id": int}
     {"op": "remove_broker", "id": int}
+    {"op": "rebalance", "phase": "" | "moving" | "electing", "now_ms": int}
     {"op": "acl_add", "entries": [{ACL entry}, ...]}
     {"op": "acl_remove", "entries": [{ACL entry}, ...]}
     {"op": "quota_set", "principal": str, "produce_bytes_per_s": int | None,
@@ -108,9 +109,20 @@ Decommission:
 - ``remove_broker`` (the controller leader, once the broker holds no replica) removes
   it for good: it leaves ``brokers``, and ``register_broker`` refuses its id after.
 
-Snapshot: msgpack of {"v": 5, "applied_index", "brokers", "topics",
+Rebalance (an operator's ``zstream cluster rebalance``, or ``auto_rebalance``):
+
+- ``rebalance`` sets the rebalance phase (result: the phase). ``moving``: the
+  controller leader proposes the moves of `rebalance_moves` (broker/_balance.py's
+  plan, bounded like any reassignment by MAX_MOVES_PER_BROKER) pass after pass until
+  the plan is empty and no reassignment is in flight; then ``electing`` (``now_ms``
+  recorded as ``rebalance_since_ms``): each partition's leader hands leadership to
+  the partition's first replica when that one is a live, caught-up voter; after
+  REBALANCE_ELECTION_MS the controller leader ends it (``""``). Outside that window a
+  leader stays where elections put it (no automatic leader rebalance).
+
+Snapshot: msgpack of {"v": 6, "applied_index", "brokers", "topics",
 "next_group_id", "next_producer_id", "groups", "decommissioning", "removed", "acls",
-"quotas"}, where
+"quotas", "rebalance"}, where
 ``groups`` is ``[[name, epoch, members, offsets, active_ms], ...]`` sorted by name, each member
 ``[member_id, [topic, ...], session_timeout_ms, member_epoch, target, owned]``
 with ``target``/``owned`` sorted ``[[topic, partition], ...]``, and ``offsets``
@@ -118,10 +130,11 @@ sorted ``[[topic, partition, next_offset], ...]``. Each topic is ``[name, rf, pa
 configs]``, each partition ``[partition, group_id, replicas, target]``. ``acls`` is
 ``[[principal, resource_type, pattern, name, operation, permission], ...]`` sorted,
 ``quotas`` ``[[principal, produce_bytes_per_s, fetch_bytes_per_s], ...]`` sorted by
-principal. A version 1 snapshot (no ``groups``) restores with no groups, a version 2
-one (no ``active_ms``) with 0, a version 3 one (partitions without ``target``) with no
-reassignments; versions 1-4 (4: reassignment targets, ``decommissioning``,
-``removed``) restore with no ACLs and no quotas.
+principal, ``rebalance`` ``[phase, since_ms]``. A version 1 snapshot (no ``groups``)
+restores with no groups, a version 2 one (no ``active_ms``) with 0, a version 3 one
+(partitions without ``target``) with no reassignments; versions 1-4 (4: reassignment
+targets, ``decommissioning``, ``removed``) restore with no ACLs and no quotas,
+versions 1-5 with no rebalance.
 """
 
 from __future__ import annotations
@@ -133,6 +146,7 @@ from typing import Any
 import msgpack
 
 from zstream.broker._acl import AclTable
+from zstream.broker._balance import Move, plan_rebalance
 from zstream.broker._groups import Group, Member, TopicPartition, partition_map, rebalance
 from zstream.clients import (
     FencedMemberError,
@@ -179,6 +193,7 @@ __all__ = [
     "heartbeat_interval_ms",
     "quota_set_command",
     "reassign_partition_command",
+    "rebalance_command",
     "register_broker_command",
     "remove_broker_command",
 ]
@@ -204,9 +219,16 @@ MAX_MOVES_PER_BROKER = 2
 MAX_ACLS = 10_000
 MAX_ACLS_PER_COMMAND = 1_000
 MAX_QUOTAS = 10_000
-# 5 adds ACLs and quotas to version 4 (reassignment targets, decommissioning, removed).
-_SNAPSHOT_VERSION = 5
-_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5)
+# A rebalance's leader elections: how long partition leaders keep handing leadership
+# to their preferred replicas. Long enough for a restarted preferred replica to catch
+# up and for a transfer retried after a failure (every 2 s); short enough that the
+# cluster does not keep moving leaders back on its own afterwards.
+REBALANCE_ELECTION_MS = 30_000
+REBALANCE_PHASES = ("", "moving", "electing")
+# 5 adds ACLs and quotas to version 4 (reassignment targets, decommissioning, removed);
+# 6 adds the rebalance phase.
+_SNAPSHOT_VERSION = 6
+_SNAPSHOT_VERSIONS = (1, 2, 3, 4, 5, 6)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -376,6 +398,10 @@ def remove_broker_command(broker_id: int) -> bytes:
     return _pack({"op": "remove_broker", "id": broker_id})
 
 
+def rebalance_command(phase: str, now_ms: int = 0) -> bytes:
+    return _pack({"op": "rebalance", "phase": phase, "now_ms": now_ms})
+
+
 def acl_add_command(entries: Iterable[AclEntry]) -> bytes:
     return _pack({"op": "acl_add", "entries": [e.to_wire() for e in entries]})
 
@@ -522,6 +548,9 @@ class ControllerState:
         self.removed: set[int] = set()
         self.acls = AclTable()
         self.quotas: dict[str, QuotaLimits] = {}
+        # Rebalance: "" (none), "moving" or "electing" since rebalance_since_ms.
+        self.rebalance = ""
+        self.rebalance_since_ms = 0
 
     # -- applying commands -------------------------------------------------------------
 
@@ -572,6 +601,8 @@ class ControllerState:
                 return self._decommission_broker(cmd)
             if op == "remove_broker":
                 return self._remove_broker(cmd)
+            if op == "rebalance":
+                return self._rebalance(cmd)
             if op == "acl_add":
                 return self._acl_add(cmd)
             if op == "acl_remove":
@@ -1070,6 +1101,60 @@ class ControllerState:
                 moves.append((t.name, p.partition, (*keep, *chosen), bool(p.target)))
         return moves
 
+    # -- rebalance -----------------------------------------------------------------------
+
+    def _rebalance(self, cmd: Mapping[str, Any]) -> str:
+        phase = cmd.get("phase")
+        if type(phase) is not str or phase not in REBALANCE_PHASES:
+            raise InvalidRequestError(f"rebalance phase must be one of {REBALANCE_PHASES}")
+        since_ms = _now_ms(cmd)
+        self.rebalance, self.rebalance_since_ms = phase, since_ms
+        return phase
+
+    def rebalance_plan(self, live: Iterable[int]) -> list[Move]:
+        """broker/_balance.py's plan over the live placeable brokers: partitions being
+        reassigned count where they are going and stay as they are."""
+        parts = {
+            (t.name, p.partition): p.target or p.replicas
+            for t in self.topics.values()
+            for p in t.partitions
+        }
+        fixed = [
+            (t.name, p.partition) for t in self.topics.values() for p in t.partitions if p.target
+        ]
+        return plan_rebalance(parts, [b for b in set(live) if self.placeable(b)], fixed)
+
+    def rebalance_moves(self, live: Iterable[int]) -> list[tuple[str, int, tuple[int, ...], bool]]:
+        """`rebalance_plan` in `replacement_moves`' shape (never an override)."""
+        return [(m.topic, m.partition, m.target, False) for m in self.rebalance_plan(live)]
+
+    def rebalance_reply(self, plan: Sequence[Move], dry_run: bool) -> dict[str, Any]:
+        """The RebalanceRequest reply: the plan's moves and every partition's preferred
+        leader once the plan is carried out."""
+        after = {(m.topic, m.partition): m.target for m in plan}
+        return {
+            "dry_run": dry_run,
+            "phase": self.rebalance,
+            "moves": [
+                {
+                    "topic": m.topic,
+                    "partition": m.partition,
+                    "replicas": list(m.replicas),
+                    "target": list(m.target),
+                }
+                for m in plan
+            ],
+            "preferred_leaders": [
+                {
+                    "topic": t.name,
+                    "partition": p.partition,
+                    "preferred": after.get((t.name, p.partition), p.target or p.replicas)[0],
+                }
+                for t in sorted(self.topics.values(), key=lambda t: t.name)
+                for p in t.partitions
+            ],
+        }
+
     def reassignments(self) -> list[dict[str, Any]]:
         """Every reassignment in progress (the ListReassignmentsRequest reply rows)."""
         return [
@@ -1244,6 +1329,7 @@ class ControllerState:
                     [q.principal, q.produce_bytes_per_s, q.fetch_bytes_per_s]
                     for _, q in sorted(self.quotas.items())
                 ],
+                "rebalance": [self.rebalance, self.rebalance_since_ms],
             }
         )
 
@@ -1292,6 +1378,10 @@ class ControllerState:
             for principal, produce, fetch in doc.get("quotas", []):
                 quota = QuotaLimits(principal, produce, fetch)
                 state.quotas[quota.principal] = quota
+            phase, since_ms = doc.get("rebalance", ["", 0])
+            if phase not in REBALANCE_PHASES:
+                raise ValueError(f"bad controller snapshot: rebalance phase {phase!r}")
+            state.rebalance, state.rebalance_since_ms = str(phase), int(since_ms)
         except ZStreamError as exc:  # an entry that does not validate
             raise ValueError(f"bad controller snapshot: {exc}") from exc
         except (KeyError, TypeError, AttributeError) as exc:

@@ -112,6 +112,7 @@ from zstream.clients._protocol import (
     DecommissionBrokerRequest,
     ListReassignmentsRequest,
     ReassignPartitionRequest,
+    RebalanceRequest,
     Request,
     RequestArgs,
     decode_request,
@@ -151,6 +152,7 @@ _SLOW_OPS = (
     ReassignPartitionRequest,
     ListReassignmentsRequest,
     DecommissionBrokerRequest,
+    RebalanceRequest,
     AlterTopicRequest,
     AddPartitionsRequest,
     AclListRequest,
@@ -258,6 +260,8 @@ class Backend(Protocol):
     async def list_reassignments(self) -> list[dict[str, Any]]: ...
 
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]: ...
+
+    async def rebalance(self, request: RebalanceRequest) -> dict[str, Any]: ...
 
     async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]: ...
 
@@ -546,7 +550,7 @@ class Frontend:
                 authz.check(principal, _DESCRIBE, _TOPIC, args.topic)
             case AlterTopicRequest() | AddPartitionsRequest():
                 authz.check(principal, AclOperation.ALTER, _TOPIC, args.name)
-            case ReassignPartitionRequest() | DecommissionBrokerRequest():
+            case ReassignPartitionRequest() | DecommissionBrokerRequest() | RebalanceRequest():
                 authz.check(principal, AclOperation.ALTER, _CLUSTER, CLUSTER_RESOURCE)
             case ListReassignmentsRequest():
                 authz.check(principal, _DESCRIBE, _CLUSTER, CLUSTER_RESOURCE)
@@ -635,6 +639,8 @@ class Frontend:
                 return {"reassignments": await backend.list_reassignments()}, ()
             case DecommissionBrokerRequest():
                 return await backend.decommission_broker(args), ()
+            case RebalanceRequest():
+                return await backend.rebalance(args), ()
             case AlterTopicRequest():
                 return await backend.alter_topic(args), ()
             case AddPartitionsRequest():

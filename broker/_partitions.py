@@ -501,6 +501,42 @@ class PartitionManager:
                 log.debug("reassign group=%d step deferred: %s", part.group_id, exc)
         return reports
 
+    def elect_preferred(self, state: ControllerState, max_lag_entries: int) -> int:
+        """A rebalance's elections: every partition this broker leads, not moving, whose
+        first replica (its preferred leader) is another broker, a voter, live and
+        within ``max_lag_entries`` of the commit index, hands leadership to it (Raft's
+        transfer, which waits for the log to be up to date). One attempt per partition
+        per _TRANSFER_RETRY_S. Returns how many transfers were asked."""
+        asked = 0
+        down = self._host.down_peers()
+        now = time.monotonic()
+        for _topic, part in state.partitions_of(self._broker_id):
+            preferred = part.replicas[0]
+            if part.target or preferred == self._broker_id or preferred in down:
+                continue
+            replica = self._by_group.get(part.group_id)
+            if replica is None or not replica.is_leader:
+                continue
+            handle = replica.handle
+            if preferred not in handle.conf_state.voters or handle.conf_state.joint:
+                continue
+            pr = handle.progress().get(preferred)
+            if pr is None or pr[0] + max_lag_entries < handle.commit_index:
+                continue
+            if now - self._transfers.get(part.group_id, 0.0) < _TRANSFER_RETRY_S:
+                continue
+            self._transfers[part.group_id] = now
+            try:
+                handle.transfer_leader(preferred)
+            except replication.RaftError as exc:
+                log.debug("elect group=%d deferred: %s", part.group_id, exc)
+                continue
+            asked += 1
+            log.info(
+                "rebalance group=%d leadership to preferred replica %d", part.group_id, preferred
+            )
+        return asked
+
     async def close(self) -> None:
         async with self._lock:
             for group_id, replica in self._by_group.items():

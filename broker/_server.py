@@ -35,6 +35,7 @@ from zstream.broker._acl import AclTable
 from zstream.broker._config import BrokerConfig
 from zstream.broker._controller import (
     CONTROLLER_GROUP_ID,
+    REBALANCE_ELECTION_MS,
     ControllerState,
     PartitionAssignment,
     TopicRecord,
@@ -56,6 +57,7 @@ from zstream.broker._controller import (
     heartbeat_interval_ms,
     quota_set_command,
     reassign_partition_command,
+    rebalance_command,
     register_broker_command,
     remove_broker_command,
     validate_topic_configs,
@@ -104,6 +106,7 @@ from zstream.clients._protocol import (
     Buffer,
     DecommissionBrokerRequest,
     ReassignPartitionRequest,
+    RebalanceRequest,
 )
 
 __all__ = ["Broker", "Controller", "GroupCoordinator"]
@@ -136,8 +139,9 @@ _REPORT_EVERY_S = 1.0
 # produce it never reaches the very end, and a joint configuration commits without
 # it anyway (the old voters' majority and the new one's overlap in the others).
 _LEARNER_MAX_LAG_ENTRIES = 256
-# How often the controller leader takes the next step of a decommission.
-_DECOMMISSION_EVERY_S = 1.0
+# How often the controller leader takes the next step of the moves it leads
+# (decommission, dead-broker re-placement, rebalance).
+_MOVES_EVERY_S = 1.0
 
 
 class Controller:
@@ -536,6 +540,9 @@ class Broker:
         self._reported_at: dict[int, float] = {}
         # As the controller leader: since when each registered broker is absent.
         self._absent_since: dict[int, float] = {}
+        # Dead brokers' replicas were re-placed this term: an auto rebalance follows
+        # once every move has finished.
+        self._replacing = False
 
     def _make_registry(self) -> EtcdRegistry | StaticRegistry:
         cfg = self.config
@@ -761,6 +768,8 @@ class Broker:
                     register_broker_command(b.id, b.client_addr, b.peer_addr)
                 )
                 log.info("controller registered broker id=%d", b.id)
+                if known is None and state.topics:
+                    await self._auto_rebalance(f"broker {b.id} joined")
             conf = handle.conf_state
             if b.id not in conf.voters | conf.learners and not conf.voters_outgoing:
                 change = replication.ConfChange(
@@ -785,17 +794,16 @@ class Broker:
     async def _reassign_loop(self) -> None:
         """Walk the reassignments this broker leads (PartitionManager), send the
         controller leader the reports of those that reached their target, and, as the
-        controller leader, complete the reported ones."""
-        last_decommission = 0.0
+        controller leader, complete the reported ones and propose the next moves."""
+        last_moves = 0.0
         while True:
             await asyncio.sleep(_REASSIGN_INTERVAL_S)
             now = time.monotonic()
             try:
                 await self._reassign_pass(now)
-                if self.controller.is_leader and now - last_decommission >= _DECOMMISSION_EVERY_S:
-                    last_decommission = now
-                    await self._decommission_step()
-                    await self._replace_dead_step(now)
+                if self.controller.is_leader and now - last_moves >= _MOVES_EVERY_S:
+                    last_moves = now
+                    await self._moves_step(now)
             except (ZStreamError, replication.RaftError, storage.StorageError) as exc:
                 # Never the end of the broker: the next pass decides again from scratch.
                 log.info("reassignment pass deferred: %s", exc)
@@ -812,9 +820,12 @@ class Broker:
                 self._reports[report.group_id] = report
             elif self.controller.leader is not None:
                 self.host.send_app(self.controller.leader, encode_report(report))
+        if state.rebalance == "electing":
+            self.partitions.elect_preferred(state, _LEARNER_MAX_LAG_ENTRIES)
         if not self.controller.is_leader:
             self._reports.clear()
             self._absent_since.clear()  # a later term starts the clocks afresh
+            self._replacing = False
             return
         for group_id, report in list(self._reports.items()):
             del self._reports[group_id]
@@ -825,29 +836,45 @@ class Broker:
         down = self.host.down_peers() if self.host is not None else frozenset()
         return set(self.registry.members) - down
 
-    async def _decommission_step(self) -> None:
-        """As the controller leader: move replicas off decommissioning brokers (a few
-        at a time: the controller bounds moves per broker), take them out of the
-        controller group, and remove each one that holds nothing any more."""
+    async def _moves_step(self, now: float) -> None:
+        """As the controller leader, one step of every kind of move, through the one
+        reassignment mechanism (bounded per receiving broker by the controller):
+
+        - replicas off decommissioning brokers, which are then taken out of the
+          controller group and removed once they hold nothing;
+        - replicas off brokers absent (from discovery, or silent on the peer links)
+          for ``replica_replace_after_ms``, only where enough live brokers exist to keep
+          each partition's replica count; their controller votes go to live learners.
+          The clock is this leader's own (a new leader starts it again) and stops when
+          the broker returns: nothing new is moved off it then (moves under way
+          finish);
+        - a rebalance's moves (ControllerState.rebalance_moves), then its phases.
+
+        A move the controller refuses for now (the receiving broker is busy) is
+        proposed again on a later pass: plans are recomputed from the state each time."""
         state = self.controller.state
-        if not state.decommissioning:
-            return
         live = self._live()
-        for topic, partition, replicas, override in state.decommission_moves(live):
-            try:
-                await self.controller.propose(
-                    reassign_partition_command(
-                        topic, partition, replicas, sorted(live), override=override
-                    )
-                )
-            except UnavailableError:
-                continue  # that broker receives enough already: later
-            log.info("decommission: moving topic=%s partition=%d to %s", topic, partition, replicas)
+        for broker_id in list(self._absent_since):
+            if broker_id in live or broker_id not in state.brokers:
+                del self._absent_since[broker_id]
+                log.info("broker %d is back (or gone): its replicas stay", broker_id)
+        for broker_id in state.brokers:
+            if broker_id not in live and broker_id not in state.decommissioning:
+                self._absent_since.setdefault(broker_id, now)
+        limit_s = self.config.replica_replace_after_ms / 1000
+        dead = {b for b, since in self._absent_since.items() if now - since >= limit_s}
+        plans = [
+            ("decommission", state.decommission_moves(live)),
+            (f"dead broker(s) {sorted(dead)}", state.replacement_moves(dead, live) if dead else []),
+        ]
+        for why, moves in plans:
+            if why.startswith("dead") and moves:
+                self._replacing = True
+            await self._propose_moves(why, moves, live)
         handle = self.controller.handle
         assert handle is not None
         for broker_id in sorted(state.decommissioning):
-            conf = handle.conf_state
-            if broker_id in conf.all_voters():
+            if broker_id in handle.conf_state.all_voters():
                 self._controller_group_step(broker_id, live)
                 continue
             if any(
@@ -863,49 +890,58 @@ class Broker:
                     ((replication.ConfChangeType.REMOVE_NODE, broker_id),)
                 )
                 await handle.propose_conf_change(change)
+            await self._auto_rebalance(f"decommission of broker {broker_id} finished")
+        for broker_id in sorted(dead):
+            if broker_id in handle.conf_state.all_voters():
+                self._controller_group_step(broker_id, live)
+        if self._replacing and not state.reassignments():
+            self._replacing = False
+            await self._auto_rebalance(f"re-placement off {sorted(dead)} finished")
+        await self._rebalance_step(live)
 
-    async def _replace_dead_step(self, now: float) -> None:
-        """As the controller leader: a registered broker absent (from discovery, or
-        silent on the peer links) for ``replica_replace_after_ms`` has its replicas
-        re-placed on live brokers, through the same reassignment as a decommission,
-        and only where enough live brokers exist to keep each partition's replica
-        count; its controller vote goes to a live learner. The clock is the leader's
-        own (a new controller leader starts it again) and stops when the broker
-        returns: nothing new is moved off it then (moves under way finish)."""
-        state = self.controller.state
-        live = self._live()
-        for broker_id in list(self._absent_since):
-            if broker_id in live or broker_id not in state.brokers:
-                del self._absent_since[broker_id]
-                log.info("broker %d is back (or gone): its replicas stay", broker_id)
-        for broker_id in state.brokers:
-            if broker_id not in live and broker_id not in state.decommissioning:
-                self._absent_since.setdefault(broker_id, now)
-        limit_s = self.config.replica_replace_after_ms / 1000
-        dead = {b for b, since in self._absent_since.items() if now - since >= limit_s}
-        if not dead:
-            return
-        for topic, partition, replicas, override in state.replacement_moves(dead, live):
+    async def _propose_moves(
+        self, why: str, moves: Sequence[tuple[str, int, tuple[int, ...], bool]], live: set[int]
+    ) -> int:
+        """Propose each move; one refused for now (a busy broker, or the partition has
+        started moving since) waits for a later pass. Returns how many were recorded."""
+        recorded = 0
+        for topic, partition, replicas, override in moves:
             try:
                 await self.controller.propose(
                     reassign_partition_command(
                         topic, partition, replicas, sorted(live), override=override
                     )
                 )
-            except UnavailableError:
-                continue  # the receiving broker is busy: later
-            log.info(
-                "dead broker(s) %s: moving topic=%s partition=%d to %s",
-                sorted(dead),
-                topic,
-                partition,
-                replicas,
-            )
-        handle = self.controller.handle
-        assert handle is not None
-        for broker_id in sorted(dead):
-            if broker_id in handle.conf_state.all_voters():
-                self._controller_group_step(broker_id, live)
+            except (UnavailableError, InvalidRequestError) as exc:
+                log.debug("%s: move of %s/%d deferred: %s", why, topic, partition, exc)
+                continue
+            recorded += 1
+            log.info("%s: moving topic=%s partition=%d to %s", why, topic, partition, replicas)
+        return recorded
+
+    async def _rebalance_step(self, live: set[int]) -> None:
+        """A rebalance in its ``moving`` phase proposes its plan's moves; once nothing
+        is left to plan and nothing moves, its ``electing`` phase starts (partition
+        leaders hand over to preferred replicas, PartitionManager.elect_preferred) and
+        ends after REBALANCE_ELECTION_MS."""
+        state = self.controller.state
+        if state.rebalance == "moving":
+            moves = state.rebalance_moves(live)
+            await self._propose_moves("rebalance", moves, live)
+            if not moves and not state.reassignments():
+                await self.controller.propose(rebalance_command("electing", _wall_ms()))
+                log.info("rebalance: moves done, preferred leaders elected")
+        elif (
+            state.rebalance == "electing"
+            and _wall_ms() - state.rebalance_since_ms >= REBALANCE_ELECTION_MS
+        ):
+            await self.controller.propose(rebalance_command("", _wall_ms()))
+            log.info("rebalance: done")
+
+    async def _auto_rebalance(self, why: str) -> None:
+        if self.config.auto_rebalance and self.controller.state.rebalance != "moving":
+            await self.controller.propose(rebalance_command("moving", _wall_ms()))
+            log.info("auto rebalance: %s", why)
 
     def _controller_group_step(self, leaving: int, live: set[int]) -> None:
         """Walk group 0's voters towards "without ``leaving``": the live placeable
@@ -1109,6 +1145,8 @@ class Broker:
             "brokers": brokers,
             "controller": self.controller.leader,
             "controller_group": CONTROLLER_GROUP_ID,
+            # A rebalance under way: "moving" or "electing" ("" when none).
+            "rebalance": state.rebalance,
             "topics": [self._topic_doc(state.topics[n]) for n in names],
         }
 
@@ -1189,6 +1227,17 @@ class Broker:
             await self.partitions.reconcile(self.controller.state)
         log.info("topic configs altered name=%s configs=%s", request.name, dict(result.configs))
         return self._topic_doc(result)
+
+    async def rebalance(self, request: RebalanceRequest) -> dict[str, Any]:
+        """Plan (broker/_balance.py) over the live placeable brokers and, unless a dry
+        run, start the rebalance: the moving phase, carried out by `_moves_step`."""
+        self.controller.check_leader()
+        live = self._live()
+        plan = self.controller.state.rebalance_plan(live)
+        if not request.dry_run:
+            await self.controller.propose(rebalance_command("moving", _wall_ms()))
+            log.info("rebalance started: %d move(s) planned", len(plan))
+        return self.controller.state.rebalance_reply(plan, request.dry_run)
 
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
         leaving = await self.controller.propose(decommission_broker_command(request.broker_id))

@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster-name", dest="cluster_name", help="etcd key namespace")
     b.add_argument("--no-fsync", dest="fsync", action="store_false", default=None)
     b.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    b.add_argument(
+        "--auto-rebalance",
+        dest="auto_rebalance",
+        action="store_true",
+        default=None,
+        help="rebalance when a broker joins or a re-placement ends (docs/operations.md)",
+    )
     sec = b.add_argument_group("security (docs/security.md)")
     sec.add_argument(
         "--curve-secret-key-file",
@@ -363,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap(gdel)
     _add_group_output(gsub)
     _add_partition_parser(sub)
+    _add_cluster_parser(sub)
     _add_acl_parsers(sub)
     _add_quota_parsers(sub)
     return parser
@@ -491,6 +499,46 @@ def _add_partition_parser(sub: Any) -> None:
     _add_output(pl)
 
 
+def _add_cluster_parser(sub: Any) -> None:
+    cl = sub.add_parser("cluster", help="cluster-wide operations (rebalance)")
+    csub = cl.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    cr = csub.add_parser(
+        "rebalance",
+        help="even out replicas and preferred leaders over the brokers",
+        description="Plan moves that even out replica counts and preferred leaders "
+        "(first replicas) over the live brokers, carry them out a few at a time, then "
+        "move leadership back to the preferred replicas. Returns at once: watch "
+        "`zstream partition reassignments` (docs/operations.md).",
+    )
+    cr.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _add_bootstrap(cr)
+    _add_output(cr)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    async def go(admin: Admin) -> int:
+        doc = await admin.rebalance(dry_run=args.dry_run)
+        if args.output == "json":
+            _print_json(doc)
+            return 0
+        verb = "would move" if args.dry_run else "moving"
+        for m in doc["moves"]:
+            kind = "" if set(m["replicas"]) != set(m["target"]) else " (preferred leader only)"
+            print(
+                f"{m['topic']}/{m['partition']}: {verb} {_ids(m['replicas'])} -> "
+                f"{_ids(m['target'])}{kind}"
+            )
+        for t in doc["leader_transfers"]:
+            print(f"{t['topic']}/{t['partition']}: leader {t['from']} -> {t['to']}")
+        if not doc["moves"] and not doc["leader_transfers"]:
+            print("balanced: nothing to move")
+        elif not args.dry_run:
+            print("progress in `zstream partition reassignments`")
+        return 0
+
+    return _run_admin(go, args)
+
+
 def _add_acl_parsers(sub: Any) -> None:
     a = sub.add_parser(
         "acl",
@@ -578,6 +626,7 @@ def _broker(args: argparse.Namespace) -> int:
             "client_credentials_dir",
             "super_users",
             "insecure",
+            "auto_rebalance",
         )
     }
     config: BrokerConfig = load_config(config_file=args.config, flags=flags)
@@ -1375,6 +1424,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _status,
     "group": _group,
     "partition": _partition,
+    "cluster": _cluster,
     "acl": _acl,
     "quota": _quota,
 }

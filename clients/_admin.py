@@ -34,6 +34,7 @@ from zstream.clients._protocol import (
     QuotaListRequest,
     QuotaSetRequest,
     ReassignPartitionRequest,
+    RebalanceRequest,
 )
 
 __all__ = ["Admin", "partition_bounds"]
@@ -264,6 +265,47 @@ class Admin:
         reply = await self._cluster.call_controller(DecommissionBrokerRequest(broker_id))
         leaving: list[int] = reply.result["decommissioning"]
         return leaving
+
+    async def rebalance(self, dry_run: bool = False) -> dict[str, Any]:
+        """Even out replica counts and preferred leaders (see RebalanceRequest); with
+        ``dry_run`` only the plan. Returns at once with the controller's reply plus
+        ``leader_transfers``: ``[{"topic", "partition", "from", "to"}]``, each partition
+        whose leader now (as every live broker reports what it leads) is not the
+        preferred leader the plan gives it. Moves show in `list_reassignments`."""
+        reply = await self._cluster.call_controller(RebalanceRequest(dry_run))
+        doc: dict[str, Any] = dict(reply.result)
+        leaders = await self._leaders()
+        doc["leader_transfers"] = [
+            {"topic": p["topic"], "partition": p["partition"], "from": leader, "to": p["preferred"]}
+            for p in doc["preferred_leaders"]
+            if (leader := leaders.get((p["topic"], p["partition"]))) is not None
+            and leader != p["preferred"]
+        ]
+        return doc
+
+    async def _leaders(self) -> dict[tuple[str, int], int]:
+        """Each partition's leader, as the broker leading it says (a broker's metadata
+        names the true leader only of what it hosts). Every live broker at once."""
+        meta = await self._cluster.refresh()
+        alive = [b for b in meta["brokers"] if b["alive"]]
+        calls = [
+            self._cluster.connection(b["client_addr"]).call(
+                MetadataRequest(None), timeout_s=_REPORT_TIMEOUT_S
+            )
+            for b in alive
+        ]
+        out: dict[tuple[str, int], int] = {}
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        for b, reply in zip(alive, replies, strict=True):
+            if isinstance(reply, ZStreamError):
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            for topic in reply.result["topics"]:
+                for p in topic["partitions"]:
+                    if p.get("hwm") is not None:  # it leads this one
+                        out[(topic["name"], p["partition"])] = b["id"]
+        return out
 
     # -- ACLs and quotas (the controller answers; see clients/_acl.py) ---------------------
 

@@ -86,6 +86,7 @@ __all__ = [
     "QuotaListRequest",
     "QuotaSetRequest",
     "ReassignPartitionRequest",
+    "RebalanceRequest",
     "Reply",
     "Request",
     "RequestArgs",
@@ -569,6 +570,25 @@ class ListReassignmentsRequest:
     op: ClassVar[str] = "list_reassignments"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RebalanceRequest:
+    """Even out replica counts and preferred leaders over the live brokers that may
+    take replicas (broker/_balance.py plans it), then move leadership back to the
+    preferred replicas. Returns at once with the plan; unless ``dry_run``, the
+    controller records it and carries it out through reassignments (bounded per
+    broker; watch them with ListReassignments), then leader transfers. Reply ``res``::
+
+        {"dry_run": bool, "phase": "" | "moving" | "electing",
+         "moves": [{"topic": str, "partition": int, "replicas": [int], "target": [int]}],
+         "preferred_leaders": [{"topic": str, "partition": int, "preferred": int}]}
+
+    A move whose ``target`` holds the same brokers only reorders the replicas (a new
+    preferred leader, no data copied). ``preferred_leaders`` lists every partition."""
+
+    op: ClassVar[str] = "rebalance"
+    dry_run: bool = False
+
+
 # -- ACLs and quotas (served by the controller leader; see clients/_acl.py) ----------
 
 MAX_ACLS_PER_REQUEST = 1_000
@@ -677,6 +697,7 @@ RequestArgs: TypeAlias = (
     | ReassignPartitionRequest
     | ListReassignmentsRequest
     | DecommissionBrokerRequest
+    | RebalanceRequest
     | AlterTopicRequest
     | AddPartitionsRequest
     | AclListRequest
@@ -710,6 +731,7 @@ _REQUEST_TYPES: dict[str, type[Any]] = {
         ReassignPartitionRequest,
         ListReassignmentsRequest,
         DecommissionBrokerRequest,
+        RebalanceRequest,
         AlterTopicRequest,
         AddPartitionsRequest,
         AclListRequest,

@@ -31,6 +31,7 @@ _ops = st.sampled_from(
         "reassign_partition",
         "list_reassignments",
         "decommission_broker",
+        "rebalance",
         "alter_topic",
         "add_partitions",
         "acl_add",

@@ -28,6 +28,7 @@ from zstream.broker._controller import (
     group_leave_command,
     quota_set_command,
     reassign_partition_command,
+    rebalance_command,
     register_broker_command,
 )
 from zstream.broker._frontend import Frontend
@@ -54,6 +55,7 @@ from zstream.clients._protocol import (
     Buffer,
     DecommissionBrokerRequest,
     ReassignPartitionRequest,
+    RebalanceRequest,
 )
 
 T = TypeVar("T")
@@ -266,6 +268,13 @@ class FakeBackend:
     async def decommission_broker(self, request: DecommissionBrokerRequest) -> dict[str, Any]:
         leaving = self._propose(decommission_broker_command(request.broker_id))
         return {"decommissioning": leaving}
+
+    async def rebalance(self, request: RebalanceRequest) -> dict[str, Any]:
+        self._check_controller()
+        plan = self.controller.rebalance_plan(self.controller.brokers)
+        if not request.dry_run:
+            self._propose(rebalance_command("moving"))
+        return self.controller.rebalance_reply(plan, request.dry_run)
 
     async def alter_topic(self, request: AlterTopicRequest) -> dict[str, Any]:
         topic = self._propose(alter_topic_configs_command(request.name, request.configs))

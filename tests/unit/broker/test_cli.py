@@ -38,6 +38,8 @@ SUBCOMMANDS = [
     ["group", "delete"],
     ["partition"],
     ["partition", "reassign"],
+    ["cluster"],
+    ["cluster", "rebalance"],
     ["partition", "reassignments"],
 ]
 
@@ -192,6 +194,29 @@ def test_partition_reassign_list_and_broker_decommission(
         assert "needs the broker ID" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["partition", "reassign", "orders", "0", "--replicas", "0"])
+
+
+def test_cluster_rebalance_dry_run_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    with LiveFrontend() as live:
+        backend = live.backend
+        live.run(backend.create_topic(CreateTopicRequest("orders", 2, 1)))
+        addr = ["--bootstrap", live.addr]
+        assert main(["cluster", "rebalance", "--dry-run", *addr]) == 0
+        assert capsys.readouterr().out == "balanced: nothing to move\n"
+        backend._propose(register_broker_command(2, "tcp://b:1", "tcp://b:2"))
+        assert main(["cluster", "rebalance", "--dry-run", *addr]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "orders/0: would move 1 -> 2",
+            "orders/0: leader 1 -> 2",
+        ]
+        assert backend.controller.rebalance == ""  # a dry run changes nothing
+        assert main(["cluster", "rebalance", *addr, "--output", "json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["dry_run"] is False
+        assert doc["moves"] == [{"topic": "orders", "partition": 0, "replicas": [1], "target": [2]}]
+        assert doc["leader_transfers"] == [{"topic": "orders", "partition": 0, "from": 1, "to": 2}]
+        assert [p["preferred"] for p in doc["preferred_leaders"]] == [2, 1]
+        assert backend.controller.rebalance == "moving"
 
 
 def test_topic_alter(capsys: pytest.CaptureFixture[str]) -> None:

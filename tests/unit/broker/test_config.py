@@ -21,6 +21,19 @@ def test_defaults_need_only_id_and_data_dir(tmp_path: Path) -> None:
     assert cfg.data_dir == tmp_path
     assert cfg.discovery == "embedded"
     assert cfg.fsync is True
+    assert cfg.auto_rebalance is False  # moves cost bandwidth: the operator decides
+
+
+def test_auto_rebalance_from_file_environment_and_flag(tmp_path: Path) -> None:
+    base = {"broker_id": 1, "data_dir": str(tmp_path)}
+    path = _toml(tmp_path, "auto_rebalance = true\n")
+    assert load_config(config_file=path, environ={}, flags=base).auto_rebalance is True
+    env = {"ZSTREAM_AUTO_REBALANCE": "true"}
+    assert load_config(environ=env, flags=base).auto_rebalance is True
+    flags = {**base, "auto_rebalance": True}
+    assert load_config(environ={}, flags=flags).auto_rebalance is True
+    with pytest.raises(ConfigError, match="auto_rebalance"):
+        load_config(environ={"ZSTREAM_AUTO_REBALANCE": "maybe"}, flags=base)
 
 
 def test_flags_beat_environment_beats_file(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ from zstream.clients._protocol import (
     ListReassignmentsRequest,
     OffsetsForTimeRequest,
     ReassignPartitionRequest,
+    RebalanceRequest,
     Reply,
     RequestArgs,
 )
@@ -150,6 +151,8 @@ async def test_default_deny_names_the_operation_and_resource(secured: Secured) -
         (AddPartitionsRequest("orders", 2), "alter topic 'orders'", None),
         (ReassignPartitionRequest("orders", 0, [1]), "alter cluster 'cluster'", None),
         (DecommissionBrokerRequest(1), "alter cluster 'cluster'", None),
+        (RebalanceRequest(), "alter cluster 'cluster'", None),
+        (RebalanceRequest(dry_run=True), "alter cluster 'cluster'", None),
         (ListReassignmentsRequest(), "describe cluster 'cluster'", None),
     ]
     # Every request type is refused above, or is a listing (filtered) or acts on the
