@@ -74,6 +74,11 @@ class SpreadLoad:
                         Append(value, offset, invoked, time.monotonic())
                     )
 
+    def progress(self) -> dict[int, int]:
+        return {
+            p: sum(1 for a in h if a.offset is not None) for p, h in sorted(self.history.items())
+        }
+
     @property
     def acked(self) -> int:
         return sum(1 for h in self.history.values() for a in h if a.offset is not None)
@@ -84,7 +89,12 @@ async def _producing(bootstrap: str) -> Any:
     load = SpreadLoad(bootstrap)
     task = asyncio.create_task(load.run())
     try:
-        await _until(lambda: load.acked > 300 or task.done(), 30, "records before")
+        # 60 s: a new topic's first elections on a loaded CI machine; the message says
+        # where the producer stood if even that is not enough.
+        try:
+            await _until(lambda: load.acked > 300 or task.done(), 60, "records before")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; acked per partition: {load.progress()}") from None
         yield load
         since = load.acked
         await _until(lambda: load.acked > since + 200 or task.done(), 30, "records after")
