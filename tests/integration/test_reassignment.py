@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import BrokerProcess, bootstrap_of, running_brokers, wait_until_async
+from tests.support import (
+    BrokerProcess,
+    bootstrap_of,
+    broker_removed,
+    running_brokers,
+    wait_until_async,
+)
 from tests.support.checker import Append, check_queue
 from zstream import replication, storage
 from zstream.clients import (
@@ -287,17 +293,12 @@ async def test_decommission_the_controller_leader_under_produce(tmp_path: Path) 
                 await _until(lambda: all(ld.acked > 300 for ld in loads), 30, "records")
                 assert await admin.decommission_broker(1) == [1]
 
-                async def removed() -> bool:
-                    try:
-                        async with Admin(bootstrap, timeout_s=2) as fresh:
-                            cluster = await fresh.describe_cluster()
-                    except ZStreamError:
-                        return False
-                    states = {b["id"]: b.get("state") for b in cluster["brokers"]}
-                    held = [p["replicas"] for t in cluster["topics"] for p in t["partitions"]]
-                    return states.get(1) == "removed" and all(1 not in r for r in held)
-
-                await wait_until_async(removed, 120, "broker 1 to be removed", interval_s=0.5)
+                await wait_until_async(
+                    lambda: broker_removed(bootstrap, 1),
+                    120,
+                    "broker 1 to be removed",
+                    interval_s=0.5,
+                )
                 moved_at = [ld.acked for ld in loads]
                 await _until(
                     lambda: all(ld.acked > m + 200 for ld, m in zip(loads, moved_at, strict=True)),

@@ -21,7 +21,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import EtcdServer, bootstrap_of, running_brokers, wait_until_async
+from tests.support import (
+    EtcdServer,
+    bootstrap_of,
+    broker_removed,
+    running_brokers,
+    wait_until_async,
+)
 from tests.support.checker import Append, check_queue
 from zstream.clients import (
     Admin,
@@ -390,17 +396,9 @@ async def test_decommission_under_produce_and_a_group_consumer(tmp_path: Path) -
                 async with Admin(bootstrap) as admin:
                     assert await admin.decommission_broker(4) == [4]
 
-                async def removed() -> bool:
-                    try:
-                        async with Admin(bootstrap, timeout_s=2) as fresh:
-                            meta = await fresh.describe_cluster()
-                    except ZStreamError:
-                        return False
-                    states = {b["id"]: b.get("state") for b in meta["brokers"]}
-                    held = [p["replicas"] for t in meta["topics"] for p in t["partitions"]]
-                    return states.get(4) == "removed" and all(4 not in r for r in held)
-
-                await wait_until_async(removed, 50, "broker 4 removed", interval_s=0.3)
+                await wait_until_async(
+                    lambda: broker_removed(bootstrap, 4), 50, "broker 4 removed", interval_s=0.3
+                )
             logs = await _read_back(bootstrap)
             total = sum(len(v) for v in logs.values())
             await _until(lambda: len(reader.deliveries) >= total, 30, "the group to read all")

@@ -8,10 +8,30 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from zstream.clients import Admin, ZStreamError
 from zstream.testing import Broker, Cluster
 from zstream.testing._cluster import serves
 
-__all__ = ["BrokerProcess", "answers_metadata", "bootstrap_of", "running_brokers"]
+__all__ = [
+    "BrokerProcess",
+    "answers_metadata",
+    "bootstrap_of",
+    "broker_removed",
+    "running_brokers",
+]
+
+
+async def broker_removed(bootstrap: str, broker_id: int) -> bool:
+    """Is ``broker_id`` marked removed, holding no replica, as a fresh client sees it
+    (False while no broker answers)? The end condition of a decommission."""
+    try:
+        async with Admin(bootstrap, timeout_s=2) as admin:
+            meta = await admin.describe_cluster()
+    except ZStreamError:
+        return False
+    states = {b["id"]: b.get("state") for b in meta["brokers"]}
+    held = [p["replicas"] for t in meta["topics"] for p in t["partitions"]]
+    return states.get(broker_id) == "removed" and all(broker_id not in r for r in held)
 
 
 def answers_metadata(addr: str, timeout_ms: int = 300) -> bool:
