@@ -138,6 +138,12 @@ class RaftReplica:
     def leader(self) -> int | None:
         return None if self.closed else self.handle.leader or None
 
+    @property
+    def leader_epoch(self) -> int | None:
+        """The Raft term ``leader`` was heard in (None while closed): a client keeps
+        the leader of the highest epoch it has seen."""
+        return None if self.closed else self.handle.term
+
     # -- PartitionBackend ------------------------------------------------------------------
 
     @property
@@ -162,7 +168,9 @@ class RaftReplica:
         if self.closed:
             raise NotLeaderError("the partition is closing on this broker", leader=None)
         if not self.handle.is_leader:
-            raise NotLeaderError("not the leader", leader=self.handle.leader or None)
+            raise NotLeaderError(
+                "not the leader", leader=self.handle.leader or None, leader_epoch=self.handle.term
+            )
 
     async def produce(self, batch: Buffer, acks: Acks, timeout_s: float) -> int:
         self.check_leader()

@@ -1085,13 +1085,21 @@ class Broker:
         live = set(self.registry.members)
         for p in topic.partitions:
             replica = self.partitions.get(topic.name, p.partition) if self.partitions else None
-            leader = replica.leader if replica is not None else p.replicas[0]
+            if replica is not None:  # first-hand: the Raft group's leader in its term
+                leader, leader_epoch = replica.leader, replica.leader_epoch
+            else:
+                # A guess: this broker is not in the group. The first live replica (the
+                # preferred one unless it is gone); no epoch, so that a client keeps a
+                # leader it heard of first-hand (clients/_cluster.py).
+                leader = next((b for b in p.replicas if b in live), p.replicas[0])
+                leader_epoch = None
             leads_here = replica is not None and replica.is_leader
             parts.append(
                 {
                     "partition": p.partition,
                     "group_id": p.group_id,  # its Raft group (data under groups/<id>)
                     "leader": leader,
+                    "leader_epoch": leader_epoch,
                     "replicas": list(p.replicas),
                     # A reassignment in progress: where the replicas are going.
                     "target": list(p.target) if p.target else None,

@@ -5,7 +5,16 @@ Metadata (the ``metadata`` reply's result, see docs/protocol.md)::
 
     {"brokers": [{"id", "client_addr", "alive"}], "controller": id | None,
      "topics": [{"name", "replication_factor", "configs",
-                 "partitions": [{"partition", "leader", "replicas", "hwm", "log_start"}]}]}
+                 "partitions": [{"partition", "leader", "leader_epoch", "replicas",
+                                 "hwm", "log_start"}]}]}
+
+A broker outside a partition's Raft group can only guess its leader (``leader_epoch``
+null). Leaders heard first-hand, from a replica's metadata or its NOT_LEADER hint,
+are kept by epoch (the Raft term, as Kafka keeps leader epochs): a guess never
+replaces them, a higher epoch does, and a leader that stops answering is forgotten.
+Without that a client asking a non-replica for metadata was sent back to the
+preferred replica after every NOT_LEADER, and never reached a leader elected
+elsewhere.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq.asyncio
@@ -66,6 +75,9 @@ class ClusterClient:
         self._ctx = zmq.asyncio.Context()
         self._conns: dict[str, Connection] = {}
         self.metadata: dict[str, Any] = {}
+        # (topic, partition) -> (Raft group, leader, epoch) heard first-hand; epoch -1:
+        # a hint without one, good until any epoch is heard.
+        self._leaders: dict[tuple[str, int], tuple[int | None, int, int]] = {}
 
     def connection(self, addr: str) -> Connection:
         addr = normalize_address(addr)
@@ -112,7 +124,58 @@ class ClusterClient:
             kept = [t for t in self.metadata.get("topics", []) if t["name"] not in asked]
             fresh = {**fresh, "topics": kept + list(fresh.get("topics", []))}
         self.metadata = fresh
+        for t in fresh.get("topics", []):
+            for p in t.get("partitions", []):
+                key = (t["name"], p["partition"])
+                known = self._leaders.get(key)
+                if known is not None and known[0] != p.get("group_id"):
+                    del self._leaders[key]  # the topic was deleted and made anew
+                epoch, leader = p.get("leader_epoch"), p.get("leader")
+                if isinstance(epoch, int):
+                    self._note_leader(*key, leader if isinstance(leader, int) else 0, epoch)
         return self.metadata
+
+    def _note_leader(self, topic: str, partition: int, leader: int, epoch: int) -> None:
+        key = (topic, partition)
+        known = self._leaders.get(key)
+        if known is not None and epoch < known[2]:
+            return
+        if leader > 0:
+            self._leaders[key] = (self._group_of(topic, partition), leader, epoch)
+        elif known is not None and epoch > known[2]:
+            del self._leaders[key]  # a newer term with no leader yet
+
+    def _group_of(self, topic: str, partition: int) -> int | None:
+        for t in self.metadata.get("topics", []):
+            if t["name"] == topic:
+                for p in t.get("partitions", []):
+                    if p["partition"] == partition:
+                        group: int | None = p.get("group_id")
+                        return group
+        return None
+
+    def leader_failed(
+        self, topic: str, partition: int, broker: int | None, exc: ZStreamError
+    ) -> None:
+        """What a failed request to ``broker``, taken for the partition's leader,
+        says about the leader: a NOT_LEADER hint names the one to try next; a broker
+        that did not answer is forgotten, so that the next metadata can say anew."""
+        key = (topic, partition)
+        if isinstance(exc, NotLeaderError):
+            epoch = exc.details.get("leader_epoch")
+            if exc.leader is not None:
+                known = self._leaders.get(key)
+                if not isinstance(epoch, int):
+                    epoch = known[2] if known is not None else -1
+                self._note_leader(topic, partition, exc.leader, epoch)
+                return
+            if isinstance(epoch, int):
+                self._note_leader(topic, partition, 0, epoch)
+                return
+        if isinstance(exc, ConnectionLostError | RequestTimedOutError):
+            known = self._leaders.get(key)
+            if known is not None and known[1] == broker:
+                del self._leaders[key]
 
     def topic(self, name: str) -> dict[str, Any]:
         for t in self.metadata.get("topics", []):
@@ -121,10 +184,12 @@ class ClusterClient:
         raise UnknownTopicError(f"unknown topic {name!r}")
 
     def leader_of(self, topic: str, partition: int) -> int | None:
-        """The partition's leader as the last metadata said (None when unknown)."""
+        """The partition's leader: the one heard first-hand in the highest epoch, else
+        the last metadata's (None when unknown)."""
         for p in self.topic(topic)["partitions"]:
             if p["partition"] == partition:
-                leader: int | None = p.get("leader")
+                known = self._leaders.get((topic, partition))
+                leader: int | None = known[1] if known is not None else p.get("leader")
                 return leader
         return None
 
@@ -144,7 +209,11 @@ class ClusterClient:
         """A partition request, sent to its leader; NOT_LEADER hints are followed."""
 
         return await self._with_hints(
-            args, frames, lambda: self.leader_of(topic, partition), timeout_s
+            args,
+            frames,
+            lambda: self.leader_of(topic, partition),
+            timeout_s,
+            lambda broker, exc: self.leader_failed(topic, partition, broker, exc),
         )
 
     async def _with_hints(
@@ -153,6 +222,7 @@ class ClusterClient:
         frames: Sequence[Buffer],
         target: Any,
         timeout_s: float | None,
+        failed: Callable[[int | None, ZStreamError], None] | None = None,
     ) -> Reply:
         deadline = time.monotonic() + self._retry_for_s
         hint: int | None = None
@@ -171,6 +241,8 @@ class ClusterClient:
                 ConnectionLostError,
                 RequestTimedOutError,
             ) as e:
+                if failed is not None:
+                    failed(broker, e)
                 # A timeout may mean the broker died: look again where the leader is.
                 # (For a produce the batch may still commit: a retry is at least once.)
                 if time.monotonic() >= deadline:

@@ -1014,6 +1014,9 @@ class Consumer(Generic[K, V]):
             return delay
         if isinstance(exc, NotAuthorizedError):
             self.group_refused(exc)
+        with contextlib.suppress(ZStreamError):  # (a topic no longer known)
+            tried = self.cluster.leader_of(*state.tp)
+            self.cluster.leader_failed(*state.tp, tried, exc)
         past_end = False
         if isinstance(exc, OffsetOutOfRangeError):
             start, end = exc.details.get("start"), exc.details.get("end")

@@ -375,13 +375,18 @@ class _PartitionSender:
         producer = self._producer
         config = producer.config
         cluster = producer.cluster
-        addr = cluster.broker_addr(cluster.leader_of(self.topic, self.partition))
+        leader = cluster.leader_of(self.topic, self.partition)
+        addr = cluster.broker_addr(leader)
         if addr is None:
             raise NotLeaderError("no leader known yet", leader=None)
         request = ProduceRequest(self.topic, self.partition, config.acks, config.request_timeout_ms)
         # The connection's timeout covers the broker's own wait plus the round trip.
         timeout_s = config.request_timeout_ms / 1000 + 2
-        reply = await cluster.connection(addr).call(request, [frame], timeout_s=timeout_s)
+        try:
+            reply = await cluster.connection(addr).call(request, [frame], timeout_s=timeout_s)
+        except ZStreamError as exc:
+            cluster.leader_failed(self.topic, self.partition, leader, exc)
+            raise
         base: int = reply.result["base_offset"]
         return base
 
