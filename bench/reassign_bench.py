@@ -7,9 +7,14 @@ volume (16 KiB records), then one follower is replaced by broker 4
 (`Admin.reassign_partition`) while a paced producer (one 1 KiB record every 5 ms,
 acks=all) keeps writing. Figures:
 
-- ``mb_per_s``: the bytes of broker 4's copy of the partition (its segment files once
-  the move completed) over the time from the reassignment request to the controller
-  recording it as done;
+- ``mb_per_s``: the rate at which the new replica caught up: the bytes of broker 4's
+  copy of the partition (its segment files once the move completed) over the time
+  from broker 4's first record to its log reaching the end the fill left, as broker
+  4 itself reports its log end (``local_end``, sampled every 5 ms);
+- ``move_s``: the whole move, from the reassignment request to the controller
+  recording it as done (the target committed, the learner added, the catch-up, the
+  joint configuration and the old replica removed), and ``move_mb_per_s``, the copy
+  over that;
 - ``limit_ratio``: that over the replication limit as bench/replication_bench.py
   measures it for 64 KiB entries: min(raw ZeroMQ MB/s between two processes, raw
   disk write+fdatasync MB/s / 3);
@@ -37,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import latency_summary, write_results
 from bench.replication_bench import raw_disk_mb_per_s, raw_zmq_mb_per_s
 from tests.support import bootstrap_of, running_brokers
-from zstream.clients import Admin, Producer
+from zstream.clients import Admin, ClusterClient, DescribeTopicRequest, Producer, ZStreamError
 
 MB = 1024 * 1024
 TOPIC = "reassign-bench"
@@ -76,6 +81,28 @@ async def _until_done(admin: Admin) -> None:
         await asyncio.sleep(0.05 if moving else 0)
 
 
+async def _watch_end(addr: str, stop: asyncio.Event, seen: list[tuple[float, int]]) -> None:
+    """Broker 4's own log end for the partition, every 5 ms, as (time, end)."""
+    async with ClusterClient(addr, timeout_s=2) as client:
+        conn = client.connection(addr)
+        while not stop.is_set():
+            try:
+                reply = await conn.call(DescribeTopicRequest(TOPIC), timeout_s=2)
+            except ZStreamError:
+                pass
+            else:
+                end = reply.result["partitions"][0].get("local_end")
+                seen.append((time.monotonic(), end or 0))
+            await asyncio.sleep(0.005)
+
+
+def _catch_up_s(seen: list[tuple[float, int]], fill_end: int) -> float:
+    """From the first sample with records to the first at or past ``fill_end``."""
+    first = next(t for t, end in seen if end > 0)
+    caught = next(t for t, end in seen if end >= fill_end)
+    return max(caught - first, 0.005)  # the sampling's resolution
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -87,9 +114,11 @@ async def _move(work: Path, fill_bytes: int) -> dict[str, Any]:
             await admin.create_topic(TOPIC, partitions=1, replication_factor=3)
             await _fill(bootstrap, fill_bytes)
             part = (await admin.describe_topic(TOPIC))["partitions"][0]
+            fill_end = (await admin.partition_bounds(TOPIC))[0][1]
             target = [*part["replicas"][:2], 4]
-            stop, latencies = asyncio.Event(), []
+            stop, latencies, seen = asyncio.Event(), [], []
             load = asyncio.create_task(_paced(bootstrap, stop, latencies))
+            watch = asyncio.create_task(_watch_end(brokers[3].client_addr, stop, seen))
             try:
                 await asyncio.sleep(0.5)  # the producer is connected and pacing
                 latencies.clear()
@@ -99,13 +128,16 @@ async def _move(work: Path, fill_bytes: int) -> dict[str, Any]:
                 seconds = time.monotonic() - started
             finally:
                 stop.set()
-                await load
+                await asyncio.gather(load, watch)
         copied = _dir_bytes(brokers[3].data_dir / "groups" / str(part["group_id"]))
+    catch_up = _catch_up_s(seen, fill_end)
     return {
         "fill_bytes": fill_bytes,
         "copied_bytes": copied,
-        "seconds": seconds,
-        "mb_per_s": copied / seconds / MB,
+        "catch_up_s": catch_up,
+        "mb_per_s": copied / catch_up / MB,
+        "move_s": seconds,
+        "move_mb_per_s": copied / seconds / MB,
         "produce_during": latency_summary(latencies) if latencies else {},
     }
 
@@ -128,7 +160,9 @@ def main() -> None:
     path = write_results("reassign", result)
     p99 = result["produce_during"].get("p99_ms", float("nan"))
     print(
-        f"copied {result['copied_bytes'] / MB:.1f} MiB in {result['seconds']:.2f} s; "
+        f"copied {result['copied_bytes'] / MB:.1f} MiB: caught up in "
+        f"{result['catch_up_s']:.2f} s, whole move {result['move_s']:.2f} s "
+        f"({result['move_mb_per_s']:.1f} MB/s); "
         f"limit {limit:.1f} MB/s (zmq {zmq:.1f}, disk/3 {disk:.1f}); results in {path}"
     )
     print(
