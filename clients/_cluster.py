@@ -132,16 +132,19 @@ class ClusterClient:
                     del self._leaders[key]  # the topic was deleted and made anew
                 epoch, leader = p.get("leader_epoch"), p.get("leader")
                 if isinstance(epoch, int):
-                    self._note_leader(*key, leader if isinstance(leader, int) else 0, epoch)
+                    self._note_leader(
+                        key, p.get("group_id"), leader if isinstance(leader, int) else 0, epoch
+                    )
         return self.metadata
 
-    def _note_leader(self, topic: str, partition: int, leader: int, epoch: int) -> None:
-        key = (topic, partition)
+    def _note_leader(
+        self, key: tuple[str, int], group: int | None, leader: int, epoch: int
+    ) -> None:
         known = self._leaders.get(key)
         if known is not None and epoch < known[2]:
             return
         if leader > 0:
-            self._leaders[key] = (self._group_of(topic, partition), leader, epoch)
+            self._leaders[key] = (group, leader, epoch)
         elif known is not None and epoch > known[2]:
             del self._leaders[key]  # a newer term with no leader yet
 
@@ -161,21 +164,19 @@ class ClusterClient:
         says about the leader: a NOT_LEADER hint names the one to try next; a broker
         that did not answer is forgotten, so that the next metadata can say anew."""
         key = (topic, partition)
+        known = self._leaders.get(key)
         if isinstance(exc, NotLeaderError):
             epoch = exc.details.get("leader_epoch")
-            if exc.leader is not None:
-                known = self._leaders.get(key)
-                if not isinstance(epoch, int):
-                    epoch = known[2] if known is not None else -1
-                self._note_leader(topic, partition, exc.leader, epoch)
-                return
-            if isinstance(epoch, int):
-                self._note_leader(topic, partition, 0, epoch)
-                return
-        if isinstance(exc, ConnectionLostError | RequestTimedOutError):
-            known = self._leaders.get(key)
-            if known is not None and known[1] == broker:
-                del self._leaders[key]
+            if not isinstance(epoch, int):  # a hint for the epoch already known
+                epoch = known[2] if known is not None else -1
+            if exc.leader is not None or epoch >= 0:
+                self._note_leader(key, self._group_of(topic, partition), exc.leader or 0, epoch)
+        elif (
+            isinstance(exc, ConnectionLostError | RequestTimedOutError)
+            and known is not None
+            and known[1] == broker
+        ):
+            del self._leaders[key]
 
     def topic(self, name: str) -> dict[str, Any]:
         for t in self.metadata.get("topics", []):
