@@ -141,6 +141,29 @@ def cpu_seconds() -> float:
 VOTERS = (1, 2, 3)
 
 
+def add_broker_env_arg(parser: argparse.ArgumentParser) -> None:
+    """``--broker-env KEY=VALUE`` (repeatable): a broker setting to compare in one run.
+    (zstream.testing.cluster drops this process's own ZSTREAM_* variables.)"""
+    parser.add_argument(
+        "--broker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a broker setting for this run, e.g. ZSTREAM_INLINE_SYNC_US=0 (repeatable)",
+    )
+
+
+def broker_env(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--broker-env`` settings as an environment for zstream.testing.cluster."""
+    env = {}
+    for item in args.broker_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("ZSTREAM_"):
+            raise SystemExit(f"--broker-env wants ZSTREAM_KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
 def raft_node_argv(
     script: str,
     node_id: int,

@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
     Child,
+    add_broker_env_arg,
+    broker_env,
     paced,
     percentile,
     print_table,
@@ -321,6 +323,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (under 60 s)")
     parser.add_argument("--rates", default="1000,10000,50000")
     parser.add_argument("--seconds", type=float, default=10.0, help="per rate")
+    add_broker_env_arg(parser)
     args = parser.parse_args()
     if args.child == "echo":
         return echo_child()
@@ -338,7 +341,9 @@ def main() -> None:
         trace_dir = root / "trace"
         for n, rate in enumerate(rates):
             # The first rate runs traced (the tracing costs a little).
-            env = {"ZSTREAM_TRACE_DIR": str(trace_dir)} if n == 0 else {}
+            env = broker_env(args)
+            if n == 0:
+                env["ZSTREAM_TRACE_DIR"] = str(trace_dir)
             with cluster(
                 3, path=root / f"r{rate}", log_level="WARNING", ready_timeout_s=60, env=env
             ) as brokers:
