@@ -39,7 +39,6 @@ from zstream.clients import Admin, Producer
 from zstream.testing import cluster
 
 TOPIC = "bench-cpu"
-Sample = dict[str, tuple[int, int, int]]  # thread id -> (cpu ns, wait ns, slices)
 
 
 _TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
