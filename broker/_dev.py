@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import IO
 
 import zmq
 
+from zstream.broker._child import broker_argv, child_env
 from zstream.broker._keys import generate_key_pair
 from zstream.clients import Credentials, MetadataRequest, ZStreamError
 from zstream.clients._protocol import decode_reply, encode_request
@@ -79,7 +79,9 @@ def _accepts(port: int) -> bool:
 
 
 class _Child:
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
@@ -89,6 +91,7 @@ class _Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
 
@@ -214,10 +217,7 @@ def run_dev(data_dir: Path, brokers: int, port_base: int, *, secure: bool = Fals
         _wait(lambda: _accepts(client_port), children, 20, "etcd")
         print(f"zstream dev: etcd      at 127.0.0.1:{client_port}", flush=True)
         for i, (cport, pport, mport) in enumerate(ports, start=1):
-            argv = [
-                sys.executable,
-                "-m",
-                "zstream.broker.cli",
+            argv = broker_argv(
                 "broker",
                 f"--id={i}",
                 f"--data-dir={data_dir / f'broker-{i}'}",
@@ -227,8 +227,8 @@ def run_dev(data_dir: Path, brokers: int, port_base: int, *, secure: bool = Fals
                 f"--metrics-addr=127.0.0.1:{mport}",
                 f"--bootstrap-expect={brokers}",
                 *(flag.replace("{id}", str(i)) for flag in security_flags),
-            ]
-            children.append(_Child(f"broker-{i}", argv, logs / f"broker-{i}.log"))
+            )
+            children.append(_Child(f"broker-{i}", argv, logs / f"broker-{i}.log", env=child_env()))
         for i, (cport, _, mport) in enumerate(ports, start=1):
             addr = f"tcp://127.0.0.1:{cport}"
             ready = functools.partial(_answers_metadata, ctx, addr, credentials)

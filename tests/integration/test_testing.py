@@ -79,6 +79,27 @@ def test_env_given_explicitly_does_reach_the_brokers(tmp_path: Path) -> None:
         pass
 
 
+def test_the_brokers_run_this_zstream_not_one_in_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A decoy checkout in the current directory, as when comparing an older tree: its
+    # broker would leave a mark and exit. The brokers must run the imported zstream.
+    decoy = tmp_path / "decoy"
+    mark = tmp_path / "decoy-ran"
+    (decoy / "zstream" / "broker").mkdir(parents=True)
+    (decoy / "zstream" / "__init__.py").write_text("")
+    (decoy / "zstream" / "broker" / "__init__.py").write_text("")
+    (decoy / "zstream" / "broker" / "cli.py").write_text(
+        f"import pathlib, sys\npathlib.Path({str(mark)!r}).write_text('x')\nsys.exit(3)\n"
+    )
+    monkeypatch.chdir(decoy)
+    with cluster(path=tmp_path / "c") as c:
+        assert c.broker(1).running()
+        cmdline = Path(f"/proc/{c.broker(1).pid}/cmdline").read_bytes().split(b"\0")
+    assert not mark.exists()
+    assert cmdline[1:4] == [b"-P", b"-m", b"zstream.broker.cli"], cmdline
+
+
 async def test_three_brokers_survive_a_kill_and_the_restarted_one_serves_again(
     zstream_cluster_factory: ClusterFactory,
 ) -> None:

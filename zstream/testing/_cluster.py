@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import ClassVar, Protocol
 
 import zmq
 
+from zstream.broker._child import broker_argv, child_env
 from zstream.clients import MetadataRequest, ZStreamError
 from zstream.clients._protocol import decode_reply, encode_request
 from zstream.testing._process import ManagedProcess, free_port, wait_until
@@ -91,10 +91,7 @@ class Broker:
         self.peer_port = free_port() if peer_port is None else peer_port
         self.metrics_port = free_port() if metrics_port is None else metrics_port
         self.data_dir = root / f"broker-{broker_id}"
-        argv = [
-            sys.executable,
-            "-m",
-            "zstream.broker.cli",
+        argv = broker_argv(
             "broker",
             f"--id={broker_id}",
             f"--data-dir={self.data_dir}",
@@ -102,7 +99,7 @@ class Broker:
             f"--peer-addr=127.0.0.1:{self.peer_port}",
             f"--metrics-addr=127.0.0.1:{self.metrics_port}",
             f"--log-level={log_level}",
-        ]
+        )
         if peers is not None:
             argv.append(f"--peers={peers}")
         if etcd is not None:
@@ -111,9 +108,11 @@ class Broker:
         # The caller's ZSTREAM_* settings (a ZSTREAM_DATA_DIR, a ZSTREAM_ETCD_ENDPOINTS)
         # would reconfigure the broker behind the test's back: they do not reach it.
         # ``env`` is set on top on purpose (say, ZSTREAM_TRACE_DIR for bench/latency.py).
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTREAM_")}
-        child_env.update(env or {})
-        self._process = ManagedProcess(f"broker-{broker_id}", argv, root, env=child_env)
+        # The broker runs the zstream this process imported, whatever the current
+        # directory holds (zstream.broker._child).
+        settings = {k: v for k, v in os.environ.items() if not k.startswith("ZSTREAM_")}
+        settings.update(env or {})
+        self._process = ManagedProcess(f"broker-{broker_id}", argv, root, env=child_env(settings))
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running() else "down"
