@@ -140,7 +140,7 @@ def encode_batch(
     batch_ts = _now_ms() if timestamp_ms is None else timestamp_ms
     first_ts: int | None = None
     max_ts = batch_ts
-    rows: list[list[object]] = []
+    rows: list[tuple[object, ...]] = []
     append = rows.append
     for rec in records:
         ts = batch_ts
@@ -155,7 +155,7 @@ def encode_batch(
             max_ts = ts
         elif ts > max_ts:
             max_ts = ts
-        append([ts - first_ts, rec[0], rec[1], [list(h) for h in headers] if headers else []])
+        append((ts - first_ts, rec[0], rec[1], [list(h) for h in headers] if headers else ()))
     assert first_ts is not None
     try:
         body = msgpack.packb(rows, use_bin_type=True)
