@@ -6,7 +6,10 @@ checkout (a worktree of an older commit, a benchmark comparing two trees), the c
 would run that checkout's broker beside this process's client without a word. So the
 child runs with ``-P`` (Python 3.11: no current directory on ``sys.path``) and, when
 this process imported zstream from a source tree rather than an installed
-distribution, with that tree first on ``PYTHONPATH``.
+distribution, with that tree first on ``PYTHONPATH``. Empty entries of
+``PYTHONPATH`` (``export PYTHONPATH=$PYTHONPATH:/x`` with it unset leaves one) would
+put the current directory back, so they are dropped, and relative ones are made
+absolute.
 """
 
 from __future__ import annotations
@@ -30,13 +33,17 @@ def broker_argv(*args: str) -> list[str]:
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's environment) with the source tree this process
     imported zstream from put first on ``PYTHONPATH``. An installed zstream (in one of
-    the interpreter's site-packages) is found by the child anyway and is left alone:
+    the interpreter's site-packages) is found by the child anyway and is not added:
     site-packages ahead of the standard library could shadow it."""
     out = dict(os.environ if env is None else env)
-    root = str(Path(zstream.__file__).resolve().parent.parent)
+    root = Path(zstream.__file__).absolute().parent.parent
     sites = [*site.getsitepackages(), site.getusersitepackages()]
-    installed = {str(Path(p).resolve()) for p in sites}
-    if root not in installed:
-        rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-        out["PYTHONPATH"] = os.pathsep.join([root, *rest])
+    installed = root.resolve() in {Path(p).resolve() for p in sites}
+    entries = [os.path.abspath(p) for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if not installed:
+        entries = [str(root), *(p for p in entries if Path(p).resolve() != root.resolve())]
+    if entries:
+        out["PYTHONPATH"] = os.pathsep.join(entries)
+    else:
+        out.pop("PYTHONPATH", None)
     return out

@@ -155,7 +155,7 @@ def encode_batch(
             max_ts = ts
         elif ts > max_ts:
             max_ts = ts
-        append((ts - first_ts, rec[0], rec[1], [list(h) for h in headers] if headers else ()))
+        append((ts - first_ts, rec[0], rec[1], tuple(map(tuple, headers)) if headers else ()))
     assert first_ts is not None
     try:
         body = msgpack.packb(rows, use_bin_type=True)

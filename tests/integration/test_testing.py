@@ -82,8 +82,10 @@ def test_env_given_explicitly_does_reach_the_brokers(tmp_path: Path) -> None:
 def test_the_brokers_run_this_zstream_not_one_in_the_current_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # A decoy checkout in the current directory, as when comparing an older tree: its
-    # broker would leave a mark and exit. The brokers must run the imported zstream.
+    # A decoy checkout in the current directory and on PYTHONPATH, as when comparing
+    # an older tree: its broker would leave a mark and exit. The brokers must run the
+    # imported zstream (-P keeps the directory off sys.path; this tree goes first on
+    # PYTHONPATH, ahead of the decoy and of an editable install's finder).
     decoy = tmp_path / "decoy"
     mark = tmp_path / "decoy-ran"
     (decoy / "zstream" / "broker").mkdir(parents=True)
@@ -93,7 +95,7 @@ def test_the_brokers_run_this_zstream_not_one_in_the_current_directory(
         f"import pathlib, sys\npathlib.Path({str(mark)!r}).write_text('x')\nsys.exit(3)\n"
     )
     monkeypatch.chdir(decoy)
-    with cluster(path=tmp_path / "c") as c:
+    with cluster(path=tmp_path / "c", env={"PYTHONPATH": str(decoy)}) as c:
         assert c.broker(1).running()
         cmdline = Path(f"/proc/{c.broker(1).pid}/cmdline").read_bytes().split(b"\0")
     assert not mark.exists()

@@ -1,7 +1,8 @@
 """Real broker processes on free loopback ports: `Broker`, `Cluster` and `cluster`.
 
-A broker here is ``python -m zstream.broker.cli broker`` in a child process of its
-own session, listening on 127.0.0.1 only, with its data in ``<root>/broker-<id>``
+A broker here is ``python -P -m zstream.broker.cli broker`` (running the zstream
+this process imported: ``zstream.broker._child``) in a child process of its own
+session, listening on 127.0.0.1 only, with its data in ``<root>/broker-<id>``
 and its output in ``<root>/broker-<id>.log``. One broker runs embedded (no
 discovery at all); several run as a static cluster from one ``--peers`` list, or
 through an etcd the caller runs (``etcd=``). Ready means: the broker answers a

@@ -12,7 +12,7 @@ import pytest
 import zstream
 from zstream.broker._child import broker_argv, child_env
 
-ROOT = str(Path(zstream.__file__).resolve().parent.parent)
+ROOT = str(Path(zstream.__file__).absolute().parent.parent)
 
 
 def test_the_argv_keeps_the_current_directory_off_the_childs_path() -> None:
@@ -27,13 +27,23 @@ def test_the_argv_keeps_the_current_directory_off_the_childs_path() -> None:
 
 
 def test_a_source_tree_goes_first_on_pythonpath_once() -> None:
-    env = child_env({"PYTHONPATH": os.pathsep.join(["/elsewhere", ROOT]), "A": "1"})
+    env = child_env({"PYTHONPATH": os.pathsep.join(["/elsewhere", ROOT + "/"]), "A": "1"})
     assert env["PYTHONPATH"].split(os.pathsep) == [ROOT, "/elsewhere"]
     assert env["A"] == "1"
     assert child_env({})["PYTHONPATH"] == ROOT
 
 
-def test_an_installed_zstream_leaves_pythonpath_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_entries_are_dropped_and_relative_ones_made_absolute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An empty entry means the child's current directory: the hole -P closes.
+    monkeypatch.chdir(tmp_path)
+    env = child_env({"PYTHONPATH": os.pathsep.join(["", "rel", "/x", ""])})
+    assert env["PYTHONPATH"].split(os.pathsep) == [ROOT, str(tmp_path / "rel"), "/x"]
+
+
+def test_an_installed_zstream_adds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(site, "getsitepackages", lambda: [ROOT])
     assert "PYTHONPATH" not in child_env({"A": "1"})
-    assert child_env({"PYTHONPATH": "/x"})["PYTHONPATH"] == "/x"
+    assert "PYTHONPATH" not in child_env({"PYTHONPATH": os.pathsep})
+    assert child_env({"PYTHONPATH": os.pathsep.join(["", "/x"])})["PYTHONPATH"] == "/x"
