@@ -7,8 +7,9 @@ Each assigned partition has one reader task (owned by the consumer; cancelled by
 has not yet handed over, and appends chunks (one per batch: the CRC-checked msgpack
 rows of its records with ``offset >= fetch_offset``, see clients/_records.py) to one
 arrival-ordered deque that the delivery calls drain: ``async for`` / `getone` one
-record at a time from the oldest chunk, `getmany` / `getmany_values` everything
-buffered (or ``max_records``) in one call, per partition in offset order. Record
+record at a time from the oldest chunk, `getmany` at most ``max_poll_records`` (500) and
+`getmany_values` everything buffered (or ``max_records``) in one call, per partition
+in offset order. Record
 objects are built only when asked for, in C (``map``/``zip``; the per-record path
 256 at a time), with the deserializers applied there; `getmany_values` builds none.
 A partition's reader waits while its chunks not yet delivered hold more than
@@ -227,7 +228,7 @@ class Consumer(Generic[K, V]):
     Many records per call, per partition (`getmany`), or only their values, with no
     object per record (`getmany_values`)::
 
-        batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+        batches = await consumer.getmany(timeout_ms=100)  # up to 500 records
         for tp, records in batches.items():
             ...
 
@@ -259,6 +260,7 @@ class Consumer(Generic[K, V]):
         credit_bytes: int = 4 * 1024 * 1024,
         fetch_max_bytes: int = 1024 * 1024,
         fetch_max_wait_ms: int = 500,
+        max_poll_records: int | None = 500,
         stream_silence_ms: int = 5000,
         request_timeout_ms: int = 5000,
         key_deserializer: Callable[[bytes], K] | None = None,
@@ -280,6 +282,8 @@ class Consumer(Generic[K, V]):
             )
         if auto_commit_interval_ms <= 0:
             raise ValueError("auto_commit_interval_ms must be > 0")
+        if max_poll_records is not None and max_poll_records < 1:
+            raise ValueError("max_poll_records must be >= 1 (or None for all buffered)")
         self._group = None if group is None else _group_name(group)
         self._auto_commit = enable_auto_commit
         self._auto_commit_s = auto_commit_interval_ms / 1000
@@ -291,6 +295,12 @@ class Consumer(Generic[K, V]):
         self._credit = credit_bytes
         self._fetch_max_bytes = fetch_max_bytes
         self._fetch_wait_ms = fetch_max_wait_ms
+        # 500, Kafka's max.poll.records: the Record objects of one call then fit in
+        # the cyclic GC's youngest generation (700 allocations). Unbounded, a call
+        # hands out thousands, every young collection promotes them, and full
+        # collections follow: 464-531k records/s against 916k-1.01M with 500
+        # (100 B, one consumer; docs/benchmarks.md, stop 18).
+        self._max_poll_records = max_poll_records
         self._silence_s = stream_silence_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
         self.cluster = ClusterClient(
@@ -701,14 +711,18 @@ class Consumer(Generic[K, V]):
     ) -> dict[TopicPartition, list[Record[K, V]]]:
         """The records buffered now, per partition in offset order (only those of
         ``partitions``, when given; each must be assigned), at most ``max_records`` in
-        all. Waits up to ``timeout_ms`` for the first to arrive, then returns at once
-        with what there is; ``{}`` when nothing came in time (or the consumer closed).
+        all (default: the consumer's ``max_poll_records``, 500). Waits up to
+        ``timeout_ms`` for the first to arrive, then returns at once with what there
+        is; ``{}`` when nothing came in time (or the consumer closed).
         Everything returned counts as handed out: ``position`` moves past it, and it is
         processed (auto-commit) once the application asks for more. A record whose
         deserializer fails ends its partition's list; the next call raises
-        DeserializationError for it. Without ``max_records`` one call may hand out
-        ``credit_bytes`` worth of records per partition: a few thousand at a time
-        keeps the garbage collector's work (and the latency of a call) small."""
+        DeserializationError for it. A few hundred records per call keep the garbage
+        collector's work (and the latency of a call) small; with
+        ``max_poll_records=None`` and no ``max_records`` one call may hand out
+        ``credit_bytes`` worth of records per partition."""
+        if max_records is None:
+            max_records = self._max_poll_records
         return await self._many(partitions, timeout_ms, max_records, self._take_records)
 
     async def getmany_values(
@@ -719,8 +733,12 @@ class Consumer(Generic[K, V]):
     ) -> dict[TopicPartition, list[V]]:
         """As `getmany`, but only the records' values (through ``value_deserializer``
         when there is one), without building an object per record: the fast way to
-        read a partition. The values of a partition's list have consecutive offsets
-        up to ``position(tp) - 1``, except across records deleted by retention."""
+        read a partition. Not bounded by ``max_poll_records``: a list of bytes gives
+        the collector nothing to promote, so without ``max_records`` it is everything
+        buffered. (A ``value_deserializer`` that builds objects, JSON say, brings the
+        collector back: pass ``max_records=500`` then.) The values of a partition's
+        list have consecutive offsets up to ``position(tp) - 1``, except across
+        records deleted by retention."""
         return await self._many(partitions, timeout_ms, max_records, self._take_values)
 
     async def _many(

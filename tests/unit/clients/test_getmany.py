@@ -84,6 +84,40 @@ async def test_getmany_gives_every_partition_in_offset_order(fake: FakeBroker) -
         assert await consumer.getmany() == {}  # nothing more buffered: at once
 
 
+async def _first_batch(consumer: Consumer, **kwargs: Any) -> list[Record]:
+    deadline = time.monotonic() + 10
+    while True:
+        assert time.monotonic() < deadline, "nothing arrived"
+        batch = await consumer.getmany(timeout_ms=200, **kwargs)
+        if batch:
+            return [r for records in batch.values() for r in records]
+
+
+async def test_max_poll_records_bounds_getmany_by_default(fake: FakeBroker) -> None:
+    # One batch of 1,200 records arrives as one chunk: Kafka's max.poll.records of
+    # 500 is what a call hands out unless max_records or the setting says otherwise.
+    await fake.append("t", 0, *(b"%d" % i for i in range(1200)))
+    async with Consumer(fake.addr, **_options()) as consumer:
+        consumer.assign([T0])
+        first = await _first_batch(consumer)
+        assert [r.offset for r in first] == list(range(500))
+        assert [r.offset for r in await _first_batch(consumer, max_records=800)] == list(
+            range(500, 1200)
+        )
+    async with Consumer(fake.addr, **_options(max_poll_records=None)) as consumer:
+        consumer.assign([T0])
+        assert len(await _first_batch(consumer)) == 1200
+    async with Consumer(fake.addr, **_options(max_poll_records=1000)) as consumer:
+        consumer.assign([T0])
+        assert len(await _first_batch(consumer)) == 1000
+    async with Consumer(fake.addr, **_options(max_poll_records=100)) as consumer:
+        consumer.assign([T0])
+        values = await consumer.getmany_values(timeout_ms=5000)  # not bounded by it
+        assert len(values[T0]) == 1200
+    with pytest.raises(ValueError, match="max_poll_records"):
+        Consumer(fake.addr, max_poll_records=0)
+
+
 async def test_max_records_bounds_each_call_and_skips_nothing(fake: FakeBroker) -> None:
     await fake.append("t", 0, *(b"%d" % i for i in range(50)))
     await fake.append("t", 0, *(b"%d" % i for i in range(50, 100)))
