@@ -7,10 +7,10 @@ Each assigned partition has one reader task (owned by the consumer; cancelled by
 has not yet handed over, and appends chunks (one per batch: the CRC-checked msgpack
 rows of its records with ``offset >= fetch_offset``, see clients/_records.py) to one
 arrival-ordered deque that the delivery calls drain: ``async for`` / `getone` one
-record at a time from the oldest chunk, `getmany` at most ``max_poll_records`` (500) and
-`getmany_values` everything buffered (or ``max_records``) in one call, per partition
-in offset order. Record
-objects are built only when asked for, in C (``map``/``zip``; the per-record path
+record at a time from the oldest chunk, `getmany` / `getmany_values` many in one call
+(at most ``max_records``; by default `getmany` stops at ``max_poll_records``, 500,
+and `getmany_values` takes everything buffered), per partition in offset order.
+Record objects are built only when asked for, in C (``map``/``zip``; the per-record path
 256 at a time), with the deserializers applied there; `getmany_values` builds none.
 A partition's reader waits while its chunks not yet delivered hold more than
 ``max(credit_bytes, 2 * fetch_max_bytes)``, so a partition the application does not
@@ -154,6 +154,13 @@ def _group_name(name: str) -> str:
 RebalanceCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
+def _check_count(name: str, value: int | None) -> None:
+    """A record count: a whole number >= 1, or None. (True or 2.5 would slip through
+    a plain comparison and leave a budget no chunk can be taken by.)"""
+    if value is not None and (type(value) is not int or value < 1):
+        raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+
+
 class _Chunk:
     """One batch's records waiting for the application: ``rows[index:]`` are still to
     be delivered, the row at ``i`` has offset ``base + i``. ``records`` holds the
@@ -282,8 +289,7 @@ class Consumer(Generic[K, V]):
             )
         if auto_commit_interval_ms <= 0:
             raise ValueError("auto_commit_interval_ms must be > 0")
-        if max_poll_records is not None and max_poll_records < 1:
-            raise ValueError("max_poll_records must be >= 1 (or None for all buffered)")
+        _check_count("max_poll_records", max_poll_records)
         self._group = None if group is None else _group_name(group)
         self._auto_commit = enable_auto_commit
         self._auto_commit_s = auto_commit_interval_ms / 1000
@@ -299,7 +305,9 @@ class Consumer(Generic[K, V]):
         # the cyclic GC's youngest generation (700 allocations). Unbounded, a call
         # hands out thousands, every young collection promotes them, and full
         # collections follow: 464-531k records/s against 916k-1.01M with 500
-        # (100 B, one consumer; docs/benchmarks.md, stop 18).
+        # (100 B, one consumer; docs/benchmarks.md, stop 18). CPython 3.11-3.12's
+        # threshold; a deserializer that builds objects (JSON) adds allocations per
+        # record, so fewer fit then.
         self._max_poll_records = max_poll_records
         self._silence_s = stream_silence_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
@@ -716,8 +724,9 @@ class Consumer(Generic[K, V]):
         is; ``{}`` when nothing came in time (or the consumer closed).
         Everything returned counts as handed out: ``position`` moves past it, and it is
         processed (auto-commit) once the application asks for more. A record whose
-        deserializer fails ends its partition's list; the next call raises
-        DeserializationError for it. A few hundred records per call keep the garbage
+        deserializer fails raises DeserializationError at once when it is the oldest
+        the call would hand out (as Kafka's poll); after other records, it ends its
+        partition's list and the next call raises. A few hundred records per call keep the garbage
         collector's work (and the latency of a call) small; with
         ``max_poll_records=None`` and no ``max_records`` one call may hand out
         ``credit_bytes`` worth of records per partition."""
@@ -748,8 +757,7 @@ class Consumer(Generic[K, V]):
         max_records: int | None,
         take: Callable[[_Chunk, int], list[_T]],
     ) -> dict[TopicPartition, list[_T]]:
-        if max_records is not None and max_records < 1:
-            raise ValueError("max_records must be >= 1 (or None for all buffered)")
+        _check_count("max_records", max_records)
         if timeout_ms < 0:
             raise ValueError("timeout_ms must be >= 0")
         wanted = {self._state(tp) for tp in partitions} if partitions else None
@@ -789,20 +797,25 @@ class Consumer(Generic[K, V]):
         out: dict[TopicPartition, list[_T]] = {}
         budget = math.inf if max_records is None else max_records
         stopped: set[_PartitionState] = set()
-        kept: deque[_Chunk] = deque()
-        failure: DeserializationError | None = None
-        for chunk in self._ready:
+        ready = self._ready
+        passed: list[_Chunk] = []  # chunks left in place, in order, ahead of the rest
+        # Only as far as the budget goes: a bounded call costs what it hands out, not
+        # what is buffered (thousands of small batches' chunks while catching up).
+        while ready and budget > 0:
+            chunk = ready.popleft()
             state = chunk.state
-            if budget <= 0 or state in stopped or (wanted is not None and state not in wanted):
-                kept.append(chunk)
+            if state in stopped or (wanted is not None and state not in wanted):
+                passed.append(chunk)
                 continue
             left = len(chunk.rows) - chunk.index
             try:
                 items = take(chunk, left if left <= budget else int(budget))
-            except DeserializationError as exc:
-                failure = failure or exc
-                stopped.add(state)
-                kept.append(chunk)
+            except DeserializationError:
+                passed.append(chunk)
+                if not out:  # the oldest deliverable record: raise now (as Kafka's poll)
+                    ready.extendleft(reversed(passed))
+                    raise
+                stopped.add(state)  # handed out first: the next call raises
                 continue
             if items:
                 chunk.index += len(items)
@@ -816,13 +829,11 @@ class Consumer(Generic[K, V]):
                     got.extend(items)
             if chunk.index < len(chunk.rows):
                 stopped.add(state)
-                kept.append(chunk)
+                passed.append(chunk)
             else:
                 self._finish(chunk)
                 self._spent.append(chunk)
-        self._ready = kept
-        if not out and failure is not None:
-            raise failure
+        ready.extendleft(reversed(passed))
         return out
 
     def _take_records(self, chunk: _Chunk, n: int) -> list[Record[K, V]]:
