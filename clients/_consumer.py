@@ -726,8 +726,8 @@ class Consumer(Generic[K, V]):
         processed (auto-commit) once the application asks for more. A record whose
         deserializer fails raises DeserializationError at once when it is the oldest
         the call would hand out (as Kafka's poll); after other records, it ends its
-        partition's list and the next call raises. A few hundred records per call keep the garbage
-        collector's work (and the latency of a call) small; with
+        partition's list and the next call raises. A few hundred records per call
+        keep the garbage collector's work (and the latency of a call) small; with
         ``max_poll_records=None`` and no ``max_records`` one call may hand out
         ``credit_bytes`` worth of records per partition."""
         if max_records is None:
