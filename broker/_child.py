@@ -37,11 +37,11 @@ def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     site-packages ahead of the standard library could shadow it."""
     out = dict(os.environ if env is None else env)
     root = Path(zstream.__file__).absolute().parent.parent
+    resolved = root.resolve()
     sites = [*site.getsitepackages(), site.getusersitepackages()]
-    installed = root.resolve() in {Path(p).resolve() for p in sites}
     entries = [os.path.abspath(p) for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if not installed:
-        entries = [str(root), *(p for p in entries if Path(p).resolve() != root.resolve())]
+    if resolved not in {Path(p).resolve() for p in sites}:  # a source tree
+        entries = [str(root), *(p for p in entries if Path(p).resolve() != resolved)]
     if entries:
         out["PYTHONPATH"] = os.pathsep.join(entries)
     else:
